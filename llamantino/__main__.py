@@ -1,0 +1,5 @@
+"""``python -m llamantino``: see llamantino/app.py."""
+
+from llamantino.app import main
+
+main()

@@ -1,0 +1,111 @@
+"""Choose how a stage trains on the chosen hardware: full, LoRA or QLoRA; FSDP, DDP or one process.
+
+A stage asks for a method (``stage.adapter``: None = full fine-tune). If the hardware cannot do
+it, the stage falls back to the next cheaper method and says so in a notice (printed, written in
+the recipe header and in provenance); with ``stage.on_unsupported=error`` it refuses instead.
+Never silently. The memory rule is deliberately simple and printed with its numbers:
+
+    full fine-tune, mixed-precision AdamW   16 bytes/parameter, sharded over all GPUs (FSDP)
+    LoRA                                     2 bytes/parameter (bf16 frozen weights), sharded if FSDP
+    QLoRA                                    0.55 bytes/parameter (NF4 + constants), replicated (DDP)
+
+plus 20% and 2 GB per GPU for activations, adapters and workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llamantino.errors import ConfigError
+
+BYTES_PER_PARAM = {"full": 16.0, "lora": 2.0, "qlora": 0.55}
+OVERHEAD_FACTOR = 1.2
+OVERHEAD_GB = 2.0
+_ORDER = ("full", "lora", "qlora")
+
+
+@dataclass
+class Method:
+    """What the renderer needs to know about how the stage trains."""
+
+    adapter: str | None  # None (full), "lora", "qlora"
+    distributed: str  # "none", "ddp", "fsdp"
+    nodes: int
+    processes_per_node: int
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_node * self.nodes
+
+
+def memory_per_gpu_gb(params_b: float, method: str, gpus: int, sharded: bool) -> float:
+    """Estimated memory per GPU in GB for ``method`` ("full", "lora", "qlora")."""
+    state = params_b * BYTES_PER_PARAM[method]
+    if sharded and gpus > 1:
+        state /= gpus
+    return state * OVERHEAD_FACTOR + OVERHEAD_GB
+
+
+def _fits(params_b: float, method: str, hw: dict) -> tuple[bool, float, bool]:
+    gpus = hw["nodes"] * hw["gpus_per_node"]
+    sharded = method != "qlora" and gpus > 1
+    need = memory_per_gpu_gb(params_b, method, gpus, sharded)
+    if method == "lora" and gpus > 1 and memory_per_gpu_gb(params_b, "lora", 1, False) <= hw["gpu_memory_gb"]:
+        sharded = False  # fits replicated: plain DDP is simpler and faster
+        need = memory_per_gpu_gb(params_b, "lora", 1, False)
+    return need <= hw["gpu_memory_gb"], need, sharded
+
+
+def _rate_note(stage: dict) -> str:
+    rate = stage.get("adapter_learning_rate")
+    return f", learning rate {rate:g} (stage.adapter_learning_rate)" if rate else ""
+
+
+def choose_method(stage: dict, model: dict, hw: dict) -> Method:
+    """Decide the training method and parallelism of a ``train`` stage (pure: config in, Method out)."""
+    wanted = stage["adapter"] or "full"
+    if wanted not in _ORDER:
+        raise ConfigError(f"stage.adapter={stage['adapter']!r} is not valid; use null (full fine-tune), lora or qlora")
+    notices: list[str] = []
+    nodes = hw["nodes"]
+    if hw["accelerator"] == "cpu":
+        chosen = wanted
+        if wanted == "full":
+            chosen = stage["cpu_adapter"]
+            message = (
+                f"stage {stage['name']} asks for full fine-tuning with FSDP, which needs GPUs; on hardware "
+                f"{hw['name']} it trains a {chosen} adapter instead (stage.cpu_adapter)"
+                + _rate_note(stage)
+            )
+            if stage["on_unsupported"] == "error":
+                raise ConfigError(message + "; refusing because stage.on_unsupported=error")
+            notices.append(message)
+        return Method(adapter=chosen, distributed="ddp" if nodes > 1 else "none", nodes=nodes,
+                      processes_per_node=1, notices=notices)
+
+    gpus = nodes * hw["gpus_per_node"]
+    tried = []
+    for candidate in _ORDER[_ORDER.index(wanted):]:
+        fits, need, sharded = _fits(model["params_b"], candidate, hw)
+        tried.append(f"{candidate} ~{need:.0f} GB/GPU")
+        if fits:
+            break
+    else:
+        raise ConfigError(
+            f"model {model['name']} ({model['params_b']}B parameters) does not fit hardware {hw['name']} "
+            f"({gpus} x {hw['gpu_memory_gb']:g} GB) with any method ({', '.join(tried)}); add nodes "
+            "(hardware.nodes=N) or choose larger GPUs"
+        )
+    if candidate != wanted:
+        message = (
+            f"stage {stage['name']} asks for {wanted} but {model['name']} needs {tried[0].split(' ', 1)[1]} "
+            f"on {gpus} x {hw['gpu_memory_gb']:g} GB ({hw['name']}); training {candidate} instead ({tried[-1]})"
+            + (_rate_note(stage) if wanted == "full" else "")
+        )
+        if stage["on_unsupported"] == "error":
+            raise ConfigError(message + "; refusing because stage.on_unsupported=error")
+        notices.append(message)
+    distributed = "none" if gpus == 1 else ("fsdp" if sharded else "ddp")
+    return Method(adapter=None if candidate == "full" else candidate, distributed=distributed, nodes=nodes,
+                  processes_per_node=hw["gpus_per_node"], notices=notices)

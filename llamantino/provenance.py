@@ -1,0 +1,79 @@
+"""Provenance of a run: code version, package versions, command line, inputs and their hashes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+
+from llamantino.paths import PROJECT_ROOT
+
+PACKAGES = ("llamantino", "axolotl", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
+            "bitsandbytes", "hydra-core", "omegaconf", "lm_eval")
+
+
+@lru_cache(maxsize=None)
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the training stack (None where a package is absent)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@lru_cache(maxsize=None)
+def git_state() -> dict:
+    """The project's git commit and whether the work tree has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def build_provenance(cfg: dict, overrides: list[str], choices: dict, method, inputs, output: dict | None,
+                     notices: list[str]) -> dict:
+    """The provenance record written as provenance.json (secrets never appear: none are read here)."""
+    data = None
+    if inputs.data is not None:
+        data = {key: inputs.data.get(key) for key in ("name", "format", "hub_id", "subset", "revision", "split",
+                                                       "local", "sha256", "report") if inputs.data.get(key) is not None}
+        if data.get("hub_id") and not data.get("revision"):
+            data["revision_pinned"] = False
+    model = dict(inputs.model_source)
+    if model.get("kind") == "hub" and not model.get("revision"):
+        model["revision_pinned"] = False
+    return {
+        "llamantino": package_versions()["llamantino"],
+        "created": now_iso(),
+        "git": git_state(),
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "command": list(sys.argv),
+        "overrides": list(overrides),
+        "choices": choices,
+        "experiment": cfg.get("experiment"),
+        "model": model,
+        "data": data,
+        "method": None if method is None else {
+            "adapter": method.adapter, "distributed": method.distributed,
+            "nodes": method.nodes, "processes_per_node": method.processes_per_node,
+        },
+        "notices": notices,
+        "output": output,
+    }

@@ -1,0 +1,84 @@
+"""Validate a rendered recipe with Axolotl's own validation, as the target hardware would.
+
+``axolotl.utils.config.validate_config`` is called with the capabilities of the chosen hardware
+(bf16, compute capability, GPU count), not of this machine, after the plugin is registered, so a
+CPU login node validates exactly what the cluster will check. Axolotl silently drops keys it
+does not know; this module refuses them instead. Importing Axolotl costs seconds, so it happens
+here and only here, on first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from importlib import metadata
+
+from llamantino.errors import ValidationError
+
+QUIET_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def capabilities(hw: dict) -> tuple[dict, dict]:
+    """The (capabilities, env_capabilities) Axolotl would detect on the hardware's nodes."""
+    gpu = hw["accelerator"] != "cpu"
+    world = hw["nodes"] * (hw["gpus_per_node"] if gpu else 1)
+    caps = {
+        "bf16": bool(hw["bf16"]) and gpu,
+        "fp8": bool(hw["fp8"]) and gpu,
+        "tf32": bool(hw["tf32"]) and gpu,
+        "n_gpu": world,
+        "n_node": hw["nodes"],
+        "compute_capability": hw["compute_capability"] if gpu else None,
+    }
+    return caps, {"torch_version": metadata.version("torch")}
+
+
+def _dropped(given, kept, path: str = "") -> list[str]:
+    """Keys present in ``given`` (with a value) that Axolotl's output no longer has."""
+    missing = []
+    if isinstance(given, dict) and isinstance(kept, dict):
+        for key, value in given.items():
+            here = f"{path}.{key}" if path else key
+            if value is None:
+                continue
+            if key not in kept:
+                missing.append(here)
+            else:
+                missing.extend(_dropped(value, kept[key], here))
+    elif isinstance(given, list) and isinstance(kept, list) and len(given) == len(kept):
+        for index, (a, b) in enumerate(zip(given, kept)):
+            missing.extend(_dropped(a, b, f"{path}[{index}]"))
+    return missing
+
+
+def validate_recipe(recipe: dict, hw: dict) -> dict:
+    """Run Axolotl's validation for ``hw``; return the validated config or raise ValidationError."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import pydantic
+    from axolotl.cli.config import prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(copy.deepcopy(recipe))
+    try:
+        prepare_plugins(cfg)
+        caps, env_caps = capabilities(hw)
+        validated = validate_config(cfg, capabilities=caps, env_capabilities=env_caps)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(recipe)"
+            problems.append(f"{where}: {error['msg']}")
+        raise ValidationError(f"Axolotl {metadata.version('axolotl')} rejected the recipe: " + "; ".join(problems)) from None
+    except ValueError as exc:
+        raise ValidationError(f"Axolotl {metadata.version('axolotl')} rejected the recipe: {exc}") from None
+    plain = validated.to_dict() if hasattr(validated, "to_dict") else dict(validated)
+    dropped = _dropped(recipe, plain)
+    if dropped:
+        raise ValidationError(
+            f"Axolotl {metadata.version('axolotl')} does not know these keys and would drop them silently: "
+            + ", ".join(dropped) + " (check the spelling in stage.axolotl)"
+        )
+    return plain

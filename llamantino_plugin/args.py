@@ -1,0 +1,72 @@
+"""Config keys of the llamantino plugin, declared so Axolotl validates them instead of dropping them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from llamantino_plugin.formats import columns_for
+from llamantino_plugin.templates import template_info
+
+
+class DatasetSpec(BaseModel):
+    """How the plugin reads one entry of ``datasets`` (matched by ``path`` and ``name``)."""
+
+    path: str
+    name: str | None = None
+    format: Literal["text", "instructions", "conversations", "preferences"]
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _columns_exist(self):
+        columns_for(self.format, self.columns)  # raises naming the valid logical columns
+        return self
+
+
+class LlamantinoArgs(BaseModel):
+    """Top-level keys of an Axolotl recipe that the llamantino plugin reads."""
+
+    llamantino_template: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "prompt template: llamantino2_chat, anita, llama3, alpaca_it"},
+    )
+    llamantino_system_prompt: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "system prompt of chat templates; unset = published default, '' = none"},
+    )
+    llamantino_datasets: list[DatasetSpec] | None = None
+    llamantino_bad_rows: Literal["strict", "skip"] | None = Field(
+        default=None, json_schema_extra={"description": "strict: fail on a bad row; skip: drop and count it"}
+    )
+    llamantino_text_min_chars: int | None = Field(default=None, ge=0)
+    llamantino_text_dedup: bool | None = None
+
+    @field_validator("llamantino_template")
+    @classmethod
+    def _known_template(cls, value):
+        if value is not None:
+            template_info(value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _datasets_described(cls, data):
+        """Every dataset whose type is a llamantino loader needs a matching llamantino_datasets entry."""
+        if not isinstance(data, dict):
+            return data
+        specs = data.get("llamantino_datasets") or []
+        described = {(_get(spec, "path"), _get(spec, "name")) for spec in specs}
+        for index, dataset in enumerate(data.get("datasets") or []):
+            kind = str(_get(dataset, "type") or "")
+            if kind.startswith("llamantino_plugin.") and (_get(dataset, "path"), _get(dataset, "name")) not in described:
+                raise ValueError(
+                    f"datasets[{index}] (path {_get(dataset, 'path')!r}) uses {kind} but has no entry "
+                    "in llamantino_datasets with the same path and name"
+                )
+        return data
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+

@@ -1,0 +1,5 @@
+"""Axolotl loader for the ``conversations`` format: ``type: llamantino_plugin.conversations`` (see ``loading.py``)."""
+
+from llamantino_plugin.loading import loader
+
+load = loader("conversations")

@@ -1,0 +1,124 @@
+"""Encoding rows into training examples: canonical rows, prompt rendering, tokens and labels.
+
+Pure functions on plain Python batches (dict of lists), shared by the Axolotl loader
+(``loading.py``, inside ``datasets.map``) and by ``python -m llamantino.data preview``, so the
+preview shows exactly what the model trains on. No Axolotl import here.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from llamantino_plugin.formats import READERS, RowError
+from llamantino_plugin.templates import compiled_template, render_chat, template_info
+
+IGNORE = -100
+
+
+class LlamantinoDataError(ValueError):
+    """Data that cannot be trained on; the message says which dataset, row and why."""
+
+
+def assistant_spans(name: str, system_prompt: str | None, messages: list) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and return the character spans of the assistant answers.
+
+    An answer's span starts where the template's generation prompt ends and stops where the
+    template's rendering of that turn stops, so the turn terminator (``</s>``, ``<|eot_id|>``) is
+    trained and the role header is not.
+    """
+    text = render_chat(name, messages, system_prompt)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(name, messages[:index], system_prompt, add_generation_prompt=True)
+        upto = render_chat(name, messages[: index + 1], system_prompt)
+        if not (upto.startswith(before) and text.startswith(upto)):
+            raise LlamantinoDataError(
+                f"template {name!r} does not render conversations prefix by prefix; it cannot be masked by turn"
+            )
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+# --- per-row functions (module level so datasets can pickle them for worker processes) ---------
+
+
+def canonical_row(row: dict, index: int, *, fmt: str, columns: dict, as_chat: bool) -> dict:
+    """One row in canonical form, or an ``_error`` saying why it is bad."""
+    out = {"text": "", "messages": [], "instruction": "", "input": "", "output": "", "_error": ""}
+    try:
+        value = READERS[fmt](row, columns)
+    except RowError as exc:
+        out["_error"] = f"row {index + 1} [{exc.column}]: {exc.message}"
+        return out
+    if fmt == "text":
+        out["text"] = value
+    elif fmt == "conversations":
+        out["messages"] = value
+    elif as_chat:  # instructions rendered with a chat template
+        user = value["instruction"] + (f"\n\n{value['input']}" if value["input"].strip() else "")
+        system = [{"role": "system", "content": value["system"]}] if value["system"].strip() else []
+        out["messages"] = system + [{"role": "user", "content": user}, {"role": "assistant", "content": value["output"]}]
+    else:
+        out.update({key: value[key] for key in ("instruction", "input", "output")})
+    return out
+
+
+def tokenise_text(batch, *, tokenizer, sequence_len: int) -> dict:
+    """Raw text: BOS + text + EOS, split into ``sequence_len`` chunks, every token trained."""
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ids in tokenizer(batch["text"], add_special_tokens=True)["input_ids"]:
+        ids = ids + [tokenizer.eos_token_id]
+        for start in range(0, len(ids), sequence_len):
+            chunk = ids[start : start + sequence_len]
+            out["input_ids"].append(chunk)
+            out["attention_mask"].append([1] * len(chunk))
+            out["labels"].append(list(chunk))
+    return out
+
+
+def tokenise_instructions(batch, *, tokenizer, template: str, train_on_inputs: bool) -> dict:
+    """Alpaca-style prompt (masked) + response + EOS (trained)."""
+    env = compiled_template(template)
+    prompts = [env.render(instruction=i, input=x) for i, x in zip(batch["instruction"], batch["input"])]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for prompt, answer in zip(prompt_ids, answer_ids):
+        ids = prompt + answer + [tokenizer.eos_token_id]
+        out["input_ids"].append(ids)
+        out["attention_mask"].append([1] * len(ids))
+        out["labels"].append(list(ids) if train_on_inputs else [IGNORE] * len(prompt) + ids[len(prompt):])
+    return out
+
+
+def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None, train_on_inputs: bool) -> dict:
+    """A conversation through the chat template; only the assistant spans are trained."""
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for messages in batch["messages"]:
+        text, spans = assistant_spans(template, system_prompt, messages)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        if train_on_inputs:
+            labels = list(ids)
+        else:
+            labels = [
+                token if any(start <= begin < end for start, end in spans) else IGNORE
+                for token, (begin, _) in zip(ids, encoded["offset_mapping"])
+            ]
+        out["input_ids"].append(ids)
+        out["attention_mask"].append([1] * len(ids))
+        out["labels"].append(labels)
+    return out
+
+
+def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
+              train_on_inputs: bool):
+    """The batched tokenise function of a format and template."""
+    if fmt == "text":
+        return partial(tokenise_text, tokenizer=tokenizer, sequence_len=sequence_len)
+    if fmt == "instructions" and template_info(template).kind != "chat":
+        return partial(tokenise_instructions, tokenizer=tokenizer, template=template, train_on_inputs=train_on_inputs)
+    return partial(tokenise_chat, tokenizer=tokenizer, template=template, system_prompt=system_prompt,
+                   train_on_inputs=train_on_inputs)

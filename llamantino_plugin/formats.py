@@ -1,0 +1,347 @@
+"""The four Italian data formats: reading, checking and normalising rows.
+
+Pure Python (no torch, no datasets), shared by the Axolotl loaders in this plugin and by
+``python -m llamantino.data``, so a file that passes the check is read the same way in training.
+
+Formats and the columns each one reads (``columns`` maps a logical name to a column):
+
+- ``text``: ``text``. Raw Italian text for language adaptation.
+- ``instructions``: ``instruction``, ``input`` (optional), ``output``, ``system`` (optional).
+  Alpaca style, with Italian or English column names through the mapping.
+- ``conversations``: ``messages``. A list of turns in any of three shapes, detected per row:
+  ``{"role", "content"}`` dicts, ShareGPT ``{"from", "value"}`` dicts, or UltraChat-ITA plain
+  strings alternating user/assistant.
+- ``preferences``: ``prompt`` (string or message list, optional when chosen/rejected are message
+  lists), ``chosen``, ``rejected`` (strings, or ORPO-DPO-mix style message lists ending with
+  the assistant answer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("text", "instructions", "conversations", "preferences")
+
+DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
+    "text": {"text": "text"},
+    "instructions": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"},
+    "conversations": {"messages": "messages"},
+    "preferences": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+}
+#: Columns a format cannot do without; the others are optional.
+REQUIRED_COLUMNS = {
+    "text": ("text",),
+    "instructions": ("instruction", "output"),
+    "conversations": ("messages",),
+    "preferences": ("chosen", "rejected"),
+}
+#: Role names seen in the wild, mapped to the chat-template roles.
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user", "human": "user", "utente": "user",
+    "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
+    "assistente": "assistant",
+}
+
+
+class RowError(ValueError):
+    """A row that does not fit its format; ``column`` names the offending column."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(message)
+        self.column = column
+        self.message = message
+
+
+def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The column mapping of a format with user overrides applied; unknown names are refused."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    columns = dict(DEFAULT_COLUMNS[fmt])
+    for logical, column in (overrides or {}).items():
+        if logical not in columns:
+            raise ValueError(
+                f"format {fmt!r} has no column {logical!r}; it reads: {', '.join(columns)}"
+            )
+        columns[logical] = column
+    return columns
+
+
+# --- Italian-aware text normalisation -----------------------------------------------------------
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "\u0060": "'"})
+_DOUBLE_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"'})
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u2007\u202f]+")
+_SPACE_AROUND_NEWLINE = re.compile(r" *\n *")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def normalise_text(text: str) -> str:
+    """Normalise Italian text: NFC (``e`` + combining grave becomes ``è``), typographic
+    apostrophes to ``'`` (``l’acqua`` and ``l'acqua`` become one string), curly double quotes to
+    ``"`` (guillemets « » stay: they are standard Italian), no invisible characters, single spaces,
+    at most one blank line between paragraphs, no leading or trailing whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    text = text.translate(_APOSTROPHES).translate(_DOUBLE_QUOTES)
+    text = _INVISIBLE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", text)
+    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
+    return _MANY_NEWLINES.sub("\n\n", text).strip()
+
+
+# --- row readers: one per format, each returning the canonical form or raising RowError ---------
+
+
+def _string(row: dict, columns: dict[str, str], logical: str, required: bool = True) -> str:
+    column = columns[logical]
+    value = row.get(column)
+    if value is None:
+        if required:
+            raise RowError(column, f"missing column {column!r} ({logical})")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(column, f"column {column!r} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RowError(column, f"column {column!r} ({logical}) is empty")
+    return value
+
+
+def read_text(row: dict, columns: dict[str, str]) -> str:
+    """The raw text of a ``text`` row."""
+    return _string(row, columns, "text")
+
+
+def read_instruction(row: dict, columns: dict[str, str]) -> dict[str, str]:
+    """``{"instruction", "input", "output", "system"}`` of an ``instructions`` row."""
+    return {
+        "instruction": _string(row, columns, "instruction"),
+        "input": _string(row, columns, "input", required=False),
+        "output": _string(row, columns, "output"),
+        "system": _string(row, columns, "system", required=False),
+    }
+
+
+def _turn(turn, column: str, index: int, default_role: str) -> dict[str, str]:
+    if isinstance(turn, str):
+        return {"role": default_role, "content": turn}
+    if not isinstance(turn, dict):
+        raise RowError(column, f"turn {index} of {column!r} must be a string or an object")
+    if "role" in turn and "content" in turn:
+        role, content = turn["role"], turn["content"]
+    elif "from" in turn and "value" in turn:
+        role, content = turn["from"], turn["value"]
+    else:
+        raise RowError(
+            column, f"turn {index} of {column!r} needs role/content or from/value, has {sorted(turn)}"
+        )
+    canonical = ROLE_ALIASES.get(str(role).lower())
+    if canonical is None:
+        raise RowError(
+            column,
+            f"turn {index} of {column!r} has unknown role {role!r}; valid roles: "
+            + ", ".join(sorted(ROLE_ALIASES)),
+        )
+    if not isinstance(content, str):
+        raise RowError(column, f"turn {index} of {column!r}: content must be a string")
+    return {"role": canonical, "content": content}
+
+
+def read_messages(value, column: str, *, must_end_with_assistant: bool = True) -> list[dict[str, str]]:
+    """Canonical ``[{"role", "content"}]`` turns from any supported conversation shape.
+
+    Checks: a non-empty list; at most one system turn, and only first; then user and assistant
+    strictly alternating, starting with the user; non-empty contents; ending with the assistant
+    unless ``must_end_with_assistant`` is false (a prompt).
+    """
+    if not isinstance(value, list) or not value:
+        raise RowError(column, f"column {column!r} must be a non-empty list of turns")
+    messages = []
+    for index, turn in enumerate(value):
+        # UltraChat-ITA rows are bare strings: even positions are the user, odd the assistant.
+        messages.append(_turn(turn, column, index, "user" if index % 2 == 0 else "assistant"))
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = "user"
+    for index, message in enumerate(body):
+        if message["role"] == "system":
+            raise RowError(column, f"a system turn is only allowed first (turn {index})")
+        if message["role"] != expected:
+            raise RowError(
+                column,
+                f"turn {messages.index(message)} is {message['role']!r} but {expected!r} was expected "
+                "(user and assistant must alternate, starting with the user)",
+            )
+        if not message["content"].strip():
+            raise RowError(column, f"turn {messages.index(message)} of {column!r} is empty")
+        expected = "assistant" if expected == "user" else "user"
+    if not body:
+        raise RowError(column, f"column {column!r} has no user turn")
+    if must_end_with_assistant and body[-1]["role"] != "assistant":
+        raise RowError(column, f"the last turn of {column!r} must be the assistant's")
+    return messages
+
+
+def read_conversation(row: dict, columns: dict[str, str]) -> list[dict[str, str]]:
+    """Canonical messages of a ``conversations`` row."""
+    column = columns["messages"]
+    if column not in row:
+        raise RowError(column, f"missing column {column!r} (messages)")
+    return read_messages(row[column], column)
+
+
+def read_preference(row: dict, columns: dict[str, str]) -> dict:
+    """``{"prompt": [messages], "chosen": str, "rejected": str}`` of a ``preferences`` row.
+
+    Chosen and rejected may be strings (then the prompt column is required) or message lists that
+    share the prompt turns and end with the assistant answer (ORPO-DPO-mix-40k style).
+    """
+    chosen_col, rejected_col, prompt_col = columns["chosen"], columns["rejected"], columns["prompt"]
+    for column in (chosen_col, rejected_col):
+        if column not in row:
+            raise RowError(column, f"missing column {column!r}")
+    chosen, rejected = row[chosen_col], row[rejected_col]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        chosen_msgs = read_messages(chosen, chosen_col)
+        rejected_msgs = read_messages(rejected, rejected_col)
+        if chosen_msgs[:-1] != rejected_msgs[:-1]:
+            raise RowError(rejected_col, f"{chosen_col!r} and {rejected_col!r} do not share the same prompt turns")
+        prompt = chosen_msgs[:-1]
+        chosen_text, rejected_text = chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        if prompt_col not in row:
+            raise RowError(prompt_col, f"missing column {prompt_col!r} (prompt)")
+        raw_prompt = row[prompt_col]
+        if isinstance(raw_prompt, str):
+            if not raw_prompt.strip():
+                raise RowError(prompt_col, f"column {prompt_col!r} (prompt) is empty")
+            prompt = [{"role": "user", "content": raw_prompt}]
+        else:
+            prompt = read_messages(raw_prompt, prompt_col, must_end_with_assistant=False)
+        chosen_text, rejected_text = chosen, rejected
+    else:
+        raise RowError(chosen_col, f"{chosen_col!r} and {rejected_col!r} must both be strings or both message lists")
+    for column, text in ((chosen_col, chosen_text), (rejected_col, rejected_text)):
+        if not text.strip():
+            raise RowError(column, f"column {column!r} is empty")
+    if chosen_text.strip() == rejected_text.strip():
+        raise RowError(rejected_col, f"{chosen_col!r} equals {rejected_col!r}: the pair teaches nothing")
+    return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text}
+
+
+READERS = {
+    "text": read_text,
+    "instructions": read_instruction,
+    "conversations": read_conversation,
+    "preferences": read_preference,
+}
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+class DataFileError(ValueError):
+    """A problem with a data file, located by path and (where it applies) line and column."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None, column: str | None = None):
+        where = f"{path}:{line}" if line is not None else str(path)
+        if column:
+            where += f" [{column}]"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.column, self.message = str(path), line, column, message
+
+
+def decode_jsonl_line(raw: bytes, path: str | Path, number: int) -> dict:
+    """Decode one raw JSON Lines line; DataFileError names the line for invalid UTF-8, invalid
+    JSON and rows that are not JSON objects."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, f"invalid UTF-8 at byte {exc.start} of the line", number) from None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+    if not isinstance(row, dict):
+        raise DataFileError(path, f"each line must be a JSON object, got {type(row).__name__}", number)
+    return row
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, row)`` of a JSON Lines file, skipping blank lines."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield number, decode_jsonl_line(raw, path, number)
+
+
+@dataclass
+class FileReport:
+    """What a check found in one file; counts go to the run's provenance."""
+
+    path: str
+    format: str
+    rows: int = 0
+    kept: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "format": self.format, "rows": self.rows, "kept": self.kept,
+                "skipped": self.skipped, "errors": self.errors[:20]}
+
+
+def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str = "strict",
+               keep: list | None = None) -> FileReport:
+    """Check every row of a local JSONL file against a format.
+
+    ``policy="strict"`` raises DataFileError at the first bad row (file, line, column);
+    ``policy="skip"`` counts and drops bad rows (appending the good raw lines to ``keep``
+    when given). Malformed JSON and invalid UTF-8 are bad rows too. An empty file, or a file
+    with no good row left, is always an error.
+    """
+    if policy not in ("strict", "skip"):
+        raise ValueError(f"unknown bad-row policy {policy!r}; valid: strict, skip")
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataFileError(path, "file is empty")
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataFileError(path, "unsupported file type; local data files must be JSON Lines (.jsonl)")
+    report = FileReport(str(path), fmt)
+    reader = READERS[fmt]
+    missing_reported = False
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            report.rows += 1
+            try:
+                row = decode_jsonl_line(raw, path, number)
+                try:
+                    reader(row, columns)
+                except RowError as exc:
+                    if not missing_reported and exc.message.startswith("missing column"):
+                        missing_reported = True
+                        exc = RowError(exc.column, f"{exc.message}; the row has: {', '.join(sorted(row))}")
+                    raise DataFileError(path, exc.message, number, exc.column) from None
+            except DataFileError as exc:
+                if policy == "strict":
+                    raise
+                report.skipped += 1
+                report.errors.append(str(exc))
+                continue
+            report.kept += 1
+            if keep is not None:
+                keep.append(raw)
+    if report.rows == 0:
+        raise DataFileError(path, "file has no rows")
+    if report.kept == 0:
+        first = report.errors[0] if report.errors else ""
+        raise DataFileError(path, f"no valid row left: all {report.rows} rows were bad (first: {first})")
+    return report

@@ -1,0 +1,5 @@
+"""Axolotl loader for the ``instructions`` format: ``type: llamantino_plugin.instructions`` (see ``loading.py``)."""
+
+from llamantino_plugin.loading import loader
+
+load = loader("instructions")
