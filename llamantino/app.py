@@ -78,8 +78,8 @@ def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc
     if launcher["name"] == "slurm":
         from llamantino.launch.slurm import add_job_script, check_submittable
 
+        check_submittable(prepared.cfg, prepared.inputs)
         add_job_script(prepared)
-        check_submittable(prepared.cfg)
     elif launcher["name"] not in ("dry", "local"):
         raise ConfigError(f"launcher.name={launcher['name']!r} is not valid; use dry, local or slurm")
     write_run_dir(run_dir, prepared.files, prepared.links)

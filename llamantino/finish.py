@@ -31,7 +31,7 @@ def read_status(run_dir: Path) -> dict:
 
 def finish(run_dir: Path, rc: int, job_id: str | None = None) -> dict:
     """Write status.json (and the model card when ``rc == 0``); return the status."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     provenance = json.loads((run_dir / "provenance.json").read_text())
     losses = run_losses(run_dir)
     status = {

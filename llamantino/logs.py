@@ -6,13 +6,16 @@ import re
 from pathlib import Path
 
 # Axolotl (HF Trainer) logs lines like: {'loss': '6.94', 'grad_norm': '0.15', ..., 'epoch': '0.17'}
-_LOSS = re.compile(r"\{'loss': '?([0-9.eE+-]+|nan)'?")
+# Multi-node jobs label each line with its srun task ("0: {...}"); only task 0 is counted.
+_LOSS = re.compile(r"^(?:\s*0: )?.*?\{'loss': '?([0-9.eE+-]+|nan)'?", re.MULTILINE)
+_OTHER_TASK = re.compile(r"^\s*[1-9]\d*: ")
 _EVAL_LOSS = re.compile(r"'eval_loss': '?([0-9.eE+-]+)'?")
 
 
 def parse_losses(text: str) -> list[float]:
     """Every training loss in a log, in order (requeued runs append to the same log)."""
-    return [float(match) for match in _LOSS.findall(text.replace("\r", "\n"))]
+    lines = [line for line in text.replace("\r", "\n").splitlines() if not _OTHER_TASK.match(line)]
+    return [float(match) for match in _LOSS.findall("\n".join(lines))]
 
 
 def run_logs(run_dir: Path) -> list[Path]:

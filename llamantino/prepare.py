@@ -104,6 +104,10 @@ def prepare_run(cfg: dict, run_dir: Path, *, overrides: list[str], choices: dict
         raise ConfigError(f"stage.task={task!r} is not valid; use one of {', '.join(STAGE_COMMANDS)}")
     method = None
     if task == "train":
+        if any(o.split("=", 1)[0].lstrip("+~") == "stage.learning_rate" for o in overrides):
+            # An explicit learning rate wins over the fallback's adapter_learning_rate.
+            cfg = {**cfg, "stage": {**stage, "adapter_learning_rate": None}}
+            stage = cfg["stage"]
         method = choose_method(stage, cfg["model"], hw)
     elif task == "merge":
         method = Method(adapter="lora", distributed="none", nodes=1, processes_per_node=1)

@@ -41,6 +41,7 @@ def write_run_dir(target: Path, files: dict[str, str | bytes], links: dict[str, 
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(destination, path)
+        (staging / "logs").mkdir(exist_ok=True)  # SLURM opens its output file there before the job runs
         os.chmod(staging, 0o755)
         os.rename(staging, target)
     except BaseException:

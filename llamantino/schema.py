@@ -116,6 +116,7 @@ class SlurmConfig:
     partition: Optional[str] = None
     qos: Optional[str] = None
     account: Optional[str] = None  # None: taken from $SLURM_ACCOUNT at submission
+    account_required: bool = False  # the cluster bills every job to a project
     time: str = "24:00:00"
     mem: Optional[str] = None  # per node, e.g. "494000M"; None: the partition default
     gres: Optional[str] = None  # e.g. "gpu:4"; None when there are no GPUs

@@ -9,14 +9,21 @@ here and only here, on first use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+import sys
+import tempfile
+import warnings
 from importlib import metadata
 
 from llamantino.errors import ValidationError
 
+# Validation needs no network and no telemetry; set only while it runs (training gets its own env).
 QUIET_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "AXOLOTL_LOG_LEVEL": "ERROR", "LOG_LEVEL": "ERROR", "TORCH_LOGS": "-all"}
 
 
 def capabilities(hw: dict) -> tuple[dict, dict]:
@@ -52,14 +59,49 @@ def _dropped(given, kept, path: str = "") -> list[str]:
     return missing
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Axolotl, torch and bitsandbytes log (and print) at import and validation; only errors matter
+    here, and they arrive as exceptions. The environment is restored afterwards."""
+    saved = {key: os.environ.get(key) for key in QUIET_ENV}
+    os.environ.update(QUIET_ENV)
+    loggers = [logging.getLogger(name) for name in ("axolotl", "torch", "bitsandbytes", "transformers", "torchao")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    stderr_fd = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(stderr_fd, 2)
+            os.close(stderr_fd)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 def validate_recipe(recipe: dict, hw: dict) -> dict:
     """Run Axolotl's validation for ``hw``; return the validated config or raise ValidationError."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    with _quiet():
+        return _validate(recipe, hw)
+
+
+def _validate(recipe: dict, hw: dict) -> dict:
     import pydantic
     from axolotl.cli.config import prepare_plugins
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
+
+    logging.getLogger("axolotl").setLevel(logging.ERROR)  # axolotl sets its own level on import
 
     cfg = DictDefault(copy.deepcopy(recipe))
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from axolotl.integrations.base import BasePlugin
 
@@ -39,7 +40,10 @@ class LlamantinoPlugin(BasePlugin):
         cfg["chat_template_jinja"] = template_source(name, cfg.get("llamantino_system_prompt"))
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+            print(f"llamantino: rank {os.environ.get('RANK', '0')}/{world} joined on node {node}", flush=True)
             import torch
 
             if not torch.cuda.is_available():

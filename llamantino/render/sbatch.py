@@ -1,0 +1,147 @@
+"""Render sbatch scripts from the editable Jinja templates in ``slurm/``: a pure function.
+
+Shell safety is structural, not a matter of care: the Jinja environment *finalizes* every
+``{{ value }}`` with ``shlex.quote`` unless the value was built here as a :class:`Shell` fragment,
+and the only fragments built here are checked names, numbers and ``"${VAR}"`` references. A run
+name like ``x$(touch pwned)`` therefore reaches the script as ``'x$(touch pwned)'``. ``#SBATCH``
+lines are parsed by sbatch, not by a shell, so their values must match a strict character set
+(job names are sanitised, everything else is refused with the key that holds it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from functools import lru_cache
+
+from llamantino.errors import ConfigError
+from llamantino.paths import SLURM_DIR
+
+_WORD = re.compile(r"^[A-Za-z0-9._-]+$")
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+_GRES = re.compile(r"^[A-Za-z0-9:_.-]+$")
+_DIRECTIVE = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9._,:%@/+=\[\]-]+)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class Shell(str):
+    """A fragment built by this module that may reach the script unquoted."""
+
+
+def shell_value(value: str) -> Shell:
+    """Quote ``value`` for bash, keeping ``$VAR``/``${VAR}`` references live and nothing else.
+
+    ``${WORK}/hf_home`` becomes ``"${WORK}"'/hf_home'``: the variable expands at job time, while
+    ``$(...)``, backticks, ``;`` and quotes stay literal text.
+    """
+    parts, last = [], 0
+    for match in _ENV_REF.finditer(value):
+        if match.start() > last:
+            parts.append(shlex.quote(value[last:match.start()]))
+        parts.append('"${%s}"' % (match.group(1) or match.group(2)))
+        last = match.end()
+    if last < len(value) or not parts:
+        parts.append(shlex.quote(value[last:]))
+    return Shell("".join(parts))
+
+
+def _finalize(value):
+    if isinstance(value, Shell):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("booleans are not rendered into scripts; test them with {% if %}")
+    return shlex.quote(str(value))
+
+
+@lru_cache(maxsize=None)
+def _environment():
+    from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(loader=FileSystemLoader(str(SLURM_DIR)), finalize=_finalize,
+                               undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                               lstrip_blocks=True, autoescape=False)
+    # A comment runs to the end of its line: text without line breaks cannot escape it.
+    env.filters["comment"] = lambda text: Shell(re.sub(r"[\r\n]+", " ", str(text)))
+    env.filters["words"] = lambda items: Shell(" ".join(shlex.quote(str(item)) for item in items))
+    return env
+
+
+def _checked(pattern: re.Pattern, value, key: str) -> str:
+    value = str(value)
+    if not pattern.match(value):
+        raise ConfigError(f"{key}={value!r} is not valid in an #SBATCH line (allowed: {pattern.pattern})")
+    return value
+
+
+def job_name(run_name: str) -> str:
+    """``llamantino-<run name>`` reduced to characters sbatch and shells take literally."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"llamantino-{run_name}")[:120]
+
+
+def directives(cfg: dict, nodes: int, array: str | None = None) -> list[Shell]:
+    """The ``#SBATCH`` options of a job, each checked against a strict character set."""
+    hw, slurm, launcher = cfg["hardware"], cfg["hardware"]["slurm"], cfg["launcher"]
+    lines = [f"--job-name={job_name(cfg['run']['name'])}",
+             f"--nodes={int(nodes)}", "--ntasks-per-node=1", f"--cpus-per-task={int(hw['cpus_per_node'])}"]
+    if slurm["gres"]:
+        lines.append(f"--gres={_checked(_GRES, slurm['gres'], 'hardware.slurm.gres')}")
+    if slurm["mem"]:
+        lines.append(f"--mem={_checked(_MEM, slurm['mem'], 'hardware.slurm.mem')}")
+    time_limit = launcher["time"] or slurm["time"]
+    lines.append(f"--time={_checked(_TIME, time_limit, 'launcher.time' if launcher['time'] else 'hardware.slurm.time')}")
+    for key in ("partition", "qos", "account"):
+        if slurm[key]:
+            lines.append(f"--{key}={_checked(_WORD, slurm[key], f'hardware.slurm.{key}')}")
+    if slurm["exclusive"]:
+        lines.append("--exclusive")
+    lines.append("--output=logs/%x-%A_%a.out" if array else "--output=logs/%x-%j.out")
+    lines.append("--open-mode=append")
+    if launcher["requeue"] and cfg["stage"]["task"] == "train":
+        lines += ["--requeue", f"--signal=B:USR1@{int(launcher['signal_lead_s'])}"]
+    if array:
+        lines.append(f"--array={array}")
+    for extra in slurm["extra_directives"]:
+        lines.append(_checked(_DIRECTIVE, extra, "hardware.slurm.extra_directives"))
+    return [Shell(line) for line in lines]
+
+
+def script_context(cfg: dict, stage_args: list[str], *, nodes: int, processes_per_node: int, job_env: dict,
+                   run_dirs: list[str] | None = None, array: str | None = None, header: list[str] = ()) -> dict:
+    """Everything the template reads; strings that are not Shell fragments get quoted on output.
+
+    ``job_env`` (telemetry off, offline flags) is exported first, then the hardware's own
+    ``slurm.env`` (NCCL, caches), which may reference job-time variables as ``${VAR}``.
+    """
+    slurm = cfg["hardware"]["slurm"]
+    env = []
+    for name, value in {**job_env, **slurm["env"]}.items():
+        env.append((Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value))))
+    return {
+        "header": list(header),
+        "directives": directives(cfg, nodes, array),
+        "modules": list(slurm["modules"]),
+        "env": env,
+        "offline": bool(cfg["hardware"]["offline"]),
+        "task": cfg["stage"]["task"],
+        "stage_args": list(stage_args),
+        "nodes": int(nodes),
+        "nproc_per_node": int(processes_per_node),
+        "rdzv_port": int(slurm["rdzv_port"]),
+        "requeue": bool(cfg["launcher"]["requeue"]) and cfg["stage"]["task"] == "train",
+        "signal_lead_s": int(cfg["launcher"]["signal_lead_s"]),
+        "run_dirs": run_dirs,
+    }
+
+
+def render_sbatch(template: str, context: dict) -> str:
+    """Render ``slurm/<template>`` with a context from :func:`script_context`."""
+    from jinja2 import TemplateNotFound
+
+    try:
+        return _environment().get_template(template).render(**context)
+    except TemplateNotFound:
+        available = ", ".join(sorted(p.name for p in SLURM_DIR.glob("*.j2")))
+        raise ConfigError(f"launcher.template={template!r} is not in slurm/ (available: {available})") from None
