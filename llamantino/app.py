@@ -33,19 +33,6 @@ EXECUTION_WHITELIST = ("llamantino.sweep.SweepCallback",)
 register_configs()
 
 
-def check_run_name(name: str) -> str:
-    """A run name becomes a folder name: any characters but path separators and dot-names."""
-    if not name or "/" in name or "\0" in name or name in (".", "..") or name.startswith("."):
-        raise ConfigError(f"run.name={name!r} cannot be a folder name: no '/', not empty, not starting with '.'")
-    return name
-
-
-def default_name(cfg: dict) -> str:
-    if cfg["pipeline"]:
-        return f"{cfg['pipeline']['name']}-{cfg['model']['name']}"
-    return f"{cfg['stage']['name']}-{cfg['model']['name']}-{cfg['data']['name']}"
-
-
 def hydra_context() -> tuple[list[str], dict, bool, HydraConfig]:
     """(task overrides, group choices, is multirun, the Hydra config)."""
     hc = HydraConfig.get()
@@ -61,7 +48,7 @@ def run_dir_for(cfg: dict, multirun: bool, hc) -> Path:
         return Path(os.path.abspath(hc.sweep.dir)) / f"{hc.job.num:03d}"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(os.path.abspath(cfg["run"]["output_root"]))
-    return unique_run_dir(root / check_run_name(cfg["run"]["name"]), stamp)
+    return unique_run_dir(root / cfg["run"]["name"], stamp)
 
 
 def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc) -> Path:
@@ -106,9 +93,8 @@ def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc
             execution_whitelist=EXECUTION_WHITELIST)
 def _main(cfg: DictConfig) -> None:
     overrides, choices, multirun, hc = hydra_context()
-    plain = to_plain(cfg)
-    plain["run"]["name"] = check_run_name(plain["run"]["name"] or default_name(plain))
     try:
+        plain = to_plain(cfg)
         if plain["pipeline"]:
             from llamantino.pipeline import run_pipeline
 

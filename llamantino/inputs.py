@@ -31,6 +31,8 @@ class Inputs:
     model_source: dict = field(default_factory=dict)  # provenance of the base model
     adapter: str | None = None  # merge: ADAPTER_LINK
     data: dict | None = None  # {path, name, split, revision, format, columns, local, sha256, report}
+    # merge: the adapter's dataset keys (Axolotl's CLI validates a recipe only with datasets)
+    adapter_datasets: dict = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # run-relative name -> absolute target
     files: dict[str, bytes] = field(default_factory=dict)  # run-relative name -> content to write
     build_tiny: bool = False
@@ -95,6 +97,9 @@ def resolve_model(cfg: dict, tiny_dir, known_runs: dict) -> Inputs:
         inputs.links[ADAPTER_LINK] = str((adapter_run / output["path"]).resolve())
         if base.get("local"):
             inputs.links[MODEL_LINK] = base["local"]
+        inputs.adapter_datasets = output.get("datasets") or {}
+        for name, target in (output.get("data_links") or {}).items():
+            inputs.links[name] = target
         return inputs
     if run["input_model"]:
         path = Path(run["input_model"]).expanduser()

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from llamantino.compose import compose_config
-from llamantino.errors import ConfigError, LaunchError
+from llamantino.errors import ConfigError, LaunchError, LlamantinoError
 from llamantino.finish import read_status, write_json
 
 MANIFEST = "pipeline.json"
@@ -34,8 +34,7 @@ _PIPELINE_KEYS = ("pipeline=", "+pipeline=", "run.name=", "run.input_model=", "r
 def step_overrides(base: list[str], step: dict, input_dir: Path | None, stage_is_merge: bool,
                    name: str, output_root: str) -> list[str]:
     overrides = [o for o in base if not o.startswith(_PIPELINE_KEYS)]
-    overrides += list(step["overrides"]) + ["pipeline=null", f"run.name={name}-{step['name']}",
-                                            f"run.output_root={output_root}"]
+    overrides += list(step["overrides"]) + [f"run.name={name}-{step['name']}", f"run.output_root={output_root}"]
     if input_dir is not None:
         overrides.append(f"run.{'input_adapter' if stage_is_merge else 'input_model'}={input_dir}")
     return overrides
@@ -81,8 +80,7 @@ def plan_steps(cfg: dict, overrides: list[str], choices: dict, pipeline_dir: Pat
             input_dir = pipeline_dir / source
         else:
             raise ConfigError(f"pipeline step {step['name']}: input={source!r} must be base, previous or an earlier step")
-        probe = compose_config([o for o in overrides if not o.startswith(_PIPELINE_KEYS)] + list(step["overrides"])
-                               + ["pipeline=null"])
+        probe = compose_config([o for o in overrides if not o.startswith(_PIPELINE_KEYS)] + list(step["overrides"]))
         is_merge = probe["stage"]["task"] == "merge"
         if is_merge and input_dir is None:
             raise ConfigError(f"pipeline step {step['name']} merges an adapter but has no earlier step to take it from")
@@ -92,8 +90,8 @@ def plan_steps(cfg: dict, overrides: list[str], choices: dict, pipeline_dir: Pat
         try:
             prepared = prepare_run(step_cfg, step_dir, overrides=step_cfg_overrides(overrides, step),
                                    choices=choices, validate=cfg["launcher"]["validate"], known_runs=known)
-        except ConfigError as exc:
-            raise ConfigError(f"pipeline step {step['name']}: {exc}") from None
+        except LlamantinoError as exc:
+            raise type(exc)(f"pipeline step {step['name']}: {exc}") from None
         state = step_state(step_dir)
         old = _recipe_of(step_dir)
         new = prepared.files.get("axolotl.yaml") or prepared.files.get("eval.json")

@@ -230,4 +230,4 @@ class LlamantinoConfig:
 
 def register_configs() -> None:
     """Register the root schema (used by conf/config.yaml's defaults list)."""
-    ConfigStore.instance().store(name="llamantino_schema", node=LlamantinoConfig)
+    ConfigStore.instance().store(name="llamantino_schema", node=LlamantinoConfig, replace=True)

@@ -22,8 +22,17 @@ LOADER_TYPES = {
     "conversations": "llamantino_plugin.conversations",
     "preferences": "llamantino_plugin.dpo",
 }
-# Optimizers that need CUDA (fused kernels, bitsandbytes paging) and their CPU equivalent.
+# Optimizers that need CUDA (fused kernels, bitsandbytes paging or 8-bit states) and their CPU equivalent.
+CUDA_ONLY_OPTIMIZER = ("fused", "paged", "8bit", "bnb")
 CPU_OPTIMIZER = "adamw_torch"
+
+
+def optimizer_for(stage: dict, hw: dict) -> str:
+    """The stage's optimizer, or its CPU equivalent when it needs CUDA and the hardware has none."""
+    name = stage["optimizer"]
+    if hw["accelerator"] == "cpu" and any(part in name for part in CUDA_ONLY_OPTIMIZER):
+        return CPU_OPTIMIZER
+    return name
 
 
 def prompt_template(cfg: dict) -> str:
@@ -84,7 +93,7 @@ def _data_keys(cfg: dict, inputs: Inputs) -> dict:
     entry["split"] = data["split"]
     if data.get("revision"):
         entry["revision"] = data["revision"]
-    if "local" in data:
+    if "local" in data and data["format"] != "preferences":  # Axolotl's DPO datasets have no ds_type
         entry["ds_type"] = "json"
     entry["type"] = LOADER_TYPES[data["format"]]
     spec: dict[str, Any] = {"path": entry["path"]}
@@ -156,6 +165,8 @@ def render_axolotl(cfg: dict, method: Method | None, inputs: Inputs) -> dict:
                       learning_rate=float(stage["learning_rate"]), **_precision(hw))
         if cfg["prompt"]["system_prompt"] is not None:
             recipe["llamantino_system_prompt"] = cfg["prompt"]["system_prompt"]
+        # merge-lora reads no data, but Axolotl validates only recipes that name some: the adapter's.
+        recipe.update(inputs.adapter_datasets)
         return recipe
 
     recipe.update(_data_keys(cfg, inputs))
@@ -175,10 +186,7 @@ def render_axolotl(cfg: dict, method: Method | None, inputs: Inputs) -> dict:
         if stage["max_prompt_len"] is not None:
             recipe["max_prompt_len"] = stage["max_prompt_len"]
     recipe.update(_schedule(stage, fell_back=stage["adapter"] is None and method.adapter is not None))
-    optimizer = stage["optimizer"]
-    if cpu and optimizer != CPU_OPTIMIZER:
-        optimizer = CPU_OPTIMIZER
-    recipe["optimizer"] = optimizer
+    recipe["optimizer"] = optimizer_for(stage, hw)
     recipe["gradient_checkpointing"] = bool(stage["gradient_checkpointing"]) and not cpu
     recipe.update(_precision(hw))
     recipe["attn_implementation"] = attention

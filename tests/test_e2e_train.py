@@ -1,0 +1,103 @@
+"""End to end: real Axolotl trains the tiny model on CPU through the rendered recipes and the plugin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import cli, ok, read_json, run_dir_of
+
+pytestmark = pytest.mark.e2e
+
+
+def load_adapter(tiny_model, adapter_dir):
+    """Load base + adapter like a user would; return the LoRA B matrices (zero at init)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return [p for n, p in model.named_parameters() if "lora_B" in n]
+
+
+def trained(tiny_model, adapter_dir):
+    lora_b = load_adapter(tiny_model, adapter_dir)
+    assert lora_b, "no LoRA weights in the adapter"
+    return any(float(p.abs().sum()) > 0 for p in lora_b)
+
+
+def test_embedded_default_job_trains_the_tiny_model(tmp_path, tiny_model):
+    proc = ok(cli(cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    assert run_dir.parent.parent == tmp_path / "runs"
+    assert "notice: stage sft asks for full fine-tuning" in proc.stdout  # the CPU fallback is announced
+    assert "loss: first" in proc.stdout and "done: adapter in" in proc.stdout
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "COMPLETED" and status["losses"]["count"] >= 9
+    assert trained(tiny_model, run_dir / "output")
+    report = read_json(run_dir / "output" / "llamantino_data_report.json")
+    assert report["inputs/it_istruzioni.jsonl"]["kept"] == 48
+    card = (run_dir / "output" / "README.md").read_text()
+    assert card.startswith("---\n") and "## Axolotl recipe (as trained)" in card and "it_instructions_sample" in card
+    provenance = read_json(run_dir / "provenance.json")
+    assert provenance["data"]["sha256"] and provenance["packages"]["axolotl"] == "0.19.0"
+    assert provenance["data_report"]["inputs/it_istruzioni.jsonl"]["trainable_tokens"] > 0
+
+
+def test_adapt_qlora_on_raw_text_normalises_dedups_and_filters(tmp_path, tiny_model):
+    proc = ok(cli("stage=adapt", "stage.max_steps=3", "stage.sequence_len=128", "stage.micro_batch_size=4",
+                  "stage.save_steps=null", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    config = json.loads((run_dir / "output" / "adapter_config.json").read_text())
+    assert config["r"] == 64 and config["lora_alpha"] == 16 and config["lora_dropout"] == 0.1
+    assert "load_in_4bit: true" in (run_dir / "axolotl.yaml").read_text()
+    report = read_json(run_dir / "output" / "llamantino_data_report.json")["inputs/it_testo.jsonl"]
+    # the sample has one exact duplicate, one whitespace variant of it and one 5-character line
+    assert (report["rows"], report["duplicates"], report["too_short"]) == (44, 2, 1)
+    assert report["normalised"] >= 3  # typographic apostrophes, combining accent, double space
+    assert trained(tiny_model, run_dir / "output")
+
+
+def test_sft_conversations_with_llamantino2_template(tmp_path, tiny_model):
+    proc = ok(cli("data=it_ultrachat_sample", "prompt.template=llamantino2_chat", "stage.max_steps=3",
+                  "stage.micro_batch_size=4", "stage.saves_per_epoch=null", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    template = (run_dir / "output" / "chat_template.jinja").read_text()
+    assert "Sei un assistente disponibile" in template and "[/INST]" in template
+    assert trained(tiny_model, run_dir / "output")
+
+
+def test_dpo_trains_on_preference_pairs(tmp_path, tiny_model):
+    proc = ok(cli("stage=dpo", "data=it_orpo_mix_sample", "stage.max_steps=2", "stage.micro_batch_size=2",
+                  "stage.gradient_accumulation_steps=1", "stage.sequence_len=512", "stage.saves_per_epoch=null",
+                  cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    assert (run_dir / "output" / "adapter_model.safetensors").is_file()
+    assert read_json(run_dir / "status.json")["losses"]["first"] == pytest.approx(0.6931, abs=0.01)  # log 2
+    assert trained(tiny_model, run_dir / "output")
+
+
+def test_dpo_with_every_pair_too_long_fails_clearly(tmp_path):
+    proc = cli("stage=dpo", "stage.max_steps=2", "stage.sequence_len=32", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "every preference pair would be dropped" in proc.stderr
+    assert "sequence_len is 32" in proc.stderr and "logs/train.log" in proc.stderr
+    run_dir = next((tmp_path / "runs").iterdir()).iterdir().__next__()
+    assert read_json(run_dir / "status.json")["state"] == "FAILED"
+
+
+def test_skip_policy_drops_and_counts_bad_rows(tmp_path, tiny_model):
+    from llamantino.paths import SAMPLES_DIR
+
+    data = tmp_path / "conversazioni.jsonl"
+    good = (SAMPLES_DIR / "it_conversazioni_messages.jsonl").read_text()
+    data.write_text(good + '{"messages": [{"role": "robot", "content": "x"}]}\n{"messages": \n')
+    proc = ok(cli(f"data.path={data}", "data=it_messages_sample", "stage.bad_rows=skip", "stage.max_steps=2",
+                  "stage.micro_batch_size=4", "stage.saves_per_epoch=null", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    counts = read_json(run_dir / "provenance.json")["data"]["report"]
+    assert (counts["rows"], counts["kept"], counts["skipped"]) == (14, 12, 2)
+    assert any("unknown role 'robot'" in error for error in counts["errors"])
+    assert (run_dir / "inputs" / "conversazioni.jsonl").read_text().count("\n") == 12  # the cleaned copy
+    assert trained(tiny_model, run_dir / "output")
