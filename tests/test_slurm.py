@@ -1,0 +1,177 @@
+"""On a real SLURM cluster (slurm/local-cluster.sh up: munge, slurmctld, slurmd n1 and n2).
+
+Select with ``-m slurm``; CI brings the cluster up first. Without a cluster these tests fail
+(they do not skip): a SLURM feature that was not exercised is not known to work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, cli, ok, read_json, run_dir_of
+
+pytestmark = pytest.mark.slurm
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+SLURM = ("hardware=local_slurm", "launcher=slurm")
+QUICK_SFT = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.micro_batch_size=4", "stage.saves_per_epoch=null")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        pytest.fail("no SLURM cluster answers: run `slurm/local-cluster.sh up` (as root) first")
+
+
+def job(job_id: str) -> dict:
+    from llamantino.status import slurm_job
+
+    return slurm_job(job_id)
+
+
+def wait(job_id: str, timeout: float = 420, until=TERMINAL) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = job(job_id)
+        if info.get("JobState") in until:
+            return info
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {job(job_id)}")
+
+
+def job_id_of(run_dir: Path) -> str:
+    return read_json(run_dir / "job.json")["job_id"]
+
+
+def test_two_nodes_train_data_parallel(tmp_path):
+    proc = ok(cli(*SLURM, *QUICK_SFT, cwd=tmp_path))
+    assert "submitted job" in proc.stdout
+    run_dir = run_dir_of(proc)
+    info = wait(job_id_of(run_dir))
+    log = (run_dir / "logs" / "train.log").read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert info["NumNodes"] == "2"
+    assert "rank 0/2 joined on node n1" in log and "rank 1/2 joined on node n2" in log
+    assert (run_dir / "output" / "adapter_model.safetensors").is_file()
+    assert read_json(run_dir / "status.json")["state"] == "COMPLETED"
+
+
+def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path):
+    args = ("pipeline=tiny", "hardware=local_slurm", "hardware.nodes=1", "launcher=slurm")
+    proc = ok(cli(*args, cwd=tmp_path))
+    pipeline_dir = run_dir_of(proc)
+    steps = [step["name"] for step in read_json(pipeline_dir / "pipeline.json")["steps"]]
+    assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo"]
+    ids = [job_id_of(pipeline_dir / step) for step in steps]
+    for previous, step in zip(ids, ids[1:]):
+        assert f"afterok:{previous}" in job(step)["Dependency"]
+
+    # relaunched while queued or running: nothing is submitted again
+    again = ok(cli(*args, cwd=tmp_path))
+    assert "submitted job" not in again.stdout and "not submitted again" in again.stdout
+    for step in steps:
+        assert len(read_json(pipeline_dir / step / "job.json")["submissions"]) == 1
+
+    info = wait(ids[-1], timeout=600)
+    assert info["JobState"] == "COMPLETED", (pipeline_dir / "dpo" / "logs" / "train.log").read_text(errors="replace")[-3000:]
+    for step in steps:
+        assert read_json(pipeline_dir / step / "status.json")["state"] == "COMPLETED", step
+    # each step consumed the previous step's output
+    assert (pipeline_dir / "sft" / "inputs" / "base_model").resolve() == (pipeline_dir / "merge_adapt" / "output" / "merged").resolve()
+    assert (pipeline_dir / "merge_sft" / "inputs" / "adapter").resolve() == (pipeline_dir / "sft" / "output").resolve()
+    assert (pipeline_dir / "dpo" / "inputs" / "base_model").resolve() == (pipeline_dir / "merge_sft" / "output" / "merged").resolve()
+    assert (pipeline_dir / "merge_sft" / "output" / "merged" / "model.safetensors").is_file()
+
+    done = ok(cli(*args, cwd=tmp_path))
+    assert done.stdout.count(" skip ") == 5 and "submitted job" not in done.stdout
+    status = ok(cli(str(pipeline_dir), module="llamantino.status", cwd=tmp_path)).stdout
+    assert status.count("COMPLETED") == 5
+
+
+def test_a_failing_step_cancels_the_steps_after_it(tmp_path):
+    args = (f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=tiny_failing", "hardware=local_slurm",
+            "hardware.nodes=1", "launcher=slurm")
+    pipeline_dir = run_dir_of(ok(cli(*args, cwd=tmp_path)))
+    ids = {step: job_id_of(pipeline_dir / step) for step in ("adapt", "merge_adapt", "sft", "merge_sft", "dpo")}
+    assert wait(ids["sft"], timeout=600)["JobState"] == "FAILED"
+    for step in ("merge_sft", "dpo"):
+        info = wait(ids[step], timeout=120)
+        assert info["JobState"] == "CANCELLED", info
+    assert read_json(pipeline_dir / "sft" / "status.json")["state"] == "FAILED"
+    assert "no_such_proj" in (pipeline_dir / "sft" / "logs" / "train.log").read_text(errors="replace")
+    rows = {row["name"]: row for row in json.loads(ok(cli(str(pipeline_dir), "--json", module="llamantino.status",
+                                                          cwd=tmp_path)).stdout)}
+    assert rows["adapt"]["state"] == "COMPLETED" and rows["sft"]["state"].startswith("FAILED")
+    assert rows["dpo"]["state"].startswith("CANCELLED") and "Dependency" in rows["dpo"]["state"]
+
+
+def test_sweep_is_one_job_array_and_collects(tmp_path):
+    proc = ok(cli("-m", "stage.learning_rate=1e-3,3e-3", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=tmp_path))
+    assert proc.stdout.count("submitted job array") == 1 and "submitted job " not in proc.stdout.replace("job array", "")
+    sweep_dir = run_dir_of(proc)
+    record = read_json(sweep_dir / "sweep.json")
+    array_id = record["job_id"]
+    assert "--array=0-1%4" in (sweep_dir / "job-array.sbatch").read_text(errors="replace")
+    for index in (0, 1):
+        info = wait(f"{array_id}_{index}")
+        assert info["JobState"] == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
+        assert info["ArrayJobId"] == array_id
+    out = ok(cli(str(sweep_dir), module="llamantino.collect", cwd=tmp_path)).stdout
+    assert "stage.learning_rate=0.001" in out and "stage.learning_rate=0.003" in out
+    rows = (sweep_dir / "collect.csv").read_text(errors="replace").strip().splitlines()
+    assert len(rows) == 3 and all(row.split(",")[3] for row in rows[1:])  # final losses present
+    assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
+    # 2000 tiny steps take about a minute here; USR1 comes 40 s after the start, mid-training.
+    proc = ok(cli(*SLURM, "hardware.nodes=1", "stage=adapt", "stage.max_steps=2000", "stage.micro_batch_size=1",
+                  "stage.sequence_len=64", "stage.save_steps=null", "launcher.time=00:01:00",
+                  "launcher.signal_lead_s=20", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    job_id = job_id_of(run_dir)
+    deadline = time.time() + 240
+
+    def requeued():
+        return any("requeued;" in log.read_text(errors="replace") for log in (run_dir / "logs").glob("*.out"))
+
+    while time.time() < deadline and not requeued():
+        time.sleep(2)
+    assert requeued(), job(job_id)
+    wait(job_id, timeout=60, until={"PENDING"})
+    # a requeued job waits ~2 minutes before it is eligible again; the test does not
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=10"], check=True)
+    info = wait(job_id, timeout=420)
+    assert info["Restarts"] == "1"
+    batch_log = next((run_dir / "logs").glob("*.out")).read_text(errors="replace")
+    train_log = (run_dir / "logs" / "train.log").read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED", batch_log + train_log[-3000:]
+    assert "USR1" in batch_log and "checkpoint output/checkpoint-" in batch_log and "requeued" in batch_log
+    assert "(restart 1)" in batch_log
+    saved = int(batch_log.split("checkpoint output/checkpoint-")[1].split()[0])
+    assert 0 < saved < 2000
+    # the restarted run resumed from that checkpoint instead of starting over
+    assert f"resume from checkpoint at output/checkpoint-{saved}" in train_log
+    assert read_json(run_dir / "status.json")["state"] == "COMPLETED"
+
+
+def test_injection_strings_are_quoted_and_never_run(tmp_path):
+    env_canary = tmp_path / "pwned_env"
+    # Hydra's override grammar takes these as quoted strings; they reach llamantino as plain data.
+    proc = ok(cli(*SLURM, "hardware.nodes=1", *QUICK_SFT, "run.name='x$(touch pwned_name);b'",
+                  f"+hardware.slurm.env.LLAMANTINO_CANARY='`touch {env_canary}`'", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    assert "x$(touch" in str(run_dir)
+    script = run_dir / "job.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert f"export LLAMANTINO_CANARY='`touch {env_canary}`'" in script.read_text(errors="replace")
+    assert "--job-name=llamantino-x__touch_" in script.read_text(errors="replace")
+    info = wait(job_id_of(run_dir))
+    assert info["JobState"] == "COMPLETED", (run_dir / "logs" / "train.log").read_text(errors="replace")[-2000:]
+    assert not env_canary.exists() and not list(tmp_path.rglob("pwned_name"))
+    assert "x$(touch pwned_name);b" in (run_dir / "config.yaml").read_text()  # kept as data
