@@ -78,8 +78,10 @@ def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc
             print(f"llamantino: tiny model at {ensure_tiny_model()}")
         status = run_local(run_dir, prepared.stage_args)
         losses = status.get("losses")
-        what = (prepared.output or {}).get("kind", "output")
-        print(f"done: {what} in {status.get('output', run_dir)}")
+        if prepared.cfg["stage"]["task"] == "eval":
+            print(f"done: results in {run_dir / 'results.md'} and {run_dir / 'results.json'}")
+        else:
+            print(f"done: {(prepared.output or {}).get('kind', 'output')} in {status.get('output', run_dir)}")
         if losses:
             print(f"loss: first {losses['first']:.4f}, last {losses['last']:.4f} ({losses['count']} logged steps)")
     elif launcher["name"] == "slurm":

@@ -19,10 +19,12 @@ def check_run_name(name: str) -> str:
 
 
 def default_name(cfg: dict) -> str:
-    """``<pipeline>-<model>`` for pipelines, ``<stage>-<model>-<data>`` for single runs."""
+    """``<pipeline>-<model>``, ``<stage>-<model>-<data>``, ``eval-<model>-<eval>``, ``merge-<model>``."""
     if cfg["pipeline"]:
         return f"{cfg['pipeline']['name']}-{cfg['model']['name']}"
-    return f"{cfg['stage']['name']}-{cfg['model']['name']}-{cfg['data']['name']}"
+    task = cfg["stage"]["task"]
+    last = cfg["eval"]["name"] if task == "eval" else (None if task == "merge" else cfg["data"]["name"])
+    return "-".join(part for part in (cfg["stage"]["name"], cfg["model"]["name"], last) if part)
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -81,6 +81,30 @@ def _model_from_run(path: Path, stage: dict, known_runs: dict) -> tuple[str, dic
     return str((path / output["path"]).resolve()), {"kind": "run", "run_dir": str(path.resolve()), **output}
 
 
+def _eval_input(path: Path, known_runs: dict) -> Inputs:
+    """What an eval reads from a run: its merged/full model, or its base plus adapter."""
+    key = str(path.resolve())
+    if key not in known_runs:  # a run on disk must have finished; a pipeline step evaluates a future output
+        from llamantino.finish import read_status
+
+        state = read_status(path).get("state") or "not finished"
+        if state != "COMPLETED":
+            raise ConfigError(f"run.input_model={path} has no finished output to evaluate (state: {state})")
+    output = read_run(path, known_runs).get("output") or {}
+    source = {"kind": "run", "run_dir": key, **output}
+    if output.get("kind") == "model":
+        return Inputs(base_model=MODEL_LINK, model_source=source, links={MODEL_LINK: str((path / output["path"]).resolve())})
+    if output.get("kind") != "adapter":
+        raise ConfigError(f"run.input_model={path} produced nothing to evaluate")
+    base = output["base_model"]
+    inputs = Inputs(base_model=base["ref"], base_model_revision=base.get("revision"), adapter=ADAPTER_LINK,
+                    model_source=source)
+    inputs.links[ADAPTER_LINK] = str((path / output["path"]).resolve())
+    if base.get("local"):
+        inputs.links[MODEL_LINK] = base["local"]
+    return inputs
+
+
 def resolve_model(cfg: dict, tiny_dir, known_runs: dict) -> Inputs:
     """The base model (and, for merge, the adapter) of a stage."""
     stage, model, run = cfg["stage"], cfg["model"], cfg["run"]
@@ -103,6 +127,8 @@ def resolve_model(cfg: dict, tiny_dir, known_runs: dict) -> Inputs:
         return inputs
     if run["input_model"]:
         path = Path(run["input_model"]).expanduser()
+        if stage["task"] == "eval" and ((path / "provenance.json").is_file() or str(path.resolve()) in known_runs):
+            return _eval_input(path, known_runs)
         if (path / "provenance.json").is_file() or str(path.resolve()) in known_runs:
             target, source = _model_from_run(path, stage, known_runs)
         elif (path / "config.json").is_file():

@@ -165,8 +165,11 @@ def prepare_run(cfg: dict, run_dir: Path, *, overrides: list[str], choices: dict
             validate_recipe(recipe, hw)
         files["axolotl.yaml"] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))
     else:
-        from llamantino.evaluate import eval_plan
+        from llamantino.evaluate import check_tasks, eval_plan, materialise_tasks
 
+        if validate:
+            check_tasks(cfg)
+        files.update(materialise_tasks(cfg, inputs))
         files["eval.json"] = json.dumps(eval_plan(cfg, inputs), indent=2) + "\n"
     provenance = build_provenance(cfg, overrides, choices, method, inputs, output_record(cfg, method, inputs, recipe), notices)
     provenance["env"] = job_env(cfg, inputs)

@@ -119,7 +119,7 @@ class SlurmConfig:
     account_required: bool = False  # the cluster bills every job to a project
     time: str = "24:00:00"
     mem: Optional[str] = None  # per node, e.g. "494000M"; None: the partition default
-    gres: Optional[str] = None  # e.g. "gpu:4"; None when there are no GPUs
+    gres: Optional[str] = None  # None: "gpu:<gpus_per_node>" on GPU hardware, nothing on CPU
     exclusive: bool = False
     modules: list[str] = field(default_factory=list)  # `module load` lines, in order
     env: dict[str, str] = field(default_factory=dict)  # exported in the job

@@ -66,7 +66,7 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
     proc = ok(cli(*args, cwd=tmp_path))
     pipeline_dir = run_dir_of(proc)
     steps = [step["name"] for step in read_json(pipeline_dir / "pipeline.json")["steps"]]
-    assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo"]
+    assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval"]
     ids = [job_id_of(pipeline_dir / step) for step in steps]
     for previous, step in zip(ids, ids[1:]):
         assert f"afterok:{previous}" in job(step)["Dependency"]
@@ -78,7 +78,7 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
         assert len(read_json(pipeline_dir / step / "job.json")["submissions"]) == 1
 
     info = wait(ids[-1], timeout=600)
-    assert info["JobState"] == "COMPLETED", (pipeline_dir / "dpo" / "logs" / "train.log").read_text(errors="replace")[-3000:]
+    assert info["JobState"] == "COMPLETED", (pipeline_dir / "eval" / "logs" / "train.log").read_text(errors="replace")[-3000:]
     for step in steps:
         assert read_json(pipeline_dir / step / "status.json")["state"] == "COMPLETED", step
     # each step consumed the previous step's output
@@ -86,11 +86,15 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
     assert (pipeline_dir / "merge_sft" / "inputs" / "adapter").resolve() == (pipeline_dir / "sft" / "output").resolve()
     assert (pipeline_dir / "dpo" / "inputs" / "base_model").resolve() == (pipeline_dir / "merge_sft" / "output" / "merged").resolve()
     assert (pipeline_dir / "merge_sft" / "output" / "merged" / "model.safetensors").is_file()
+    # the pipeline ends with an evaluation of the DPO adapter on its base
+    assert "peft=inputs/adapter" in (pipeline_dir / "eval" / "eval.json").read_text()
+    assert "llamantino_smoke_it" in read_json(pipeline_dir / "eval" / "results.json")["scores"]
+    assert "## Evaluation" in (pipeline_dir / "dpo" / "output" / "README.md").read_text()
 
     done = ok(cli(*args, cwd=tmp_path))
-    assert done.stdout.count(" skip ") == 5 and "submitted job" not in done.stdout
+    assert done.stdout.count(" skip ") == 6 and "submitted job" not in done.stdout
     status = ok(cli(str(pipeline_dir), module="llamantino.status", cwd=tmp_path)).stdout
-    assert status.count("COMPLETED") == 5
+    assert status.count("COMPLETED") == 6
 
 
 def test_a_failing_step_cancels_the_steps_after_it(tmp_path):

@@ -17,7 +17,7 @@ from llamantino.errors import LaunchError
 from llamantino.finish import finish
 
 _LOSS = re.compile(r"\{'loss': '?([^',]+)'?.*?'learning_rate': '?([^',]+)'?.*'epoch': '?([^',}]+)'?")
-_SHOW = re.compile(r"^llamantino data:|Error|Traceback|Killed")
+_SHOW = re.compile(r"^llamantino (data|eval):|^\|.*\|$|Error|Traceback|Killed")
 
 
 def progress_line(line: str, step: int) -> str | None:

@@ -52,22 +52,28 @@ def check_submittable(cfg: dict, inputs=None) -> None:
                 f"time limit {time_limit} exceeds QoS {slurm['qos']}'s {limits['max_time']} on {hw['name']}; "
                 "set launcher.time (the run resumes across requeues) or another hardware.slurm.qos"
             )
+    if not launcher["submit"]:
+        return
     if slurm.get("account_required") and not slurm["account"] and not os.environ.get("SLURM_ACCOUNT"):
         raise ConfigError(f"{hw['name']} bills every job to a project: set hardware.slurm.account=<PROJECT> "
                           "or export SLURM_ACCOUNT (`saldo -b` lists yours)")
-    if not launcher["submit"]:
-        return
     if inputs is not None and hw["offline"]:
         remote = []
         if inputs.model_source.get("kind") == "hub":
             remote.append(f"model {inputs.model_source['hub_id']}")
         if inputs.data is not None and inputs.data.get("hub_id"):
             remote.append(f"data {inputs.data['hub_id']}")
+        if cfg["stage"]["task"] == "eval":
+            from llamantino.evaluate import local_task_files
+
+            hub_tasks = [t["name"] for t in cfg["eval"]["tasks"] if t["name"] not in local_task_files(cfg)]
+            if hub_tasks:
+                remote.append(f"the datasets of eval tasks {', '.join(hub_tasks)}")
         if remote:
             raise ConfigError(
                 f"{hw['name']} compute nodes have no internet and this run reads {' and '.join(remote)} from the hub: "
                 "render it with launcher.submit=false, prepare it where there is network "
-                "(python -m llamantino.data prepare <run dir>), then submit it (python -m llamantino.submit <run dir>)"
+                "(python -m llamantino.data prepare <run dir>), then submit it (python -m llamantino.launch <run dir>)"
             )
     if shutil.which("sbatch") is None:
         raise LaunchError("sbatch is not on PATH: this machine is not a SLURM submission host "
@@ -145,7 +151,7 @@ def submit_or_defer(prepared, multirun: bool) -> str | None:
         register_point(prepared)
         return None
     if not prepared.cfg["launcher"]["submit"]:
-        print(f"not submitted (launcher.submit=false): python -m llamantino.submit {prepared.run_dir}")
+        print(f"not submitted (launcher.submit=false): python -m llamantino.launch {prepared.run_dir}")
         return None
     if prepared.inputs.build_tiny:
         from llamantino.tiny import ensure_tiny_model
@@ -154,3 +160,26 @@ def submit_or_defer(prepared, multirun: bool) -> str | None:
     job_id = submit_run(prepared.run_dir)
     print(f"submitted job {job_id}: squeue -j {job_id}; python -m llamantino.status {prepared.run_dir}")
     return job_id
+
+
+def submit_existing(run_dir: Path) -> str:
+    """Submit a run directory written earlier (launcher.submit=false, or prepared for offline)."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / SCRIPT).is_file():
+        raise ConfigError(f"{run_dir} has no {SCRIPT}: render it with launcher=slurm")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["launcher"]["submit"] = True
+    check_submittable(cfg)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    remote = (provenance.get("model") or {}).get("kind") == "hub" or bool((provenance.get("data") or {}).get("hub_id"))
+    remote = remote or cfg["stage"]["task"] == "eval" and not cfg["eval"]["include_path"]
+    if cfg["hardware"]["offline"] and remote and not (run_dir / "prepared" / "llamantino_lock.json").is_file():
+        raise ConfigError(f"{run_dir} reads from the hub but {cfg['hardware']['name']} is offline: run "
+                          f"python -m llamantino.data prepare {run_dir} on a machine with network first")
+    if provenance.get("model", {}).get("kind") == "tiny_llama":
+        from llamantino.tiny import ensure_tiny_model
+
+        ensure_tiny_model()
+    return submit_run(run_dir)

@@ -86,8 +86,9 @@ def directives(cfg: dict, nodes: int, array: str | None = None) -> list[Shell]:
     hw, slurm, launcher = cfg["hardware"], cfg["hardware"]["slurm"], cfg["launcher"]
     lines = [f"--job-name={job_name(cfg['run']['name'])}",
              f"--nodes={int(nodes)}", "--ntasks-per-node=1", f"--cpus-per-task={int(hw['cpus_per_node'])}"]
-    if slurm["gres"]:
-        lines.append(f"--gres={_checked(_GRES, slurm['gres'], 'hardware.slurm.gres')}")
+    gres = slurm["gres"] or (f"gpu:{int(hw['gpus_per_node'])}" if hw["accelerator"] != "cpu" and hw["gpus_per_node"] else None)
+    if gres:
+        lines.append(f"--gres={_checked(_GRES, gres, 'hardware.slurm.gres')}")
     if slurm["mem"]:
         lines.append(f"--mem={_checked(_MEM, slurm['mem'], 'hardware.slurm.mem')}")
     time_limit = launcher["time"] or slurm["time"]
