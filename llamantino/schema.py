@@ -49,6 +49,7 @@ class DataConfig:
     subset: Optional[str] = None  # hub config name, e.g. "medium"
     revision: Optional[str] = None  # pinned hub commit; None: not pinned
     split: str = "train"
+    num_rows: Optional[int] = None  # rows in the split (approximate for hub sets; the planner uses it)
     columns: dict[str, str] = field(default_factory=dict)  # logical column -> column in the data
     license: str = ""
     size: str = ""

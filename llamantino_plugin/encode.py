@@ -113,6 +113,58 @@ def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None,
     return out
 
 
+def _with_counts(out: dict) -> dict:
+    """Add per-row ``_tokens`` and ``_trainable`` counts (cheap here; the loader filters on them)."""
+    out["_tokens"] = [len(ids) for ids in out["input_ids"]]
+    out["_trainable"] = [sum(1 for label in labels if label != IGNORE) for labels in out["labels"]]
+    return out
+
+
+def prepare_text(batch, indices, *, columns: dict) -> dict:
+    """Raw text, one row out per row in: normalised text, whether it changed, its digest and length."""
+    import hashlib
+
+    from llamantino_plugin.formats import normalise_text
+
+    out = {"text": [], "_changed": [], "_digest": [], "_chars": [], "_error": []}
+    names = list(batch)
+    for values, index in zip(zip(*batch.values()), indices):
+        row = canonical_row(dict(zip(names, values)), index, fmt="text", columns=columns, as_chat=False)
+        text = normalise_text(row["text"]) if not row["_error"] else ""
+        out["text"].append(text)
+        out["_changed"].append(text != row["text"] and not row["_error"])
+        out["_digest"].append(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest())
+        out["_chars"].append(len(text))
+        out["_error"].append(row["_error"])
+    return out
+
+
+def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encode) -> dict:
+    """Instructions and conversations in one pass, one row out per row in: check, render, tokenise,
+    mask. A bad row comes out with no tokens and its ``_error``."""
+    names = list(batch)
+    rows = [canonical_row(dict(zip(names, values)), index, fmt=fmt, columns=columns, as_chat=as_chat)
+            for values, index in zip(zip(*batch.values()), indices)]
+    good = [row for row in rows if not row["_error"]]
+    encoded = encode({key: [row[key] for row in good] for key in ("messages", "instruction", "input", "output")})
+    out = {"input_ids": [], "attention_mask": [], "labels": [], "_error": []}
+    position = 0
+    for row in rows:
+        if row["_error"]:
+            for key in ("input_ids", "attention_mask", "labels"):
+                out[key].append([])
+        else:
+            for key in ("input_ids", "attention_mask", "labels"):
+                out[key].append(encoded[key][position])
+            position += 1
+        out["_error"].append(row["_error"])
+    return _with_counts(out)
+
+
+def tokenise_text_counted(batch, *, tokenizer, sequence_len: int) -> dict:
+    return _with_counts(tokenise_text(batch, tokenizer=tokenizer, sequence_len=sequence_len))
+
+
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
               train_on_inputs: bool):
     """The batched tokenise function of a format and template."""

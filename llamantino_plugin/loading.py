@@ -1,28 +1,39 @@
 """One dataset strategy for every SFT format: check rows, normalise, tokenise, mask, account.
 
 Axolotl calls ``wrap_dataset`` once per dataset in the main process, so every count here is exact
-(workers only run the per-row maps). Steps, each counted in the data report:
+(worker processes only run the batched maps). Two passes at most over the data:
 
-1. read each row with the format's reader (``formats.py``): a bad row fails the run (``strict``)
-   or is dropped and counted (``skip``);
-2. raw text only: Italian normalisation, exact-duplicate removal, minimum length;
-3. tokenise: raw text is chunked to ``sequence_len``; instructions use the alpaca_it prompt or,
-   with a chat template, become a user/assistant exchange; conversations are rendered with the
-   chat template and only assistant turns are trained (system and user spans get label -100);
-4. length: rows over ``sequence_len`` are dropped, truncated or refused as ``excess_length_strategy``
-   says, rows left with no trainable token are dropped; if nothing is left the run stops here.
+1. a batched map that reads each row with its format's reader (``formats.py``) and either
+   tokenises it at once (instructions: the alpaca_it prompt, or with a chat template a
+   user/assistant exchange; conversations: the chat template, only assistant turns trained), or,
+   for raw text, normalises it (NFC, apostrophes, quotes, whitespace) and hashes it;
+2. raw text only: drop exact duplicates and too-short texts (Arrow, no Python loop), then tokenise
+   into ``sequence_len`` chunks.
+
+Bad rows fail the run (``strict``) or are dropped and counted (``skip``). Rows over
+``sequence_len`` are dropped, truncated or refused as ``excess_length_strategy`` says; rows with no
+trainable token are dropped; if nothing is left the run stops here, saying why. Counts are taken
+from Arrow columns batch by batch, so memory stays bounded on large corpora.
 """
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 
+import numpy as np
+import pyarrow as pa
 from axolotl.prompt_tokenizers import DatasetWrappingStrategy
 
 from llamantino_plugin import report
-from llamantino_plugin.encode import IGNORE, LlamantinoDataError, canonical_row, tokeniser
-from llamantino_plugin.formats import columns_for, normalise_text
+from llamantino_plugin.encode import (
+    IGNORE,
+    LlamantinoDataError,
+    encode_rows,
+    prepare_text,
+    tokenise_text_counted,
+    tokeniser,
+)
+from llamantino_plugin.formats import columns_for
 from llamantino_plugin.templates import template_info
 
 
@@ -37,10 +48,6 @@ def find_spec(cfg, ds_cfg, fmt: str) -> dict:
                 )
             return {"format": fmt, "columns": columns_for(fmt, spec.get("columns"))}
     return {"format": fmt, "columns": columns_for(fmt)}
-
-
-def _truncate(row, *, sequence_len: int) -> dict:
-    return {key: row[key][:sequence_len] for key in ("input_ids", "attention_mask", "labels")}
 
 
 class ItalianDataset(DatasetWrappingStrategy):
@@ -68,80 +75,109 @@ class ItalianDataset(DatasetWrappingStrategy):
     def wrap_dataset(self, dataset, process_count=None, keep_in_memory=False, **kwargs):
         counts = {"rows": len(dataset)}
         map_kwargs = {"num_proc": process_count, "keep_in_memory": keep_in_memory}
-        dataset = dataset.map(
-            partial(canonical_row, fmt=self.fmt, columns=self.spec["columns"], as_chat=self.as_chat),
-            with_indices=True, remove_columns=dataset.column_names, desc="llamantino: checking rows", **map_kwargs,
-        )
-        bad = dataset.filter(lambda row: bool(row["_error"]), **map_kwargs)
-        counts["invalid"] = len(bad)
-        if len(bad) and self.policy == "strict":
-            raise LlamantinoDataError(
-                f"dataset {self.name}: {len(bad)} bad row(s); first: {bad[0]['_error']} "
-                "(set llamantino_bad_rows: skip to drop and count them)"
-            )
-        if len(bad):
-            dataset = dataset.filter(lambda row: not row["_error"], **map_kwargs)
+        columns = self.spec["columns"]
         if self.fmt == "text":
-            dataset = self._clean_text(dataset, counts, map_kwargs)
-        dataset = self._tokenise(dataset, map_kwargs)
+            dataset = dataset.map(partial(prepare_text, columns=columns), batched=True, with_indices=True,
+                                  remove_columns=dataset.column_names, desc="llamantino: checking and normalising",
+                                  **map_kwargs)
+            self._check_errors(dataset, counts)
+            counts["normalised"] = int(_column(dataset, "_changed").sum())
+            dataset = self._clean_text(dataset, counts)
+            dataset = dataset.map(partial(tokenise_text_counted, tokenizer=self.tokenizer, sequence_len=self.cfg.sequence_len),
+                                  batched=True, remove_columns=dataset.column_names, desc="llamantino: tokenising text",
+                                  **map_kwargs)
+        else:
+            encode = tokeniser(self.fmt, self.template, tokenizer=self.tokenizer, sequence_len=self.cfg.sequence_len,
+                               system_prompt=self.cfg.get("llamantino_system_prompt"),
+                               train_on_inputs=bool(self.cfg.train_on_inputs))
+            dataset = dataset.map(partial(encode_rows, fmt=self.fmt, columns=columns, as_chat=self.as_chat, encode=encode),
+                                  batched=True, with_indices=True, remove_columns=dataset.column_names,
+                                  desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
+            self._check_errors(dataset, counts)
         dataset = self._fit_length(dataset, counts, map_kwargs)
         counts["kept"] = len(dataset)
-        counts["tokens"] = sum(len(ids) for ids in dataset["input_ids"])
-        counts["trainable_tokens"] = sum(sum(1 for label in labels if label != IGNORE) for labels in dataset["labels"])
+        counts["tokens"] = int(_column(dataset, "_tokens").sum())
+        counts["trainable_tokens"] = int(_column(dataset, "_trainable").sum())
+        dataset = dataset.remove_columns([c for c in ("_error", "_tokens", "_trainable") if c in dataset.column_names])
         report.record(self.cfg, self.name, self.fmt, counts)
         if counts["kept"] == 0:
             raise LlamantinoDataError(f"dataset {self.name}: no trainable row left ({report.describe(counts)})")
         return dataset
 
-    def _clean_text(self, dataset, counts, map_kwargs):
-        normalised = dataset.map(lambda row: {"text": normalise_text(row["text"])}, **map_kwargs)
-        counts["normalised"] = sum(a != b for a, b in zip(dataset["text"], normalised["text"]))
-        dataset = normalised
-        if self.cfg.get("llamantino_text_dedup", True) is not False:
-            seen: set[bytes] = set()
-            keep = []
-            for index, text in enumerate(dataset["text"]):
-                digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-                if digest not in seen:
-                    seen.add(digest)
-                    keep.append(index)
-            counts["duplicates"] = len(dataset) - len(keep)
-            dataset = dataset.select(keep)
-        min_chars = self.cfg.get("llamantino_text_min_chars")
-        min_chars = 20 if min_chars is None else min_chars
-        before = len(dataset)
-        dataset = dataset.filter(lambda row: len(row["text"]) >= min_chars, **map_kwargs)
-        counts["too_short"] = before - len(dataset)
-        return dataset
+    def _check_errors(self, dataset, counts) -> None:
+        errors = _column(dataset, "_error")
+        bad = np.flatnonzero(errors != "")
+        counts["invalid"] = len(bad)
+        if len(bad) and self.policy == "strict":
+            raise LlamantinoDataError(
+                f"dataset {self.name}: {len(bad)} bad row(s); first: {errors[bad[0]]} "
+                "(set llamantino_bad_rows: skip to drop and count them)"
+            )
 
-    def _tokenise(self, dataset, map_kwargs):
-        cfg = self.cfg
-        fn = tokeniser(self.fmt, self.template, tokenizer=self.tokenizer, sequence_len=cfg.sequence_len,
-                       system_prompt=cfg.get("llamantino_system_prompt"), train_on_inputs=bool(cfg.train_on_inputs))
-        return dataset.map(fn, batched=True, remove_columns=dataset.column_names,
-                           desc=f"llamantino: tokenising {self.fmt}", **map_kwargs)
+    def _clean_text(self, dataset, counts):
+        """Drop bad rows, exact duplicates (after normalisation) and too-short texts in one selection."""
+        keep = _column(dataset, "_error") == ""
+        if self.cfg.get("llamantino_text_dedup", True) is not False:
+            digests = _column(dataset, "_digest")
+            rows = np.arange(len(digests))
+            firsts = pa.table({"d": pa.array(digests, type=pa.binary(16)), "i": rows}).group_by("d").aggregate([("i", "min")])
+            first = np.zeros(len(digests), dtype=bool)
+            first[firsts.column("i_min").to_numpy()] = True
+            counts["duplicates"] = int((keep & ~first).sum())
+            keep &= first
+        min_chars = self.cfg.get("llamantino_text_min_chars")
+        short = _column(dataset, "_chars") < (20 if min_chars is None else min_chars)
+        counts["too_short"] = int((keep & short).sum())
+        keep &= ~short
+        dataset = _select(dataset, keep)
+        return dataset.remove_columns(["_changed", "_digest", "_chars", "_error"])
 
     def _fit_length(self, dataset, counts, map_kwargs):
         limit = self.cfg.sequence_len
         strategy = (self.cfg.get("excess_length_strategy") or "drop").lower()
-        too_long = dataset.filter(lambda row: len(row["input_ids"]) > limit, **map_kwargs)
-        if len(too_long) and strategy == "raise":
+        tokens = _column(dataset, "_tokens")
+        valid = _column(dataset, "_error") == "" if "_error" in dataset.column_names else np.ones(len(tokens), bool)
+        too_long = valid & (tokens > limit)
+        longest = int(tokens.max()) if len(tokens) else 0
+        if too_long.any() and strategy == "raise":
             raise LlamantinoDataError(
-                f"dataset {self.name}: {len(too_long)} row(s) exceed sequence_len={limit} "
-                f"(longest {max(len(ids) for ids in too_long['input_ids'])} tokens) and excess_length_strategy is raise"
+                f"dataset {self.name}: {int(too_long.sum())} row(s) exceed sequence_len={limit} "
+                f"(longest {longest} tokens) and excess_length_strategy is raise"
             )
         if strategy == "truncate":
-            counts["truncated"] = len(too_long)
-            dataset = dataset.map(partial(_truncate, sequence_len=limit), **map_kwargs)
+            counts["truncated"] = int(too_long.sum())
+            if too_long.any():
+                dataset = dataset.map(partial(_truncate, sequence_len=limit), **map_kwargs)
+            keep = valid
         else:
-            counts["too_long"] = len(too_long)
-            if len(too_long):
-                counts["longest_tokens"] = max(len(ids) for ids in too_long["input_ids"])
-                dataset = dataset.filter(lambda row: len(row["input_ids"]) <= limit, **map_kwargs)
-        before = len(dataset)
-        dataset = dataset.filter(lambda row: any(label != IGNORE for label in row["labels"]), **map_kwargs)
-        counts["no_trainable_tokens"] = before - len(dataset)
-        return dataset
+            counts["too_long"] = int(too_long.sum())
+            if too_long.any():
+                counts["longest_tokens"] = longest
+            keep = valid & ~too_long
+        no_trainable = keep & (_column(dataset, "_trainable") == 0)
+        counts["no_trainable_tokens"] = int(no_trainable.sum())
+        return _select(dataset, keep & ~no_trainable)
+
+
+# --- helpers (module level so worker processes can unpickle them) -------------------------------
+
+
+def _column(dataset, name: str) -> np.ndarray:
+    """One scalar column as a numpy array, read batch by batch from Arrow (no Python row objects)."""
+    parts = [table.column(0).to_numpy(zero_copy_only=False)
+             for table in dataset.select_columns([name]).with_format("arrow").iter(batch_size=100_000)]
+    return np.concatenate(parts) if parts else np.array([])
+
+
+def _select(dataset, keep: np.ndarray):
+    return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
+
+
+def _truncate(row, *, sequence_len: int) -> dict:
+    out = {key: row[key][:sequence_len] for key in ("input_ids", "attention_mask", "labels")}
+    out["_tokens"] = len(out["input_ids"])
+    out["_trainable"] = sum(1 for label in out["labels"] if label != IGNORE)
+    return out
 
 
 def loader(fmt: str):
