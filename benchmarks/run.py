@@ -152,6 +152,9 @@ def bench_render(work: Path, repeats: int) -> dict:
 
 
 def data_measure(run_dir: Path) -> dict:
+    import shutil
+
+    shutil.rmtree(run_dir / "prepared", ignore_errors=True)  # never measure a cached preparation
     out = run([PY, str(ROOT / "benchmarks" / "data_worker.py"), str(run_dir)], cwd=run_dir)[2]
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 

@@ -51,6 +51,20 @@ def run_dir_for(cfg: dict, multirun: bool, hc) -> Path:
     return unique_run_dir(root / cfg["run"]["name"], stamp)
 
 
+def check_local_hardware(hw: dict) -> None:
+    """launcher=local runs here: the hardware option must describe this machine's GPUs."""
+    if hw["accelerator"] == "cpu":
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < hw["gpus_per_node"] or hw["nodes"] > 1:
+        raise ConfigError(
+            f"hardware={hw['name']} needs {hw['nodes']} node(s) x {hw['gpus_per_node']} GPUs but this machine has "
+            f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to render only"
+        )
+
+
 def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc) -> Path:
     """Prepare, write and launch one stage; returns its run directory."""
     from llamantino.launch.local import run_local
@@ -67,7 +81,9 @@ def run_stage(cfg: dict, overrides: list[str], choices: dict, multirun: bool, hc
 
         check_submittable(prepared.cfg, prepared.inputs)
         add_job_script(prepared)
-    elif launcher["name"] not in ("dry", "local"):
+    elif launcher["name"] == "local":
+        check_local_hardware(prepared.cfg["hardware"])
+    elif launcher["name"] != "dry":
         raise ConfigError(f"launcher.name={launcher['name']!r} is not valid; use dry, local or slurm")
     write_run_dir(run_dir, prepared.files, prepared.links)
     print(f"wrote {run_dir}: {', '.join(sorted(name for name in prepared.files if '/' not in name))}")

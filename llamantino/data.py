@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from llamantino.errors import DataError, LlamantinoError
+from llamantino.errors import DataError, run_command
 from llamantino.paths import DATASETS_DIR, REGISTRY_DIR
 from llamantino.schema import DataConfig
 
@@ -156,15 +156,20 @@ def cmd_preview(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    """Download the run's pinned model and data into the HF cache and pre-tokenise them."""
+    """Download a run's model and data (or eval task data) into the HF cache; pre-tokenise training data."""
     run_dir = Path(args.run_dir)
-    recipe_path = run_dir / "axolotl.yaml"
-    if not recipe_path.is_file():
-        raise DataError(f"{run_dir} has no axolotl.yaml: prepare takes a run directory written by llamantino")
-    recipe = yaml.safe_load(recipe_path.read_text())
+    if not (run_dir / "provenance.json").is_file():
+        raise DataError(f"{run_dir} is not a run directory written by llamantino (no provenance.json)")
     provenance = json.loads((run_dir / "provenance.json").read_text())
     lock = {"model": provenance.get("model"), "data": provenance.get("data"), "resolved": {}}
-    if not args.local_only:
+    env = {**os.environ, **provenance.get("env", {})}
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    if args.local_only:
+        env.update({key: "1" for key in offline})
+    else:  # downloads happen here, so this step runs online even for offline clusters
+        for key in offline:
+            env.pop(key, None)
+            os.environ.pop(key, None)
         from huggingface_hub import snapshot_download
 
         model = provenance.get("model") or {}
@@ -172,29 +177,33 @@ def cmd_prepare(args) -> int:
             lock["resolved"]["model"] = snapshot_download(model["hub_id"], revision=model.get("revision"))
         data = provenance.get("data") or {}
         if data.get("hub_id"):
-            lock["resolved"]["data"] = snapshot_download(data["hub_id"], repo_type="dataset",
-                                                         revision=data.get("revision"))
-    env = {**os.environ, **provenance.get("env", {})}
-    if args.local_only:
-        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    else:  # downloads happen here, so this step runs online even for offline clusters
-        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            env.pop(key, None)
-    if recipe.get("base_model") == "inputs/base_model" and provenance.get("model", {}).get("kind") == "tiny_llama":
+            lock["resolved"]["data"] = snapshot_download(data["hub_id"], repo_type="dataset", revision=data.get("revision"))
+    if (provenance.get("model") or {}).get("kind") == "tiny_llama":
         from llamantino.tiny import ensure_tiny_model
 
         ensure_tiny_model()
+    prepared = run_dir / "prepared"
     log = run_dir / "logs" / "prepare.log"
     log.parent.mkdir(exist_ok=True)
+    if (run_dir / "eval.json").is_file():
+        plan = json.loads((run_dir / "eval.json").read_text())
+        tasks = [task for group in plan["groups"] for task in group["tasks"]]
+        code = ("import sys; from lm_eval.tasks import TaskManager, get_task_dict; "
+                "get_task_dict(sys.argv[2:], TaskManager(include_path=sys.argv[1] or None))")
+        command = [sys.executable, "-c", code, plan["include_path"] or "", *tasks]
+        lock["eval_tasks"] = tasks
+    elif (run_dir / "axolotl.yaml").is_file():
+        command = [sys.executable, "-m", "axolotl.cli.preprocess", "axolotl.yaml"]
+    else:
+        raise DataError(f"{run_dir} has neither axolotl.yaml nor eval.json: nothing to prepare")
     with open(log, "w") as handle:
-        rc = subprocess.run([sys.executable, "-m", "axolotl.cli.preprocess", "axolotl.yaml"], cwd=run_dir, env=env,
-                            stdout=handle, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(command, cwd=run_dir, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     if rc != 0:
-        raise DataError(f"axolotl preprocess failed (exit {rc}); log: {log}")
-    prepared = run_dir / recipe.get("dataset_prepared_path", "prepared")
-    lock["prepared"] = sorted(p.name for p in prepared.iterdir()) if prepared.is_dir() else []
+        raise DataError(f"preparing {run_dir} failed (exit {rc}); log: {log}")
+    prepared.mkdir(exist_ok=True)
+    lock["prepared"] = sorted(p.name for p in prepared.iterdir() if p.name != "llamantino_lock.json")
     (prepared / "llamantino_lock.json").write_text(json.dumps(lock, indent=2) + "\n")
-    print(f"prepared {run_dir}: {prepared} ({', '.join(lock['prepared'])}); the job can now run offline")
+    print(f"prepared {run_dir} ({', '.join(lock['prepared']) or 'task data cached'}); the job can now run offline")
     return 0
 
 
@@ -251,11 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.set_defaults(fn=cmd_pin)
     args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except LlamantinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.fn, args)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,14 @@ class ValidationError(LlamantinoError):
 
 class LaunchError(LlamantinoError):
     """Training or submission failed (says where the log is)."""
+
+
+def run_command(function, args) -> int:
+    """Run a command-line subcommand: user errors print one ``error:`` line and exit 2."""
+    import sys
+
+    try:
+        return function(args)
+    except LlamantinoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

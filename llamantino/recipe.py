@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from llamantino.errors import ConfigError, LlamantinoError
+from llamantino.errors import ConfigError, run_command
 from llamantino.paths import CONF_DIR, DATASETS_DIR, RECIPES_DIR
 
 FORMAT = 1
@@ -328,11 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--write", action="store_true")
     p.set_defaults(fn=cmd_presets)
     args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except LlamantinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.fn, args)
 
 
 def _export(args) -> int:

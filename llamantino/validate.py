@@ -95,11 +95,37 @@ def validate_recipe(recipe: dict, hw: dict) -> dict:
         return _validate(recipe, hw)
 
 
+def _cache_merged_schema() -> None:
+    """Build Axolotl's plugin-merged schema once per set of plugins, not once per validation.
+
+    ``validate_config`` calls ``merge_input_args``, which creates two pydantic classes of ~390
+    fields with ``exec`` every time (~0.1 s); they depend only on the plugins' input-arg classes.
+    A sweep validates many recipes in one process, so the classes are kept per plugin set.
+    """
+    import axolotl.utils.config as axolotl_config
+    from axolotl.integrations.base import PluginManager
+
+    if getattr(axolotl_config.merge_input_args, "llamantino_cached", False):
+        return
+    build, built = axolotl_config.merge_input_args, {}
+
+    def merged():
+        key = tuple(PluginManager.get_instance().get_input_args())
+        if key not in built:
+            built[key] = build()
+        return built[key]
+
+    merged.llamantino_cached = True
+    axolotl_config.merge_input_args = merged
+
+
 def _validate(recipe: dict, hw: dict) -> dict:
     import pydantic
     from axolotl.cli.config import prepare_plugins
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
+
+    _cache_merged_schema()
 
     logging.getLogger("axolotl").setLevel(logging.ERROR)  # axolotl sets its own level on import
 

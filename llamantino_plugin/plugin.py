@@ -48,33 +48,43 @@ class LlamantinoPlugin(BasePlugin):
 
             if not torch.cuda.is_available():
                 cfg.device_map = {"": "cpu"}
-        if cfg.rl:
-            _account_preferences(cfg)
+        if cfg.rl and any(str(d.get("type") or "") == "llamantino_plugin.dpo" for d in cfg.datasets or []):
+            return _load_preferences(cfg)
         return None
 
 
-def _account_preferences(cfg) -> None:
+def _load_preferences(cfg):
+    """Axolotl's own preference loading, plus the accounting Axolotl leaves out.
+
+    Axolotl drops pairs longer than ``sequence_len`` with a log line and, when it drops them all,
+    TRL later fails with a bare ``StopIteration``. Here the rows before and after are counted and,
+    when none is left, each dataset is examined to say why before any model is loaded.
+    """
+    from axolotl.common.datasets import load_preference_datasets
     from axolotl.loaders import load_tokenizer
     from axolotl.utils.data.shared import datasets_with_name_generator, load_dataset_with_config
 
     from llamantino_plugin import report
     from llamantino_plugin.preferences import PreferenceError, account
 
-    if not any(str(d.get("type") or "") == "llamantino_plugin.dpo" for d in cfg.datasets or []):
-        return
-    tokenizer = load_tokenizer(cfg)
-    for index, ds_cfg in enumerate(datasets_with_name_generator(cfg.datasets)):
-        if str(ds_cfg.get("type") or "") != "llamantino_plugin.dpo":
-            continue
+    raw = []
+    for ds_cfg in datasets_with_name_generator(cfg.datasets):
         dataset = load_dataset_with_config(ds_cfg, cfg.hf_use_auth_token, streaming=False)
-        if hasattr(dataset, "keys"):  # a DatasetDict: Axolotl trains on its train split
-            dataset = dataset["train"]
-        counts = account(cfg, dataset, index, tokenizer)
-        name = str(ds_cfg.get("path"))
-        report.record(cfg, name, "preferences", counts)
-        if counts["kept"] == 0:
-            raise PreferenceError(
-                f"dataset {name}: every preference pair would be dropped ({report.describe(counts)}): "
-                f"prompt+answer needs at least {counts.get('shortest_pair_tokens', '?')} tokens but "
-                f"sequence_len is {cfg.sequence_len}; raise sequence_len or set excess_length_strategy: truncate"
-            )
+        raw.append(dataset["train"] if hasattr(dataset, "keys") else dataset)
+    meta = load_preference_datasets(cfg=cfg)
+    kept = len(meta.train_dataset) + (len(meta.eval_dataset) if meta.eval_dataset is not None else 0)
+    rows = sum(len(dataset) for dataset in raw)
+    counts = {"rows": rows, "dropped_invalid_or_too_long": rows - kept, "kept": kept}
+    report.record(cfg, ", ".join(str(d.get("path")) for d in cfg.datasets), "preferences", counts)
+    if kept == 0:
+        tokenizer = load_tokenizer(cfg)
+        reasons = []
+        for index, dataset in enumerate(raw):
+            detail = account(cfg, dataset, index, tokenizer)
+            reasons.append(f"dataset {cfg.datasets[index].get('path')}: {report.describe(detail)}; prompt+answer needs "
+                           f"at least {detail.get('shortest_pair_tokens', '?')} tokens")
+        raise PreferenceError(
+            "every preference pair would be dropped (" + "; ".join(reasons) + f") but sequence_len is "
+            f"{cfg.sequence_len}; raise sequence_len or set excess_length_strategy: truncate"
+        )
+    return meta

@@ -119,3 +119,13 @@ def test_run_names_that_are_not_folder_names_are_refused(tmp_path, name):
     proc = cli(f"run.name={name}", "launcher=dry", cwd=tmp_path)
     assert_refused(proc, "run.name", code=2)
     assert nothing_written(tmp_path)
+
+
+def test_local_launch_on_gpu_hardware_without_gpus_refuses(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the check is about machines without the GPUs the hardware option describes
+    proc = cli("hardware=a100_80gb_x1", "launcher=local", cwd=tmp_path)
+    assert_refused(proc, "hardware=a100_80gb_x1 needs 1 node(s) x 1 GPUs", "0 CUDA GPU(s)", code=2)
+    assert nothing_written(tmp_path)
