@@ -65,17 +65,19 @@ def canonical_row(row: dict, index: int, *, fmt: str, columns: dict, as_chat: bo
     return out
 
 
-def tokenise_text(batch, *, tokenizer, sequence_len: int) -> dict:
-    """Raw text: BOS + text + EOS, split into ``sequence_len`` chunks, every token trained."""
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
+def tokenise_text(batch, *, tokenizer, sequence_len: int, per_document: bool = False) -> dict:
+    """Raw text: BOS + text + EOS, split into ``sequence_len`` chunks, every token trained.
+
+    With ``per_document`` the chunks stay grouped by document (``{"chunks": [[ids, ...], ...]}``).
+    """
+    documents = []
     for ids in tokenizer(batch["text"], add_special_tokens=True)["input_ids"]:
-        ids = ids + [tokenizer.eos_token_id]
-        for start in range(0, len(ids), sequence_len):
-            chunk = ids[start : start + sequence_len]
-            out["input_ids"].append(chunk)
-            out["attention_mask"].append([1] * len(chunk))
-            out["labels"].append(list(chunk))
-    return out
+        ids.append(tokenizer.eos_token_id)
+        documents.append([ids[start : start + sequence_len] for start in range(0, len(ids), sequence_len)])
+    if per_document:
+        return {"chunks": documents}
+    chunks = [chunk for document in documents for chunk in document]
+    return {"input_ids": chunks, "attention_mask": [[1] * len(c) for c in chunks], "labels": [list(c) for c in chunks]}
 
 
 def tokenise_instructions(batch, *, tokenizer, template: str, train_on_inputs: bool) -> dict:
@@ -120,22 +122,41 @@ def _with_counts(out: dict) -> dict:
     return out
 
 
-def prepare_text(batch, indices, *, columns: dict) -> dict:
-    """Raw text, one row out per row in: normalised text, whether it changed, its digest and length."""
+def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) -> dict:
+    """Raw text in one pass: check, normalise, hash and tokenise each document into
+    ``sequence_len`` chunks. Every chunk carries its document's index, digest, length and whether
+    normalising changed it, so duplicates and too-short documents are dropped afterwards without
+    a second pass; a bad document becomes one empty row with its ``_error``."""
     import hashlib
 
     from llamantino_plugin.formats import normalise_text
 
-    out = {"text": [], "_changed": [], "_digest": [], "_chars": [], "_error": []}
     names = list(batch)
+    docs = []
     for values, index in zip(zip(*batch.values()), indices):
         row = canonical_row(dict(zip(names, values)), index, fmt="text", columns=columns, as_chat=False)
-        text = normalise_text(row["text"]) if not row["_error"] else ""
-        out["text"].append(text)
-        out["_changed"].append(text != row["text"] and not row["_error"])
-        out["_digest"].append(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest())
-        out["_chars"].append(len(text))
-        out["_error"].append(row["_error"])
+        text = "" if row["_error"] else normalise_text(row["text"])
+        docs.append((index, row["_error"], text, text != row["text"] and not row["_error"]))
+    good = [doc[2] for doc in docs if not doc[1]]
+    chunked = iter(tokenise_text({"text": good}, tokenizer=tokenizer, sequence_len=sequence_len, per_document=True)
+                   ["chunks"]) if good else iter(())
+    out = {key: [] for key in ("input_ids", "attention_mask", "labels", "_tokens", "_trainable", "_doc", "_digest",
+                               "_chars", "_changed", "_first", "_error")}
+    for index, error, text, changed in docs:
+        chunks = [[]] if error else next(chunked)
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        for number, ids in enumerate(chunks):
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(list(ids))
+            out["_tokens"].append(len(ids))
+            out["_trainable"].append(len(ids))
+            out["_doc"].append(index)
+            out["_digest"].append(digest)
+            out["_chars"].append(len(text))
+            out["_changed"].append(changed)
+            out["_first"].append(number == 0)
+            out["_error"].append(error)
     return out
 
 
@@ -159,10 +180,6 @@ def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encod
             position += 1
         out["_error"].append(row["_error"])
     return _with_counts(out)
-
-
-def tokenise_text_counted(batch, *, tokenizer, sequence_len: int) -> dict:
-    return _with_counts(tokenise_text(batch, tokenizer=tokenizer, sequence_len=sequence_len))
 
 
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,

@@ -74,10 +74,17 @@ def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, 
 
 # --- Italian-aware text normalisation -----------------------------------------------------------
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "\u0060": "'"})
-_DOUBLE_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"'})
-_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
-_SPACES = re.compile(r"[ \t\u00a0\u2007\u202f]+")
+# One translation table: apostrophes and curly double quotes to ASCII, tabs and non-breaking spaces
+# to spaces, invisible characters removed, lone carriage returns to newlines.
+_TRANSLATE = str.maketrans({
+    **dict.fromkeys("\u2019\u2018\u02bc\u00b4\u0060", "'"),
+    **dict.fromkeys("\u201c\u201d\u201e\u2033", '"'),
+    **dict.fromkeys("\t\u00a0\u2007\u202f", " "),
+    **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff"),
+    "\r": "\n",
+})
+_NEEDS_TRANSLATION = re.compile("[" + re.escape("".join(chr(c) for c in _TRANSLATE)) + "]")
+_SPACES = re.compile(r" {2,}")
 _SPACE_AROUND_NEWLINE = re.compile(r" *\n *")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
@@ -86,13 +93,23 @@ def normalise_text(text: str) -> str:
     """Normalise Italian text: NFC (``e`` + combining grave becomes ``è``), typographic
     apostrophes to ``'`` (``l’acqua`` and ``l'acqua`` become one string), curly double quotes to
     ``"`` (guillemets « » stay: they are standard Italian), no invisible characters, single spaces,
-    at most one blank line between paragraphs, no leading or trailing whitespace."""
-    text = unicodedata.normalize("NFC", text)
-    text = text.translate(_APOSTROPHES).translate(_DOUBLE_QUOTES)
-    text = _INVISIBLE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACES.sub(" ", text)
-    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
-    return _MANY_NEWLINES.sub("\n\n", text).strip()
+    at most one blank line between paragraphs, no leading or trailing whitespace.
+
+    Each step runs only when the text needs it: this is on the data path of every document.
+    """
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    if _NEEDS_TRANSLATION.search(text):
+        text = text.translate(_TRANSLATE)
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
+    if "\n" in text:
+        text = _SPACE_AROUND_NEWLINE.sub("\n", text)
+        if "\n\n\n" in text:
+            text = _MANY_NEWLINES.sub("\n\n", text)
+    return text.strip()
 
 
 # --- row readers: one per format, each returning the canonical form or raising RowError ---------

@@ -1,14 +1,13 @@
 """One dataset strategy for every SFT format: check rows, normalise, tokenise, mask, account.
 
 Axolotl calls ``wrap_dataset`` once per dataset in the main process, so every count here is exact
-(worker processes only run the batched maps). Two passes at most over the data:
-
-1. a batched map that reads each row with its format's reader (``formats.py``) and either
-   tokenises it at once (instructions: the alpaca_it prompt, or with a chat template a
-   user/assistant exchange; conversations: the chat template, only assistant turns trained), or,
-   for raw text, normalises it (NFC, apostrophes, quotes, whitespace) and hashes it;
-2. raw text only: drop exact duplicates and too-short texts (Arrow, no Python loop), then tokenise
-   into ``sequence_len`` chunks.
+(worker processes only run the batched map). One pass over the data (``encode.py``): each row is
+read with its format's reader (``formats.py``) and tokenised at once: instructions with the
+alpaca_it prompt or, with a chat template, as a user/assistant exchange; conversations through the
+chat template, only assistant turns trained; raw text normalised (NFC, apostrophes, quotes,
+whitespace), hashed and chunked to ``sequence_len``. Everything after that is Arrow arithmetic on
+helper columns: exact duplicates and too-short documents, over-long rows, rows with nothing to
+train, all dropped with one selection.
 
 Bad rows fail the run (``strict``) or are dropped and counted (``skip``). Rows over
 ``sequence_len`` are dropped, truncated or refused as ``excess_length_strategy`` says; rows with no
@@ -25,14 +24,7 @@ import pyarrow as pa
 from axolotl.prompt_tokenizers import DatasetWrappingStrategy
 
 from llamantino_plugin import report
-from llamantino_plugin.encode import (
-    IGNORE,
-    LlamantinoDataError,
-    encode_rows,
-    prepare_text,
-    tokenise_text_counted,
-    tokeniser,
-)
+from llamantino_plugin.encode import IGNORE, LlamantinoDataError, encode_rows, encode_text, tokeniser
 from llamantino_plugin.formats import columns_for
 from llamantino_plugin.templates import template_info
 
@@ -75,36 +67,33 @@ class ItalianDataset(DatasetWrappingStrategy):
     def wrap_dataset(self, dataset, process_count=None, keep_in_memory=False, **kwargs):
         counts = {"rows": len(dataset)}
         map_kwargs = {"num_proc": process_count, "keep_in_memory": keep_in_memory}
-        columns = self.spec["columns"]
+        columns, cfg = self.spec["columns"], self.cfg
         if self.fmt == "text":
-            dataset = dataset.map(partial(prepare_text, columns=columns), batched=True, with_indices=True,
-                                  remove_columns=dataset.column_names, desc="llamantino: checking and normalising",
-                                  **map_kwargs)
-            self._check_errors(dataset, counts)
-            counts["normalised"] = int(_column(dataset, "_changed").sum())
-            dataset = self._clean_text(dataset, counts)
-            dataset = dataset.map(partial(tokenise_text_counted, tokenizer=self.tokenizer, sequence_len=self.cfg.sequence_len),
-                                  batched=True, remove_columns=dataset.column_names, desc="llamantino: tokenising text",
-                                  **map_kwargs)
+            encode = partial(encode_text, columns=columns, tokenizer=self.tokenizer, sequence_len=cfg.sequence_len)
         else:
-            encode = tokeniser(self.fmt, self.template, tokenizer=self.tokenizer, sequence_len=self.cfg.sequence_len,
-                               system_prompt=self.cfg.get("llamantino_system_prompt"),
-                               train_on_inputs=bool(self.cfg.train_on_inputs))
-            dataset = dataset.map(partial(encode_rows, fmt=self.fmt, columns=columns, as_chat=self.as_chat, encode=encode),
-                                  batched=True, with_indices=True, remove_columns=dataset.column_names,
-                                  desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
-            self._check_errors(dataset, counts)
-        dataset = self._fit_length(dataset, counts, map_kwargs)
-        counts["kept"] = len(dataset)
-        counts["tokens"] = int(_column(dataset, "_tokens").sum())
-        counts["trainable_tokens"] = int(_column(dataset, "_trainable").sum())
-        dataset = dataset.remove_columns([c for c in ("_error", "_tokens", "_trainable") if c in dataset.column_names])
-        report.record(self.cfg, self.name, self.fmt, counts)
+            encode = partial(encode_rows, fmt=self.fmt, columns=columns, as_chat=self.as_chat,
+                             encode=tokeniser(self.fmt, self.template, tokenizer=self.tokenizer,
+                                              sequence_len=cfg.sequence_len,
+                                              system_prompt=cfg.get("llamantino_system_prompt"),
+                                              train_on_inputs=bool(cfg.train_on_inputs)))
+        dataset = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                              desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
+        keep = self._valid(dataset, counts)
+        if self.fmt == "text":
+            keep = self._clean_text(dataset, keep, counts)
+        dataset, keep = self._fit_length(dataset, keep, counts, map_kwargs)
+        counts["kept"] = int(keep.sum())
+        counts["tokens"] = int(_column(dataset, "_tokens")[keep].sum())
+        counts["trainable_tokens"] = int(_column(dataset, "_trainable")[keep].sum())
+        dataset = _select(dataset, keep)
+        dataset = dataset.remove_columns([c for c in dataset.column_names if c.startswith("_")])
+        report.record(cfg, self.name, self.fmt, counts)
         if counts["kept"] == 0:
             raise LlamantinoDataError(f"dataset {self.name}: no trainable row left ({report.describe(counts)})")
         return dataset
 
-    def _check_errors(self, dataset, counts) -> None:
+    def _valid(self, dataset, counts) -> np.ndarray:
+        """Rows without an error; ``strict`` stops at the first bad row."""
         errors = _column(dataset, "_error")
         bad = np.flatnonzero(errors != "")
         counts["invalid"] = len(bad)
@@ -113,32 +102,31 @@ class ItalianDataset(DatasetWrappingStrategy):
                 f"dataset {self.name}: {len(bad)} bad row(s); first: {errors[bad[0]]} "
                 "(set llamantino_bad_rows: skip to drop and count them)"
             )
+        return errors == ""
 
-    def _clean_text(self, dataset, counts):
-        """Drop bad rows, exact duplicates (after normalisation) and too-short texts in one selection."""
-        keep = _column(dataset, "_error") == ""
+    def _clean_text(self, dataset, keep, counts) -> np.ndarray:
+        """Drop exact duplicates (after normalisation) and too-short documents, counted per document."""
+        first = _column(dataset, "_first") & keep  # one row per valid document
+        docs = _column(dataset, "_doc")
+        counts["normalised"] = int((_column(dataset, "_changed") & first).sum())
+        kept_docs = docs[first]
         if self.cfg.get("llamantino_text_dedup", True) is not False:
-            digests = _column(dataset, "_digest")
-            rows = np.arange(len(digests))
-            firsts = pa.table({"d": pa.array(digests, type=pa.binary(16)), "i": rows}).group_by("d").aggregate([("i", "min")])
-            first = np.zeros(len(digests), dtype=bool)
-            first[firsts.column("i_min").to_numpy()] = True
-            counts["duplicates"] = int((keep & ~first).sum())
-            keep &= first
+            table = pa.table({"d": pa.array(_column(dataset, "_digest")[first], type=pa.binary(16)), "i": kept_docs})
+            unique = table.group_by("d").aggregate([("i", "min")]).column("i_min").to_numpy()
+            counts["duplicates"] = len(kept_docs) - len(unique)
+            kept_docs = unique
         min_chars = self.cfg.get("llamantino_text_min_chars")
-        short = _column(dataset, "_chars") < (20 if min_chars is None else min_chars)
-        counts["too_short"] = int((keep & short).sum())
-        keep &= ~short
-        dataset = _select(dataset, keep)
-        return dataset.remove_columns(["_changed", "_digest", "_chars", "_error"])
+        long_enough = _column(dataset, "_chars") >= (20 if min_chars is None else min_chars)
+        keep = keep & np.isin(docs, kept_docs)
+        counts["too_short"] = int((keep & first & ~long_enough).sum())
+        return keep & long_enough
 
-    def _fit_length(self, dataset, counts, map_kwargs):
+    def _fit_length(self, dataset, keep, counts, map_kwargs):
         limit = self.cfg.sequence_len
         strategy = (self.cfg.get("excess_length_strategy") or "drop").lower()
         tokens = _column(dataset, "_tokens")
-        valid = _column(dataset, "_error") == "" if "_error" in dataset.column_names else np.ones(len(tokens), bool)
-        too_long = valid & (tokens > limit)
-        longest = int(tokens.max()) if len(tokens) else 0
+        too_long = keep & (tokens > limit)
+        longest = int(tokens[keep].max()) if keep.any() else 0
         if too_long.any() and strategy == "raise":
             raise LlamantinoDataError(
                 f"dataset {self.name}: {int(too_long.sum())} row(s) exceed sequence_len={limit} "
@@ -148,15 +136,14 @@ class ItalianDataset(DatasetWrappingStrategy):
             counts["truncated"] = int(too_long.sum())
             if too_long.any():
                 dataset = dataset.map(partial(_truncate, sequence_len=limit), **map_kwargs)
-            keep = valid
         else:
             counts["too_long"] = int(too_long.sum())
             if too_long.any():
                 counts["longest_tokens"] = longest
-            keep = valid & ~too_long
+            keep = keep & ~too_long
         no_trainable = keep & (_column(dataset, "_trainable") == 0)
         counts["no_trainable_tokens"] = int(no_trainable.sum())
-        return _select(dataset, keep & ~no_trainable)
+        return dataset, keep & ~no_trainable
 
 
 # --- helpers (module level so worker processes can unpickle them) -------------------------------
