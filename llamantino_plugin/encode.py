@@ -71,7 +71,7 @@ def tokenise_text(batch, *, tokenizer, sequence_len: int, per_document: bool = F
     With ``per_document`` the chunks stay grouped by document (``{"chunks": [[ids, ...], ...]}``).
     """
     documents = []
-    for ids in tokenizer(batch["text"], add_special_tokens=True)["input_ids"]:
+    for ids in tokenizer(batch["text"], add_special_tokens=True, return_attention_mask=False)["input_ids"]:
         ids.append(tokenizer.eos_token_id)
         documents.append([ids[start : start + sequence_len] for start in range(0, len(ids), sequence_len)])
     if per_document:
@@ -84,8 +84,8 @@ def tokenise_instructions(batch, *, tokenizer, template: str, train_on_inputs: b
     """Alpaca-style prompt (masked) + response + EOS (trained)."""
     env = compiled_template(template)
     prompts = [env.render(instruction=i, input=x) for i, x in zip(batch["instruction"], batch["input"])]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    answer_ids = tokenizer(batch["output"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
     out = {"input_ids": [], "attention_mask": [], "labels": []}
     for prompt, answer in zip(prompt_ids, answer_ids):
         ids = prompt + answer + [tokenizer.eos_token_id]
@@ -100,7 +100,7 @@ def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None,
     out = {"input_ids": [], "attention_mask": [], "labels": []}
     for messages in batch["messages"]:
         text, spans = assistant_spans(template, system_prompt, messages)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         ids = encoded["input_ids"]
         if train_on_inputs:
             labels = list(ids)

@@ -18,6 +18,7 @@ from Arrow columns batch by batch, so memory stays bounded on large corpora.
 from __future__ import annotations
 
 from functools import partial
+from itertools import chain
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +77,8 @@ class ItalianDataset(DatasetWrappingStrategy):
                                               sequence_len=cfg.sequence_len,
                                               system_prompt=cfg.get("llamantino_system_prompt"),
                                               train_on_inputs=bool(cfg.train_on_inputs)))
-        dataset = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+        dataset = dataset.map(partial(_encode_to_arrow, encode=encode), batched=True, with_indices=True,
+                              remove_columns=dataset.column_names,
                               desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
         keep = self._valid(dataset, counts)
         if self.fmt == "text":
@@ -147,6 +149,34 @@ class ItalianDataset(DatasetWrappingStrategy):
 
 
 # --- helpers (module level so worker processes can unpickle them) -------------------------------
+
+
+# Arrow types of what the encoders return; the token columns match what datasets itself would infer.
+_TYPES = {"input_ids": pa.int32(), "attention_mask": pa.int8(), "labels": pa.int64(), "_tokens": pa.int64(),
+          "_trainable": pa.int64(), "_doc": pa.int64(), "_digest": pa.binary(), "_chars": pa.int64(),
+          "_changed": pa.bool_(), "_first": pa.bool_(), "_error": pa.string()}
+
+
+def _encode_to_arrow(batch, indices, *, encode) -> pa.Table:
+    """Run an encoder and hand its batch to datasets as an Arrow table.
+
+    Token lists become Arrow list arrays built from one flat numpy buffer per column: datasets'
+    own conversion of nested Python lists, element by element, cost more than the tokenisation
+    itself (2.2 s against 0.2 s for 4.4 M tokens, ``benchmarks/run.py --only data``).
+    """
+    out = encode(batch, indices)
+    columns = {}
+    for key, values in out.items():
+        kind = _TYPES[key]
+        if key in ("input_ids", "attention_mask", "labels"):
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+            offsets = np.zeros(len(values) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = np.fromiter(chain.from_iterable(values), dtype=kind.to_pandas_dtype(), count=int(offsets[-1]))
+            columns[key] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=kind))
+        else:
+            columns[key] = pa.array(values, type=kind)
+    return pa.table(columns)
 
 
 def _column(dataset, name: str) -> np.ndarray:
