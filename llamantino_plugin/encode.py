@@ -115,13 +115,6 @@ def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None,
     return out
 
 
-def _with_counts(out: dict) -> dict:
-    """Add per-row ``_tokens`` and ``_trainable`` counts (cheap here; the loader filters on them)."""
-    out["_tokens"] = [len(ids) for ids in out["input_ids"]]
-    out["_trainable"] = [sum(1 for label in labels if label != IGNORE) for labels in out["labels"]]
-    return out
-
-
 def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) -> dict:
     """Raw text in one pass: check, normalise, hash and tokenise each document into
     ``sequence_len`` chunks. Every chunk carries its document's index, digest, length and whether
@@ -140,8 +133,8 @@ def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) 
     good = [doc[2] for doc in docs if not doc[1]]
     chunked = iter(tokenise_text({"text": good}, tokenizer=tokenizer, sequence_len=sequence_len, per_document=True)
                    ["chunks"]) if good else iter(())
-    out = {key: [] for key in ("input_ids", "attention_mask", "labels", "_tokens", "_trainable", "_doc", "_digest",
-                               "_chars", "_changed", "_first", "_error")}
+    out = {key: [] for key in ("input_ids", "attention_mask", "labels", "_doc", "_digest", "_chars", "_changed",
+                               "_first", "_error")}
     for index, error, text, changed in docs:
         chunks = [[]] if error else next(chunked)
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -149,8 +142,6 @@ def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) 
             out["input_ids"].append(ids)
             out["attention_mask"].append([1] * len(ids))
             out["labels"].append(list(ids))
-            out["_tokens"].append(len(ids))
-            out["_trainable"].append(len(ids))
             out["_doc"].append(index)
             out["_digest"].append(digest)
             out["_chars"].append(len(text))
@@ -179,7 +170,7 @@ def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encod
                 out[key].append(encoded[key][position])
             position += 1
         out["_error"].append(row["_error"])
-    return _with_counts(out)
+    return out
 
 
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
