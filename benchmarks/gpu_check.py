@@ -81,7 +81,7 @@ def main() -> int:
     hardware = "h100_80gb_x1" if any(k in gpu for k in ("H100", "H200", "GH200")) else "a100_80gb_x1"
     from llamantino.compose import compose_config
 
-    peak = compose_config([f"hardware={hardware}"])["hardware"]["peak_tflops"] * 1e12
+    peak = compose_config([f"hardware={hardware}"]).hardware.peak_tflops * 1e12
     extra = [] if importlib.util.find_spec("flash_attn") else ["hardware.attn_implementation=sdpa"]
     common = [f"hardware={hardware}", f"stage.max_steps={args.steps}", "stage.save_steps=null",
               "stage.saves_per_epoch=null", "stage.sequence_len=1024", *extra]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamantino.compose import compose_config  # noqa: E402
-from llamantino.prepare import prepare_run  # noqa: E402
+from llamantino.stages import stage_for  # noqa: E402
 
 validate = "--no-validate" not in sys.argv
 cfg = compose_config(["launcher=dry"])
 with tempfile.TemporaryDirectory() as tmp:
-    prepare_run(cfg, Path(tmp) / "run", overrides=[], choices={}, validate=validate)
+    stage_for(cfg).build(cfg, Path(tmp) / "run", overrides=[], choices={}, validate=validate)
 print(json.dumps({"validate": validate, "torch_imported": "torch" in sys.modules}))

@@ -13,21 +13,22 @@ from pathlib import Path
 
 import yaml
 
-CARD = "README.md"
+from llamantino.rundir import RunDir
+
 EVAL_BEGIN = "<!-- llamantino:eval -->"
 EVAL_END = "<!-- /llamantino:eval -->"
 
 
-def _front_matter(provenance: dict, config: dict) -> dict:
+def _front_matter(provenance: dict, config) -> dict:
     model = provenance.get("model") or {}
     data = provenance.get("data") or {}
     meta: dict = {"language": ["it"], "library_name": "peft" if (provenance.get("method") or {}).get("adapter") else "transformers",
-                  "tags": ["llamantino", "axolotl", "italian", config.get("stage", {}).get("name", "")]}
+                  "tags": ["llamantino", "axolotl", "italian", config.stage.name]}
     if model.get("hub_id"):
         meta["base_model"] = model["hub_id"]
     if data.get("hub_id"):
         meta["datasets"] = [data["hub_id"]]
-    license_ = (config.get("model") or {}).get("license")
+    license_ = config.model.license
     if license_:
         meta["license"] = "other" if " " in license_ else license_
     meta["pipeline_tag"] = "text-generation"
@@ -38,20 +39,19 @@ def _fence(text: str, lang: str) -> str:
     return f"```{lang}\n{text.rstrip()}\n```"
 
 
-def render_card(run_dir: Path, provenance: dict, status: dict) -> str:
+def render_card(run: RunDir, provenance: dict, status: dict) -> str:
     """The card's Markdown text (pure, given the run directory's files)."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    recipe = run_dir / "axolotl.yaml"
+    config = run.config()
+    recipe = run / RunDir.RECIPE
     data = provenance.get("data") or {}
     losses = status.get("losses") or {}
     lines = ["---", yaml.safe_dump(_front_matter(provenance, config), sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [
-        f"# {config['run'].get('name') or run_dir.name}",
+        f"# {config.run.name or run.name}",
         "",
         f"Trained with llamantino {provenance.get('llamantino')} "
-        f"(stage `{config['stage']['name']}`, model `{config['model']['name']}`, data `{config['data']['name']}`, "
-        f"hardware `{config['hardware']['name']}`).",
+        f"(stage `{config.stage.name}`, model `{config.model.name}`, data `{config.data.name}`, "
+        f"hardware `{config.hardware.name}`).",
         "",
         "## Reproduce",
         "",
@@ -78,15 +78,15 @@ def render_card(run_dir: Path, provenance: dict, status: dict) -> str:
     lines += ["", EVAL_BEGIN, EVAL_END, ""]
     if recipe.is_file():
         lines += ["## Axolotl recipe (as trained)", "", _fence(recipe.read_text(), "yaml"), ""]
-    lines += ["## Composed llamantino config", "", _fence((run_dir / "config.yaml").read_text(), "yaml"), "",
+    lines += ["## Composed llamantino config", "", _fence((run / RunDir.CONFIG).read_text(), "yaml"), "",
               "## Provenance", "", _fence(json.dumps(provenance, indent=2, ensure_ascii=False), "json"), ""]
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: Path, output_dir: Path, provenance: dict, status: dict) -> Path:
+def write_model_card(run: RunDir, output_dir: Path, provenance: dict, status: dict) -> Path:
     """Write README.md into ``output_dir`` (replacing Axolotl's shorter card)."""
-    path = Path(output_dir) / CARD
-    path.write_text(render_card(run_dir, provenance, status), encoding="utf-8")
+    path = Path(output_dir) / RunDir.CARD
+    path.write_text(render_card(run, provenance, status), encoding="utf-8")
     return path
 
 

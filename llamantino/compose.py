@@ -1,14 +1,18 @@
-"""Compose configs outside ``python -m llamantino``: pipeline steps, recipe import, tests, benchmarks."""
+"""Compose configs: Hydra's DictConfig in, the typed :class:`~llamantino.schema.LlamantinoConfig` out.
+
+``python -m llamantino`` composes through ``@hydra.main``; pipeline steps, recipe import, the planner,
+tests and benchmarks compose through :func:`compose_config`. Both end in :func:`typed`.
+"""
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+import dataclasses
+
 from omegaconf import DictConfig, OmegaConf
 
 from llamantino.errors import ConfigError
 from llamantino.paths import CONF_DIR
-from llamantino.schema import register_configs
+from llamantino.schema import LlamantinoConfig, register_configs
 
 
 def check_run_name(name: str) -> str:
@@ -18,26 +22,23 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def default_name(cfg: dict) -> str:
-    """``<pipeline>-<model>``, ``<stage>-<model>-<data>``, ``eval-<model>-<eval>``, ``merge-<model>``."""
-    if cfg["pipeline"]:
-        return f"{cfg['pipeline']['name']}-{cfg['model']['name']}"
-    task = cfg["stage"]["task"]
-    last = cfg["eval"]["name"] if task == "eval" else (None if task == "merge" else cfg["data"]["name"])
-    return "-".join(part for part in (cfg["stage"]["name"], cfg["model"]["name"], last) if part)
+def typed(cfg: DictConfig) -> LlamantinoConfig:
+    """The composed config as the schema's dataclasses, the run name filled in and checked."""
+    from llamantino.stages import default_run_name
+
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, LlamantinoConfig)
+    name = check_run_name(config.run.name or default_run_name(config))
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, name=name))
 
 
-def to_plain(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python data (what the renderers read), run name filled in."""
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    plain["run"]["name"] = check_run_name(plain["run"]["name"] or default_name(plain))
-    return plain
-
-
-def compose_config(overrides: list[str]) -> dict:
+def compose_config(overrides: list[str]) -> LlamantinoConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides, inside or outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     register_configs()
     if not GlobalHydra.instance().is_initialized():
         # Initialised once per process and kept: later compositions reuse the search path.
         initialize_config_dir(config_dir=str(CONF_DIR))
-    return to_plain(compose(config_name="config", overrides=list(overrides)))
+    return typed(compose(config_name="config", overrides=list(overrides)))

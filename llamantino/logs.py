@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+
+from llamantino.rundir import RunDir
 
 # Axolotl (HF Trainer) logs lines like: {'loss': '6.94', 'grad_norm': '0.15', ..., 'epoch': '0.17'}
 # Multi-node jobs label each line with its srun task ("0: {...}"); only task 0 is counted.
@@ -18,17 +19,9 @@ def parse_losses(text: str) -> list[float]:
     return [float(match) for match in _LOSS.findall("\n".join(lines))]
 
 
-def run_logs(run_dir: Path) -> list[Path]:
-    """The log files of a run: logs/*.log and logs/*.out, oldest first."""
-    logs = Path(run_dir) / "logs"
-    if not logs.is_dir():
-        return []
-    return sorted((p for p in logs.iterdir() if p.suffix in (".log", ".out")), key=lambda p: p.stat().st_mtime)
-
-
-def run_losses(run_dir: Path) -> list[float]:
+def run_losses(run_dir) -> list[float]:
     """Training losses of a run across all its logs."""
     losses: list[float] = []
-    for log in run_logs(run_dir):
+    for log in RunDir(getattr(run_dir, "path", run_dir)).logs():
         losses += parse_losses(log.read_text(errors="replace"))
     return losses

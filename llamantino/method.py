@@ -34,6 +34,9 @@ class Method:
     processes_per_node: int
     notices: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.adapter = None if self.adapter is None else str(self.adapter)  # plain text in recipes
+
     @property
     def world_size(self) -> int:
         return self.processes_per_node * self.nodes
@@ -47,65 +50,65 @@ def memory_per_gpu_gb(params_b: float, method: str, gpus: int, sharded: bool) ->
     return state * OVERHEAD_FACTOR + OVERHEAD_GB
 
 
-def _fits(params_b: float, method: str, hw: dict) -> tuple[bool, float, bool]:
-    gpus = hw["nodes"] * hw["gpus_per_node"]
+def _fits(params_b: float, method: str, hw) -> tuple[bool, float, bool]:
+    gpus = hw.nodes * hw.gpus_per_node
     sharded = method != "qlora" and gpus > 1
     need = memory_per_gpu_gb(params_b, method, gpus, sharded)
-    if method == "lora" and gpus > 1 and memory_per_gpu_gb(params_b, "lora", 1, False) <= hw["gpu_memory_gb"]:
+    if method == "lora" and gpus > 1 and memory_per_gpu_gb(params_b, "lora", 1, False) <= hw.gpu_memory_gb:
         sharded = False  # fits replicated: plain DDP is simpler and faster
         need = memory_per_gpu_gb(params_b, "lora", 1, False)
-    return need <= hw["gpu_memory_gb"], need, sharded
+    return need <= hw.gpu_memory_gb, need, sharded
 
 
-def _rate_note(stage: dict) -> str:
-    rate = stage.get("adapter_learning_rate")
+def _rate_note(stage) -> str:
+    rate = stage.adapter_learning_rate
     return f", learning rate {rate:g} (stage.adapter_learning_rate)" if rate else ""
 
 
-def choose_method(stage: dict, model: dict, hw: dict) -> Method:
+def choose_method(stage, model, hw) -> Method:
     """Decide the training method and parallelism of a ``train`` stage (pure: config in, Method out)."""
-    wanted = stage["adapter"] or "full"
+    wanted = str(stage.adapter or "full")
     if wanted not in _ORDER:
-        raise ConfigError(f"stage.adapter={stage['adapter']!r} is not valid; use null (full fine-tune), lora or qlora")
+        raise ConfigError(f"stage.adapter={stage.adapter!r} is not valid; use null (full fine-tune), lora or qlora")
     notices: list[str] = []
-    nodes = hw["nodes"]
-    if hw["accelerator"] == "cpu":
+    nodes = hw.nodes
+    if not hw.gpu:
         chosen = wanted
         if wanted == "full":
-            chosen = stage["cpu_adapter"]
+            chosen = str(stage.cpu_adapter)
             message = (
-                f"stage {stage['name']} asks for full fine-tuning with FSDP, which needs GPUs; on hardware "
-                f"{hw['name']} it trains a {chosen} adapter instead (stage.cpu_adapter)"
+                f"stage {stage.name} asks for full fine-tuning with FSDP, which needs GPUs; on hardware "
+                f"{hw.name} it trains a {chosen} adapter instead (stage.cpu_adapter)"
                 + _rate_note(stage)
             )
-            if stage["on_unsupported"] == "error":
+            if stage.on_unsupported == "error":
                 raise ConfigError(message + "; refusing because stage.on_unsupported=error")
             notices.append(message)
         return Method(adapter=chosen, distributed="ddp" if nodes > 1 else "none", nodes=nodes,
                       processes_per_node=1, notices=notices)
 
-    gpus = nodes * hw["gpus_per_node"]
+    gpus = nodes * hw.gpus_per_node
     tried = []
     for candidate in _ORDER[_ORDER.index(wanted):]:
-        fits, need, sharded = _fits(model["params_b"], candidate, hw)
+        fits, need, sharded = _fits(model.params_b, candidate, hw)
         tried.append(f"{candidate} ~{need:.0f} GB/GPU")
         if fits:
             break
     else:
         raise ConfigError(
-            f"model {model['name']} ({model['params_b']}B parameters) does not fit hardware {hw['name']} "
-            f"({gpus} x {hw['gpu_memory_gb']:g} GB) with any method ({', '.join(tried)}); add nodes "
+            f"model {model.name} ({model.params_b}B parameters) does not fit hardware {hw.name} "
+            f"({gpus} x {hw.gpu_memory_gb:g} GB) with any method ({', '.join(tried)}); add nodes "
             "(hardware.nodes=N) or choose larger GPUs"
         )
     if candidate != wanted:
         message = (
-            f"stage {stage['name']} asks for {wanted} but {model['name']} needs {tried[0].split(' ', 1)[1]} "
-            f"on {gpus} x {hw['gpu_memory_gb']:g} GB ({hw['name']}); training {candidate} instead ({tried[-1]})"
+            f"stage {stage.name} asks for {wanted} but {model.name} needs {tried[0].split(' ', 1)[1]} "
+            f"on {gpus} x {hw.gpu_memory_gb:g} GB ({hw.name}); training {candidate} instead ({tried[-1]})"
             + (_rate_note(stage) if wanted == "full" else "")
         )
-        if stage["on_unsupported"] == "error":
+        if stage.on_unsupported == "error":
             raise ConfigError(message + "; refusing because stage.on_unsupported=error")
         notices.append(message)
     distributed = "none" if gpus == 1 else ("fsdp" if sharded else "ddp")
     return Method(adapter=None if candidate == "full" else candidate, distributed=distributed, nodes=nodes,
-                  processes_per_node=hw["gpus_per_node"], notices=notices)
+                  processes_per_node=hw.gpus_per_node, notices=notices)

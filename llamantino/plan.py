@@ -20,87 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 
-from llamantino.errors import ConfigError, LlamantinoError
-from llamantino.launch.slurm import time_seconds
-from llamantino.method import choose_method, memory_per_gpu_gb
-
-# Model FLOPs utilisation assumed when the user gives none: typical for bf16 LLM fine-tuning on
-# A100 (full/FSDP), and lower for 4-bit QLoRA, whose dequantisation costs time but no model FLOPs.
-DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "qlora": 0.25}
-
-
-def plan(cfg: dict, mfu: float | None = None, tokens_per_row: int | None = None) -> dict:
-    """The cost plan of a composed train config (pure)."""
-    stage, model, hw = cfg["stage"], cfg["model"], cfg["hardware"]
-    if stage["task"] != "train":
-        raise ConfigError(f"stage {stage['name']} does not train; the planner plans train stages")
-    if hw["accelerator"] == "cpu" or not hw["peak_tflops"]:
-        raise ConfigError(f"hardware {hw['name']} has no GPU peak throughput to plan with; choose a GPU hardware option")
-    method = choose_method(stage, model, hw)
-    kind = method.adapter or "full"
-    gpus = hw["nodes"] * hw["gpus_per_node"]
-    dpo = stage["rl"] == "dpo"
-    per_row = tokens_per_row or stage["sequence_len"] * (2 if dpo else 1)
-    if stage["max_steps"]:
-        rows_seen = stage["max_steps"] * stage["micro_batch_size"] * stage["gradient_accumulation_steps"] * gpus
-        tokens = rows_seen * per_row
-        how = f"{stage['max_steps']} steps x {stage['micro_batch_size']} x {stage['gradient_accumulation_steps']} x {gpus} GPUs x {per_row} tokens"
-    else:
-        rows = cfg["data"]["num_rows"]
-        if not rows:
-            raise ConfigError(f"data {cfg['data']['name']} has no num_rows: set data.num_rows=<rows> to plan an epoch-based stage")
-        tokens = rows * stage["num_epochs"] * per_row
-        how = f"{rows} rows x {stage['num_epochs']:g} epochs x {per_row} tokens"
-    params = model["params_b"] * 1e9
-    factor = 6 if kind == "full" else 4
-    factor += 2 if stage["gradient_checkpointing"] else 0
-    factor += 2 if dpo else 0
-    flops = factor * params * tokens
-    utilisation = mfu or DEFAULT_MFU[kind]
-    gpu_hours = flops / (hw["peak_tflops"] * 1e12 * utilisation) / 3600
-    wall_hours = gpu_hours / gpus
-    node_hours = wall_hours * hw["nodes"]
-    limit_text = cfg["launcher"]["time"] or hw["slurm"]["time"]
-    qos = hw["slurm"]["qos"]
-    limits = hw["slurm"]["qos_limits"].get(qos) if qos else None
-    if limits:
-        limit_text = min(limit_text, limits["max_time"], key=time_seconds)
-    limit_hours = time_seconds(limit_text) / 3600
-    jobs = max(1, math.ceil(wall_hours / limit_hours))
-    return {
-        "model": model["name"], "params_b": model["params_b"], "stage": stage["name"], "hardware": hw["name"],
-        "method": kind, "distributed": method.distributed, "gpus": gpus, "nodes": hw["nodes"],
-        "memory_per_gpu_gb": round(memory_per_gpu_gb(model["params_b"], kind, gpus, method.distributed == "fsdp"), 1),
-        "gpu_memory_gb": hw["gpu_memory_gb"],
-        "tokens": tokens, "tokens_formula": how,
-        "flops": flops, "flops_formula": f"{factor}·N·T ({kind}"
-        + (", gradient checkpointing" if stage["gradient_checkpointing"] else "") + (", DPO reference" if dpo else "") + ")",
-        "mfu": utilisation, "peak_tflops_per_gpu": hw["peak_tflops"],
-        "gpu_hours": gpu_hours, "wall_clock_hours": wall_hours, "node_hours": node_hours,
-        "budget_hours": node_hours * hw["cpus_per_node"], "budget_unit": f"core hours ({hw['cpus_per_node']} per node hour)",
-        "time_limit": limit_text, "qos": qos, "jobs": jobs, "requeues": jobs - 1,
-        "notices": method.notices,
-    }
-
-
-def format_plan(p: dict) -> str:
-    lines = [
-        f"plan: {p['stage']} of {p['model']} ({p['params_b']}B) on {p['hardware']}: {p['nodes']} node(s), {p['gpus']} GPUs",
-        f"  method        {p['method']} with {p['distributed']}; ~{p['memory_per_gpu_gb']} GB of {p['gpu_memory_gb']:g} GB per GPU",
-        f"  tokens        {p['tokens']:.3e}  = {p['tokens_formula']}",
-        f"  FLOPs         {p['flops']:.3e}  = {p['flops_formula']}",
-        f"  assumption    {p['mfu']:.0%} model FLOPs utilisation of {p['peak_tflops_per_gpu']:g} TFLOP/s bf16 peak per GPU",
-        f"  GPU hours     {p['gpu_hours']:,.0f}",
-        f"  wall clock    {p['wall_clock_hours']:,.1f} h  ({p['node_hours']:,.0f} node hours)",
-        f"  budget        {p['budget_hours']:,.0f} {p['budget_unit']}",
-        f"  time limit    {p['time_limit']} (QoS {p['qos'] or '-'}): "
-        + ("fits in one job" if p["jobs"] == 1 else f"needs {p['jobs']} jobs: {p['requeues']} requeues, resuming from checkpoints"),
-    ]
-    lines += [f"  notice        {n}" for n in p["notices"]]
-    return "\n".join(lines)
+from llamantino.errors import entry
 
 
 def main(argv=None) -> int:
@@ -111,16 +32,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens-per-row", type=int, help="average tokens per row (default: sequence_len)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        from llamantino.compose import compose_config
+    from llamantino.compose import compose_config
+    from llamantino.planner import format_plan, plan
 
-        result = plan(compose_config(args.overrides), args.mfu, args.tokens_per_row)
-    except LlamantinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = plan(compose_config(args.overrides), args.mfu, args.tokens_per_row)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(entry(main))

@@ -46,7 +46,7 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def build_provenance(cfg: dict, overrides: list[str], choices: dict, method, inputs, output: dict | None,
+def build_provenance(cfg, overrides: list[str], choices: dict, method, inputs, output: dict | None,
                      notices: list[str]) -> dict:
     """The provenance record written as provenance.json (secrets never appear: none are read here)."""
     data = None
@@ -66,8 +66,8 @@ def build_provenance(cfg: dict, overrides: list[str], choices: dict, method, inp
         "python": sys.version.split()[0],
         "command": list(sys.argv),
         "overrides": list(overrides),
-        "choices": choices,
-        "experiment": cfg.get("experiment"),
+        "choices": dict(choices),
+        "experiment": cfg.experiment,
         "model": model,
         "data": data,
         "method": None if method is None else {

@@ -1,33 +1,74 @@
-"""Write a run directory atomically: it appears complete, or not at all.
+"""Run, pipeline and sweep directories: every file name they hold, and the one atomic writer.
 
-Files are written into a hidden staging directory beside the target, which is then renamed into
-place (one ``rename``, atomic on POSIX file systems). A failure on the way removes the staging
-directory, so a failed render leaves nothing half-written behind.
+Nothing else in llamantino spells a file name of a run directory: it asks a :class:`RunDir`
+(``run.provenance``, ``run.read_status()``), a :class:`PipelineDir` or a :class:`SweepDir`.
+
+A directory is written atomically: files go into a hidden staging directory beside the target,
+which is renamed into place (one ``rename``, atomic on POSIX file systems). A failure on the way
+removes the staging directory; a process killed on the way leaves a ``.<name>.*.partial``
+directory that the next write in the same parent removes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from llamantino.errors import RunDirError
 
-def unique_run_dir(parent: Path, stem: str) -> Path:
-    """``parent/<stem>-<4 hex>``: unique even for runs started in the same second."""
-    while True:
-        candidate = parent / f"{stem}-{secrets.token_hex(2)}"
-        if not candidate.exists():
-            return candidate
+STALE_PARTIAL_S = 3600  # a staging directory this old belongs to a process that died
 
 
-def write_run_dir(target: Path, files: dict[str, str | bytes], links: dict[str, str]) -> Path:
-    """Create ``target`` with ``files`` (relative path -> content) and ``links`` (relative path -> target)."""
+def write_json(path: Path, data) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a file llamantino wrote; a broken file is named, not a traceback."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} not found: {what}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not readable JSON ({exc}); was it edited or cut short?") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} must hold a JSON object")
+    return data
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Remove staging directories left by killed processes (older than STALE_PARTIAL_S)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for path in parent.glob(".*.partial"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_PARTIAL_S:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def write_atomic(target: Path, files: dict[str, str | bytes], links: dict[str, str] | None = None,
+                 dirs: tuple[str, ...] = ()) -> Path:
+    """Create directory ``target`` holding ``files`` (relative path -> content) and ``links``."""
     target = Path(target)
     if target.exists():
-        raise FileExistsError(f"{target} already exists; llamantino never overwrites a run directory")
+        raise RunDirError(f"{target} already exists; llamantino never overwrites a run directory")
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         for relative, content in files.items():
@@ -37,14 +78,193 @@ def write_run_dir(target: Path, files: dict[str, str | bytes], links: dict[str, 
                 path.write_bytes(content)
             else:
                 path.write_text(content, encoding="utf-8")
-        for relative, destination in links.items():
+        for relative, destination in (links or {}).items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(destination, path)
-        (staging / "logs").mkdir(exist_ok=True)  # SLURM opens its output file there before the job runs
+        for relative in dirs:
+            (staging / relative).mkdir(parents=True, exist_ok=True)
         os.chmod(staging, 0o755)
         os.rename(staging, target)
+    except OSError as exc:  # a full or read-only disk: named, and nothing half-written stays
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunDirError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def unique_path(parent: Path, stem: str) -> Path:
+    """``parent/<stem>-<4 hex>``: unique even for runs started in the same second."""
+    while True:
+        candidate = Path(parent) / f"{stem}-{secrets.token_hex(2)}"
+        if not candidate.exists():
+            return candidate
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One stage's directory: its recipe, config, provenance, job, logs, output and status."""
+
+    path: Path
+
+    RECIPE = "axolotl.yaml"
+    EVAL_PLAN = "eval.json"
+    CONFIG = "config.yaml"
+    PROVENANCE = "provenance.json"
+    STATUS = "status.json"
+    JOB = "job.json"
+    SCRIPT = "job.sbatch"
+    RESULTS_JSON = "results.json"
+    RESULTS_MD = "results.md"
+    LOGS = "logs"
+    TRAIN_LOG = "logs/train.log"
+    PREPARE_LOG = "logs/prepare.log"
+    OUTPUT = "output"
+    INPUTS = "inputs"
+    MODEL_LINK = "inputs/base_model"
+    ADAPTER_LINK = "inputs/adapter"
+    PREPARED = "prepared"
+    LOCK = "prepared/llamantino_lock.json"
+    EVAL_TASKS = "eval_tasks"
+    EVAL_RESULTS = "eval_results"
+    DATA_REPORT = "output/llamantino_data_report.json"
+    CARD = "README.md"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __truediv__(self, relative: str) -> Path:
+        return self.path / relative
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def is_run(self) -> bool:
+        return (self.path / self.PROVENANCE).is_file()
+
+    def write(self, files: dict[str, str | bytes], links: dict[str, str]) -> Path:
+        return write_atomic(self.path, files, links, dirs=(self.LOGS,))  # sbatch opens its log there first
+
+    def provenance(self) -> dict:
+        return read_json(self.path / self.PROVENANCE, "not a llamantino run directory")
+
+    def write_provenance(self, data: dict) -> None:
+        write_json(self.path / self.PROVENANCE, data)
+
+    def config(self):
+        """The run's composed config, typed (read as data: nothing in it is resolved)."""
+        import yaml
+
+        from llamantino.schema import LlamantinoConfig, from_plain
+
+        path = self.path / self.CONFIG
+        if not path.is_file():
+            raise RunDirError(f"{self.path} is not a llamantino run directory (no {self.CONFIG})")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise RunDirError(f"{path} is not readable YAML: {exc}") from None
+        return from_plain(LlamantinoConfig, data)
+
+    def read_status(self) -> dict:
+        path = self.path / self.STATUS
+        return read_json(path, "") if path.is_file() else {}
+
+    def write_status(self, status: dict) -> None:
+        write_json(self.path / self.STATUS, status)
+
+    def job_record(self) -> dict:
+        path = self.path / self.JOB
+        return read_json(path, "") if path.is_file() else {}
+
+    def job_id(self) -> str | None:
+        return self.job_record().get("job_id") or self.read_status().get("job_id")
+
+    def record_job(self, job_id: str, **extra) -> None:
+        """Append a submission to the job record (a run can be submitted again after a failure)."""
+        from llamantino.provenance import now_iso
+
+        record = self.job_record() or {"submissions": []}
+        record["submissions"].append({"job_id": job_id, "submitted": now_iso(), **extra})
+        record["job_id"] = job_id
+        write_json(self.path / self.JOB, record)
+
+    def recipe_text(self) -> str | None:
+        """What the stage runs (its Axolotl recipe or eval plan), for comparing two renders."""
+        for name in (self.RECIPE, self.EVAL_PLAN):
+            if (self.path / name).is_file():
+                return (self.path / name).read_text(encoding="utf-8")
+        return None
+
+    def logs(self) -> list[Path]:
+        """The log files of a run: logs/*.log and logs/*.out, oldest first."""
+        folder = self.path / self.LOGS
+        if not folder.is_dir():
+            return []
+        return sorted((p for p in folder.iterdir() if p.suffix in (".log", ".out")), key=lambda p: p.stat().st_mtime)
+
+    def output_card(self) -> Path | None:
+        """The model card of a finished run's output, if it has one."""
+        output = (self.provenance().get("output") or {}).get("path")
+        card = self.path / output / self.CARD if output else None
+        return card if card is not None and card.is_file() else None
+
+    def retire(self) -> Path:
+        """Move a failed attempt aside as ``<name>.attempt-N`` so the step can be written afresh."""
+        attempt = 1
+        while (self.path.parent / f"{self.name}.attempt-{attempt}").exists():
+            attempt += 1
+        destination = self.path.parent / f"{self.name}.attempt-{attempt}"
+        os.rename(self.path, destination)
+        return destination
+
+
+@dataclass(frozen=True)
+class PipelineDir:
+    """``<output_root>/pipelines/<name>``: one RunDir per step and the manifest."""
+
+    path: Path
+    MANIFEST = "pipeline.json"
+
+    def step(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def is_pipeline(self) -> bool:
+        return (self.path / self.MANIFEST).is_file()
+
+    def manifest(self) -> dict:
+        return read_json(self.path / self.MANIFEST, "not a pipeline directory")
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / self.MANIFEST, manifest)
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """``<output_root>/sweeps/<time>``: one RunDir per point, the record and the array script."""
+
+    path: Path
+    RECORD = "sweep.json"
+    ARRAY_SCRIPT = "job-array.sbatch"
+    COLLECT_CSV = "collect.csv"
+    LOSS_PNG = "loss_curves.png"
+
+    @staticmethod
+    def point_name(index: int) -> str:
+        return f"{index:03d}"
+
+    def point(self, index: int) -> RunDir:
+        return RunDir(self.path / self.point_name(index))
+
+    def is_sweep(self) -> bool:
+        return (self.path / self.RECORD).is_file()
+
+    def record(self) -> dict:
+        return read_json(self.path / self.RECORD, "not a sweep directory (collect takes the directory of a -m sweep)")
+
+    def write_record(self, record: dict) -> None:
+        write_json(self.path / self.RECORD, record)

@@ -1,25 +1,133 @@
-"""Typed schema of every config group, registered in Hydra's ConfigStore.
+"""Typed schema of every config group: what ``python -m llamantino`` composes and every module reads.
 
-The primary config (``conf/config.yaml``) starts from ``llamantino_schema``, so every group
-option is merged into one of these dataclasses: a misspelt key or a wrong type fails at
-composition and names the key path (``stage.lora_r``). Fields map one to one to what the
-renderers read; comments say what a field means where the name does not.
+The primary config (``conf/config.yaml``) starts from ``llamantino_schema``, so every group option
+is merged into these dataclasses: a misspelt key, a wrong type or a value outside a choice (the
+``StrEnum`` fields) fails at composition and names the key path (``stage.lora_r``). Ranges are
+checked once, in ``__post_init__``, for configs composed by Hydra and read back from files alike.
+The rest of llamantino reads the config by attribute (``cfg.stage.task``), never by string key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import Enum, StrEnum
+from typing import Any, ClassVar, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGE_TASKS = ("train", "merge", "eval")
-DATA_FORMATS = ("text", "instructions", "conversations", "preferences")
+from llamantino.errors import ConfigError
+from llamantino_plugin.formats import DataFormat
+
+
+class Task(StrEnum):
+    train = "train"
+    merge = "merge"
+    eval = "eval"
+
+
+class Adapter(StrEnum):
+    lora = "lora"
+    qlora = "qlora"
+
+
+class RL(StrEnum):
+    dpo = "dpo"
+
+
+class BadRows(StrEnum):
+    strict = "strict"
+    skip = "skip"
+
+
+class OnUnsupported(StrEnum):
+    fallback = "fallback"  # train the next cheaper method, announced
+    error = "error"
+
+
+# "raise" is a keyword, so this choice is built with the functional API (members by name).
+ExcessLength = StrEnum("ExcessLength", [("drop", "drop"), ("truncate", "truncate"), ("raise", "raise")])
+
+LRScheduler = StrEnum("LRScheduler", [(name, name) for name in (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay", "one_cycle", "rex")])
+
+
+class Accelerator(StrEnum):
+    cpu = "cpu"
+    a100 = "a100"
+    h100 = "h100"
+
+
+class Attention(StrEnum):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+class LauncherName(StrEnum):
+    dry = "dry"
+    local = "local"
+    slurm = "slurm"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # tab and newline are allowed below
+_LINE_BREAK = re.compile(r"[\n\t]")
+
+
+def _check_text(key: str, value, multiline: bool) -> None:
+    """No control characters in any string; no line breaks outside fields declared multi-line."""
+    if isinstance(value, str):
+        if _CONTROL.search(value) or (not multiline and _LINE_BREAK.search(value)):
+            raise ConfigError(f"{key}={value!r} contains a control character or line break; "
+                              + ("only printable text is allowed" if multiline else "it must be one line of text"))
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_text(f"{key}.{name}", str(name), False)
+            _check_text(f"{key}.{name}", item, multiline)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_text(f"{key}[{index}]", item, multiline)
+
+
+class Checked:
+    """Base of every config section: strings checked once, then the section's own ranges (``check``)."""
+
+    KEY: ClassVar[str] = ""
+    MULTILINE: ClassVar[tuple[str, ...]] = ()  # fields that may hold several lines (never rendered into scripts)
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not dataclasses.is_dataclass(value):
+                _check_text(f"{self.KEY}.{item.name}".lstrip("."), value, item.name in self.MULTILINE)
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and cross-field rules of the section."""
+
+
+SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", re.ASCII)  # D-HH:MM:SS, HH:MM:SS, MM:SS, MM, D-HH, ...
+
+
+def _slurm_time(key: str, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not SLURM_TIME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} is not a SLURM time (D-HH:MM:SS, HH:MM:SS, MM:SS or minutes)")
+
+
+def _at_least(key: str, value, minimum) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{key}={value} must be at least {minimum}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
+    KEY = "model"
     name: str = MISSING
     hub_id: Optional[str] = None  # None: built locally by `builder`
     revision: Optional[str] = None  # pinned hub commit; None: not pinned (provenance says so)
@@ -35,14 +143,20 @@ class ModelConfig:
     gated: bool = False  # the hub asks to accept a licence first
     license: str = ""
 
+    def check(self) -> None:
+        if not isinstance(self.params_b, str) and not self.params_b > 0:  # MISSING is a string
+            raise ConfigError(f"model.params_b={self.params_b} must be positive")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """One registry entry of datasets_ita/registry (the ``data`` group points there)."""
+    KEY = "data"
+    MULTILINE = ('description', 'notes', 'source')
 
     name: str = MISSING
     description: str = ""
-    format: str = MISSING  # text | instructions | conversations | preferences
+    format: DataFormat = MISSING
     purpose: list[str] = field(default_factory=list)  # stages it is meant for: adapt, sft, dpo
     path: Optional[str] = None  # local JSONL, relative to datasets_ita/ (or absolute)
     hub_id: Optional[str] = None
@@ -59,14 +173,15 @@ class DataConfig:
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Checked):
+    KEY = "stage"
     name: str = MISSING
-    task: str = "train"  # train | merge | eval
-    data_formats: list[str] = field(default_factory=list)  # formats this stage trains on
-    # Method: adapter None = full fine-tune; "lora"; "qlora" (4-bit base).
-    adapter: Optional[str] = None
-    cpu_adapter: str = "lora"  # documented fallback on CPU, where full fine-tuning/FSDP is impossible
-    on_unsupported: str = "fallback"  # fallback (announced) | error
+    task: Task = Task.train
+    data_formats: list[DataFormat] = field(default_factory=list)  # formats this stage trains on
+    # Method: adapter None = full fine-tune; lora; qlora (4-bit base).
+    adapter: Optional[Adapter] = None
+    cpu_adapter: Adapter = Adapter.lora  # documented fallback on CPU, where full fine-tuning/FSDP is impossible
+    on_unsupported: OnUnsupported = OnUnsupported.fallback
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -79,7 +194,7 @@ class StageConfig:
     sequence_len: int = 1024
     learning_rate: float = 2.0e-4
     adapter_learning_rate: Optional[float] = None  # used instead when a fallback trains an adapter
-    lr_scheduler: str = "cosine"
+    lr_scheduler: LRScheduler = LRScheduler.cosine
     warmup_steps: Optional[int] = None
     warmup_ratio: Optional[float] = None
     optimizer: str = "adamw_torch_fused"
@@ -88,7 +203,7 @@ class StageConfig:
     gradient_checkpointing: bool = True
     sample_packing: bool = False  # used only where attention is flash_attention_2
     train_on_inputs: bool = False
-    rl: Optional[str] = None  # "dpo"
+    rl: Optional[RL] = None
     rl_beta: Optional[float] = None
     max_prompt_len: Optional[int] = None
     val_set_size: float = 0.0
@@ -96,24 +211,45 @@ class StageConfig:
     saves_per_epoch: Optional[int] = None
     save_total_limit: Optional[int] = None
     logging_steps: int = 1
-    excess_length_strategy: str = "drop"  # drop | truncate | raise
-    bad_rows: str = "strict"  # strict | skip
+    excess_length_strategy: ExcessLength = ExcessLength["drop"]
+    bad_rows: BadRows = BadRows.strict
     text_min_chars: int = 20
     text_dedup: bool = True
     seed: int = 42
     # Extra Axolotl keys, passed through; keys Axolotl does not know are refused.
     axolotl: dict[str, Any] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """What Axolotl would accept but fail on hours later: counts and rates out of range."""
+        for key in ("micro_batch_size", "gradient_accumulation_steps", "sequence_len", "lora_r", "lora_alpha",
+                    "logging_steps", "max_steps", "warmup_steps", "save_steps", "saves_per_epoch",
+                    "save_total_limit", "max_prompt_len"):
+            _at_least(f"stage.{key}", getattr(self, key), 1)
+        _at_least("stage.text_min_chars", self.text_min_chars, 0)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"stage.learning_rate={self.learning_rate} must be positive")
+        if not self.num_epochs > 0:
+            raise ConfigError(f"stage.num_epochs={self.num_epochs} must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"stage.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.rl and not (self.rl_beta or 0) > 0:
+            raise ConfigError(f"stage.rl_beta={self.rl_beta} must be positive for rl={self.rl}")
+
 
 @dataclass
-class QosLimit:
+class QosLimit(Checked):
+    KEY = "hardware.slurm.qos_limits[]"
     min_nodes: int = 1
     max_nodes: int = MISSING
     max_time: str = MISSING  # SLURM time, e.g. "00:30:00"
 
+    def check(self) -> None:
+        _slurm_time("hardware.slurm.qos_limits[].max_time", self.max_time)
+
 
 @dataclass
-class SlurmConfig:
+class SlurmConfig(Checked):
+    KEY = "hardware.slurm"
     partition: Optional[str] = None
     qos: Optional[str] = None
     account: Optional[str] = None  # None: taken from $SLURM_ACCOUNT at submission
@@ -128,11 +264,17 @@ class SlurmConfig:
     qos_limits: dict[str, QosLimit] = field(default_factory=dict)
     extra_directives: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. "--exclude=lrdn0001"
 
+    def check(self) -> None:
+        _slurm_time("hardware.slurm.time", self.time)
+        if not 1024 <= self.rdzv_port <= 64535:  # the job adds up to 999 to it
+            raise ConfigError(f"hardware.slurm.rdzv_port={self.rdzv_port} must be in 1024-64535")
+
 
 @dataclass
-class HardwareConfig:
+class HardwareConfig(Checked):
+    KEY = "hardware"
     name: str = MISSING
-    accelerator: str = "cpu"  # cpu | a100 | h100
+    accelerator: Accelerator = Accelerator.cpu
     nodes: int = 1
     gpus_per_node: int = 0
     gpu_memory_gb: float = 0.0
@@ -141,15 +283,27 @@ class HardwareConfig:
     tf32: bool = False
     fp8: bool = False
     compute_capability: Optional[str] = None  # "sm_80" for A100
-    attn_implementation: str = "sdpa"  # flash_attention_2 on A100/H100
+    attn_implementation: Attention = Attention.sdpa  # flash_attention_2 on A100/H100
     peak_tflops: float = 0.0  # dense bf16 TFLOP/s per GPU, for planning
     offline: bool = False  # compute nodes have no internet
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
+    def check(self) -> None:
+        _at_least("hardware.nodes", self.nodes, 1)
+        _at_least("hardware.cpus_per_node", self.cpus_per_node, 1)
+        _at_least("hardware.gpus_per_node", self.gpus_per_node, 0 if self.accelerator == Accelerator.cpu else 1)
+        if self.accelerator != Accelerator.cpu and not self.gpu_memory_gb > 0:
+            raise ConfigError(f"hardware.gpu_memory_gb={self.gpu_memory_gb} must be positive on GPU hardware")
+
+    @property
+    def gpu(self) -> bool:
+        return self.accelerator != Accelerator.cpu
+
 
 @dataclass
-class LauncherConfig:
-    name: str = MISSING  # dry | local | slurm
+class LauncherConfig(Checked):
+    KEY = "launcher"
+    name: LauncherName = MISSING
     submit: bool = True  # slurm: false renders and writes everything, submits nothing
     validate: bool = True  # run Axolotl's own validation before writing
     array_parallelism: int = 4  # sweeps: the %N throttle of the job array
@@ -158,22 +312,34 @@ class LauncherConfig:
     time: Optional[str] = None  # overrides hardware.slurm.time
     template: str = "torchrun.sbatch.j2"  # file in slurm/
 
+    def check(self) -> None:
+        _slurm_time("launcher.time", self.time)
+        _at_least("launcher.array_parallelism", self.array_parallelism, 1)
+        _at_least("launcher.signal_lead_s", self.signal_lead_s, 10)
+
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Checked):
+    KEY = "prompt"
+    MULTILINE = ('system_prompt',)
     template: Optional[str] = None  # None: the model's template
     system_prompt: Optional[str] = None  # None: the template's published default; "": none
 
 
 @dataclass
-class EvalTask:
+class EvalTask(Checked):
+    KEY = "eval.tasks[]"
     name: str = MISSING  # lm-eval task name
     num_fewshot: int = 0
     metric: str = "acc"
 
+    def check(self) -> None:
+        _at_least("eval.tasks[].num_fewshot", self.num_fewshot, 0)
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
+    KEY = "eval"
     name: str = MISSING
     tasks: list[EvalTask] = field(default_factory=list)
     batch_size: str = "auto"
@@ -183,22 +349,27 @@ class EvalConfig:
 
 
 @dataclass
-class PipelineStep:
+class PipelineStep(Checked):
+    KEY = "pipeline.steps[]"
     name: str = MISSING  # the step's name, its run directory under the pipeline directory
     overrides: list[str] = field(default_factory=list)  # Hydra overrides of this step, e.g. ["stage=adapt"]
     input: Optional[str] = "previous"  # base model: "previous" step's output, "base" model, or a step name
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(Checked):
+    KEY = "pipeline"
+    MULTILINE = ('description',)
     name: str = MISSING
     description: str = ""
     steps: list[PipelineStep] = field(default_factory=list)
 
 
 @dataclass
-class TargetScores:
+class TargetScores(Checked):
     """Published scores of a preset's model, the target after evaluation (llamantino-facts §3)."""
+    KEY = "target"
+    MULTILINE = ('source',)
 
     model_id: str = MISSING
     scores: dict[str, float] = field(default_factory=dict)
@@ -206,7 +377,9 @@ class TargetScores:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
+    KEY = "run"
+    MULTILINE = ('notes',)
     name: Optional[str] = None  # None: <stage>-<model>-<data>
     output_root: str = "runs"
     input_model: Optional[str] = None  # a run directory or local model directory to start from
@@ -215,7 +388,8 @@ class RunConfig:
 
 
 @dataclass
-class LlamantinoConfig:
+class LlamantinoConfig(Checked):
+    KEY = ""
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     stage: StageConfig = MISSING
@@ -228,7 +402,104 @@ class LlamantinoConfig:
     experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*
     target: Optional[TargetScores] = None
 
+    @property
+    def template(self) -> str:
+        """The prompt template in force: ``prompt.template``, else the model's."""
+        return self.prompt.template or self.model.template
+
+    @property
+    def time_limit(self) -> str:
+        return self.launcher.time or self.hardware.slurm.time
+
 
 def register_configs() -> None:
     """Register the root schema (used by conf/config.yaml's defaults list)."""
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="llamantino_schema", node=LlamantinoConfig, replace=True)
+
+
+# --- plain data in and out (config.yaml of a run, shared recipes) -----------------------------------
+
+
+def to_plain(value):
+    """A config (or part of one) as plain YAML/JSON data: enums as their strings."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return value
+
+
+
+
+
+def from_plain(cls, data, key: str = ""):
+    """Build ``cls`` from plain data, checking every key and type, never resolving ``${...}``.
+
+    Files a run or a recipe wrote are data: unlike OmegaConf, this reads strings as strings.
+    """
+    hints = typing.get_type_hints(cls)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        raise ConfigError(f"{key + '.' if key else ''}{unknown[0]} is not a config key; valid: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        here = f"{key}.{f.name}" if key else f.name
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name], here)
+        elif f.default is MISSING:
+            raise ConfigError(f"{here} is missing")
+    return cls(**values)
+
+
+def _value(hint, value, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        raise ConfigError(f"{key} may not be null")
+    if dataclasses.is_dataclass(hint):
+        return from_plain(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        return [_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return {str(name): _value(args[1], item, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint[value.value if isinstance(value, Enum) else str(value)]
+        except KeyError:
+            raise ConfigError(f"{key}={value!r} is not valid; use one of: {', '.join(m.value for m in hint)}") from None
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")

@@ -1,94 +1,108 @@
-"""Hydra multirun: one run directory per point; with ``launcher=slurm``, ONE job array per sweep.
+"""Hydra multirun: every point built and checked, then one sweep directory, then one launch.
 
-Each point is composed, rendered, validated and written by the normal single-run path, which
-hands it here instead of submitting it. When the whole sweep is ready, ``on_multirun_end`` writes
-``sweep.json`` and submits a single job array (``--array=0-N%K``, K = launcher.array_parallelism)
-whose task i runs point i, and returns without waiting. If any point fails its checks, nothing is
-submitted and the points already written are removed (dry and slurm sweeps), so a failed sweep
-leaves nothing half-done.
+The Hydra Launcher plugin (``hydra_plugins/llamantino_launcher``) calls :func:`run_sweep` once with
+every point. Each point is composed and built by its stage type like a single run; the launcher
+checks them all; only then is the sweep directory written, atomically (``<NNN>/`` per point,
+``sweep.json``, and for SLURM ``job-array.sbatch``), and started: with ``launcher=slurm`` as ONE
+job array (``--array=0-N%K``, K = launcher.array_parallelism) whose task i runs point i, without
+waiting. A point that fails its checks leaves nothing written and nothing submitted.
 """
 
 from __future__ import annotations
 
-import atexit
+import copy
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
+from llamantino.compose import typed
+from llamantino.errors import ConfigError, LlamantinoError
+from llamantino.launchers import launcher_for
+from llamantino.rundir import RunDir, SweepDir, unique_path, write_atomic
+from llamantino.runs import build
 
-_POINTS: list[dict] = []
-
-
-def register_point(prepared) -> None:
-    """Called by the single-run path for each written multirun point."""
-    from hydra.core.hydra_config import HydraConfig
-
-    _POINTS.append({"index": HydraConfig.get().job.num, "prepared": prepared})
+GROUPS = ("model", "data", "stage", "hardware", "launcher", "eval", "pipeline", "experiment")
 
 
-class SweepCallback(Callback):
-    """Hydra callback named in conf/config.yaml (the only `_target_` llamantino instantiates)."""
-
-    def __init__(self) -> None:
-        self._finished = True
-        self._sweep_dir: Path | None = None
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        _POINTS.clear()
-        self._finished = False
-        self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        atexit.register(self._remove_unfinished)
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        points = sorted(_POINTS, key=lambda point: point["index"])
-        if not points:
-            self._finished = True
-            return
-        sweep_dir = self._sweep_dir
-        first = points[0]["prepared"]
-        record = {
-            "launcher": first.cfg["launcher"]["name"],
-            "points": [{"index": p["index"], "run_dir": p["prepared"].run_dir.name,
-                        "overrides": p["prepared"].provenance["overrides"]} for p in points],
-        }
-        launcher = first.cfg["launcher"]
-        if launcher["name"] == "slurm" and launcher["submit"]:
-            record["job_id"] = submit_array(sweep_dir, [p["prepared"] for p in points], launcher["array_parallelism"])
-            print(f"submitted job array {record['job_id']} ({len(points)} points, at most "
-                  f"{launcher['array_parallelism']} at once): python -m llamantino.status {sweep_dir}")
-        (sweep_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
-        self._finished = True
-        print(f"run_dir: {sweep_dir}")
-
-    def _remove_unfinished(self) -> None:
-        """atexit: a sweep that stopped before submitting removes the points it wrote."""
-        if self._finished or not _POINTS:
-            return
-        if _POINTS[0]["prepared"].cfg["launcher"]["name"] == "local":
-            return  # trained points are real work: keep them
-        for point in _POINTS:
-            shutil.rmtree(point["prepared"].run_dir, ignore_errors=True)
-        if self._sweep_dir and self._sweep_dir.is_dir():
-            leftovers = {p.name for p in self._sweep_dir.iterdir()}
-            if leftovers <= {"multirun.yaml", "logs"}:
-                shutil.rmtree(self._sweep_dir, ignore_errors=True)
+def choices_of(hydra_cfg) -> dict:
+    """Which option each config group took."""
+    return {group: value for group, value in hydra_cfg.runtime.choices.items() if group in GROUPS and value is not None}
 
 
-def submit_array(sweep_dir: Path, prepared: list, parallelism: int) -> str:
-    """Render one job array over the points and submit it; returns the array's job id."""
-    from llamantino.errors import LaunchError
-    from llamantino.launch.slurm import job_resources, job_script, record_job, sbatch
+HYDRA_RECORD = "multirun.yaml"  # Hydra's sweeper writes it into hydra.sweep.dir before any launcher runs
 
-    if len({job_resources(p) for p in prepared}) != 1:
-        raise LaunchError("the points of this sweep need different SLURM resources or commands (nodes, time, "
-                          "stage); a job array is uniform: sweep those settings in separate runs")
-    names = [p.run_dir.name for p in prepared]
-    script = sweep_dir / "job-array.sbatch"
-    (sweep_dir / "logs").mkdir(exist_ok=True)
-    script.write_text(job_script(prepared[0], run_dirs=names, array=f"0-{len(names) - 1}%{max(int(parallelism), 1)}"))
-    job_id = sbatch(script)
-    for index, p in enumerate(prepared):
-        record_job(p.run_dir, f"{job_id}_{index}", array=job_id)
-    return job_id
+
+def _hydra_only(path: Path) -> bool:
+    return path.is_dir() and {p.name for p in path.iterdir()} <= {HYDRA_RECORD}
+
+
+def run_sweep(config, config_loader, job_overrides, initial_job_idx: int, echo=print) -> list:
+    """Build and check every point, write the sweep directory at once, start it; Hydra's JobReturns."""
+    hydra_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    adopt = _hydra_only(hydra_dir)  # the folder Hydra just made for this sweep: becomes the sweep directory
+    sweep = SweepDir(hydra_dir if adopt or not hydra_dir.exists() else unique_path(hydra_dir.parent, hydra_dir.name))
+    try:
+        return _run_sweep(sweep, hydra_dir if adopt else None, config, config_loader, job_overrides,
+                          initial_job_idx, echo)
+    except BaseException:
+        if adopt and _hydra_only(hydra_dir):  # a sweep that failed its checks leaves nothing
+            shutil.rmtree(hydra_dir, ignore_errors=True)
+            parent, here = hydra_dir.parent, Path.cwd()
+            while parent != here and here in parent.parents and not any(parent.iterdir()):
+                parent.rmdir()  # the empty folders Hydra's sweeper made on the way
+                parent = parent.parent
+        raise
+
+
+def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, job_overrides, initial_job_idx,
+               echo) -> list:
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import open_dict, read_write
+
+    runs, returns = [], []
+    for offset, overrides in enumerate(job_overrides):
+        index = initial_job_idx + offset
+        point = config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(point):
+            point.hydra.job.num = index
+            point.hydra.job.id = str(index)
+        task_cfg = copy.deepcopy(point)  # what Hydra's run_job hands a task: the config without its hydra node
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        try:
+            cfg = typed(task_cfg)
+            if cfg.pipeline is not None:
+                raise ConfigError("a sweep of pipelines is not supported: sweep single stages, or run one pipeline "
+                                  "per setting")
+            runs.append(build(cfg, sweep.point(index).path, overrides=list(overrides), choices=choices_of(point.hydra)))
+        except LlamantinoError as exc:
+            raise type(exc)(f"sweep point {index} ({' '.join(overrides)}): {exc}") from None
+        returns.append(JobReturn(overrides=list(overrides), cfg=point, hydra_cfg=point, working_dir=os.getcwd(),
+                                 task_name="llamantino", status=JobStatus.COMPLETED, _return_value=str(sweep.path)))
+    launcher = launcher_for(runs[0].cfg, echo)
+    if len({run.cfg.launcher.name for run in runs}) != 1:
+        raise ConfigError("every point of a sweep must use the same launcher")
+    launcher.check(runs)
+    files, links = {}, {}
+    for run in runs:
+        launcher.prepare(run)
+        for notice in run.notices:
+            echo(f"notice: point {run.run_dir.name}: {notice}")
+        files.update({f"{run.run_dir.name}/{name}": text for name, text in run.files.items()})
+        links.update({f"{run.run_dir.name}/{name}": target for name, target in run.links.items()})
+    record = {"launcher": str(runs[0].cfg.launcher.name),
+              "points": [{"index": int(run.run_dir.name), "run_dir": run.run_dir.name,
+                          "overrides": run.provenance["overrides"]} for run in runs]}
+    files.update(launcher.sweep_files(sweep, runs))
+    files[SweepDir.RECORD] = json.dumps(record, indent=2) + "\n"
+    if hydra_dir is not None and (hydra_dir / HYDRA_RECORD).is_file():
+        files[HYDRA_RECORD] = (hydra_dir / HYDRA_RECORD).read_text()  # Hydra's record of the sweep, kept
+        shutil.rmtree(hydra_dir)
+    write_atomic(sweep.path, files, links, dirs=(RunDir.LOGS, *(f"{run.run_dir.name}/{RunDir.LOGS}" for run in runs)))
+    echo(f"wrote {sweep.path}: {len(runs)} points")
+    job_id = launcher.submit_array(sweep, runs)
+    if job_id:
+        sweep.write_record({**record, "job_id": job_id})
+    echo(f"run_dir: {sweep.path}")
+    return returns

@@ -26,17 +26,17 @@ QUIET_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFL
              "AXOLOTL_LOG_LEVEL": "ERROR", "LOG_LEVEL": "ERROR", "TORCH_LOGS": "-all"}
 
 
-def capabilities(hw: dict) -> tuple[dict, dict]:
+def capabilities(hw) -> tuple[dict, dict]:
     """The (capabilities, env_capabilities) Axolotl would detect on the hardware's nodes."""
-    gpu = hw["accelerator"] != "cpu"
-    world = hw["nodes"] * (hw["gpus_per_node"] if gpu else 1)
+    gpu = hw.gpu
+    world = hw.nodes * (hw.gpus_per_node if gpu else 1)
     caps = {
-        "bf16": bool(hw["bf16"]) and gpu,
-        "fp8": bool(hw["fp8"]) and gpu,
-        "tf32": bool(hw["tf32"]) and gpu,
+        "bf16": bool(hw.bf16) and gpu,
+        "fp8": bool(hw.fp8) and gpu,
+        "tf32": bool(hw.tf32) and gpu,
         "n_gpu": world,
-        "n_node": hw["nodes"],
-        "compute_capability": hw["compute_capability"] if gpu else None,
+        "n_node": hw.nodes,
+        "compute_capability": hw.compute_capability if gpu else None,
     }
     return caps, {"torch_version": metadata.version("torch")}
 
@@ -89,7 +89,7 @@ def _quiet():
                     os.environ[key] = value
 
 
-def validate_recipe(recipe: dict, hw: dict) -> dict:
+def validate_recipe(recipe: dict, hw) -> dict:
     """Run Axolotl's validation for ``hw``; return the validated config or raise ValidationError."""
     with _quiet():
         return _validate(recipe, hw)
@@ -119,7 +119,7 @@ def _cache_merged_schema() -> None:
     axolotl_config.merge_input_args = merged
 
 
-def _validate(recipe: dict, hw: dict) -> dict:
+def _validate(recipe: dict, hw) -> dict:
     import pydantic
     from axolotl.cli.config import prepare_plugins
     from axolotl.utils.config import validate_config

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from llamantino_plugin.formats import columns_for
+from llamantino_plugin.formats import FORMATS, columns_for
 from llamantino_plugin.templates import template_info
 
 
@@ -15,7 +15,7 @@ class DatasetSpec(BaseModel):
 
     path: str
     name: str | None = None
-    format: Literal["text", "instructions", "conversations", "preferences"]
+    format: Literal[tuple(fmt.value for fmt in FORMATS)]  # the one list, in formats.py
     columns: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -55,11 +55,9 @@ class LlamantinoArgs(BaseModel):
         """Every dataset whose type is a llamantino loader needs a matching llamantino_datasets entry."""
         if not isinstance(data, dict):
             return data
-        specs = data.get("llamantino_datasets") or []
-        described = {(_get(spec, "path"), _get(spec, "name")) for spec in specs}
         for index, dataset in enumerate(data.get("datasets") or []):
             kind = str(_get(dataset, "type") or "")
-            if kind.startswith("llamantino_plugin.") and (_get(dataset, "path"), _get(dataset, "name")) not in described:
+            if kind.startswith("llamantino_plugin.") and find_spec(data, dataset) is None:
                 raise ValueError(
                     f"datasets[{index}] (path {_get(dataset, 'path')!r}) uses {kind} but has no entry "
                     "in llamantino_datasets with the same path and name"
@@ -69,4 +67,12 @@ class LlamantinoArgs(BaseModel):
 
 def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def find_spec(cfg, dataset):
+    """The ``llamantino_datasets`` entry describing one entry of ``datasets`` (same path and name), or None."""
+    for spec in _get(cfg, "llamantino_datasets") or []:
+        if _get(spec, "path") == _get(dataset, "path") and _get(spec, "name") == _get(dataset, "name"):
+            return spec
+    return None
 

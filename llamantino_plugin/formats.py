@@ -23,9 +23,20 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-FORMATS = ("text", "instructions", "conversations", "preferences")
+
+class DataFormat(StrEnum):
+    """The four formats, the one list of them (llamantino's schema and CLI read it from here)."""
+
+    text = "text"
+    instructions = "instructions"
+    conversations = "conversations"
+    preferences = "preferences"
+
+
+FORMATS = tuple(DataFormat)
 
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "text": {"text": "text"},
@@ -272,9 +283,23 @@ class DataFileError(ValueError):
         self.path, self.line, self.column, self.message = str(path), line, column, message
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value) -> bool:
+    """Whether a decoded JSON value holds a lone UTF-16 surrogate (valid JSON, not encodable text)."""
+    if isinstance(value, str):
+        return bool(_SURROGATE.search(value))
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def decode_jsonl_line(raw: bytes, path: str | Path, number: int) -> dict:
     """Decode one raw JSON Lines line; DataFileError names the line for invalid UTF-8, invalid
-    JSON and rows that are not JSON objects."""
+    JSON (too deeply nested, numbers too long), lone surrogates and rows that are not JSON objects."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -283,8 +308,14 @@ def decode_jsonl_line(raw: bytes, path: str | Path, number: int) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataFileError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+    except RecursionError:
+        raise DataFileError(path, "malformed JSON: nested too deeply", number) from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise DataFileError(path, f"malformed JSON: {exc}", number) from None
     if not isinstance(row, dict):
         raise DataFileError(path, f"each line must be a JSON object, got {type(row).__name__}", number)
+    if "\\u" in line and _lone_surrogate(row):
+        raise DataFileError(path, "a string holds a lone surrogate (\\ud800-\\udfff): not encodable text", number)
     return row
 
 

@@ -27,20 +27,19 @@ from axolotl.prompt_tokenizers import DatasetWrappingStrategy
 from llamantino_plugin import report
 from llamantino_plugin.encode import IGNORE, LlamantinoDataError, encode_rows, encode_text, tokeniser
 from llamantino_plugin.formats import columns_for
-from llamantino_plugin.templates import template_info
+from llamantino_plugin.args import find_spec
+from llamantino_plugin.templates import default_template, template_info
 
 
-def find_spec(cfg, ds_cfg, fmt: str) -> dict:
-    """The ``llamantino_datasets`` entry describing ``ds_cfg`` (matched by path and name)."""
-    for spec in cfg.get("llamantino_datasets") or []:
-        if spec.get("path") == ds_cfg.get("path") and spec.get("name") == ds_cfg.get("name"):
-            if spec.get("format") != fmt:
-                raise LlamantinoDataError(
-                    f"dataset {ds_cfg.get('path')!r} is described as format {spec.get('format')!r} "
-                    f"but its type loads {fmt!r}"
-                )
-            return {"format": fmt, "columns": columns_for(fmt, spec.get("columns"))}
-    return {"format": fmt, "columns": columns_for(fmt)}
+def spec_of(cfg, ds_cfg, fmt: str) -> dict:
+    """Format and columns of ``ds_cfg`` from its ``llamantino_datasets`` entry."""
+    spec = find_spec(cfg, ds_cfg)
+    if spec is None:
+        return {"format": fmt, "columns": columns_for(fmt)}
+    if spec.get("format") != fmt:
+        raise LlamantinoDataError(f"dataset {ds_cfg.get('path')!r} is described as format {spec.get('format')!r} "
+                                  f"but its type loads {fmt!r}")
+    return {"format": fmt, "columns": columns_for(fmt, spec.get("columns"))}
 
 
 class ItalianDataset(DatasetWrappingStrategy):
@@ -50,9 +49,9 @@ class ItalianDataset(DatasetWrappingStrategy):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.ds_cfg = ds_cfg
-        self.spec = find_spec(cfg, ds_cfg, fmt)
+        self.spec = spec_of(cfg, ds_cfg, fmt)
         self.fmt = fmt
-        self.template = cfg.get("llamantino_template") or ("alpaca_it" if fmt == "instructions" else None)
+        self.template = cfg.get("llamantino_template") or default_template(fmt)
         if fmt == "conversations" and (self.template is None or template_info(self.template).kind != "chat"):
             raise LlamantinoDataError(
                 f"dataset {ds_cfg.get('path')!r}: conversations need a chat template "

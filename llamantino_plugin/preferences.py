@@ -12,7 +12,8 @@ from __future__ import annotations
 from functools import partial
 
 from llamantino_plugin.formats import RowError, columns_for, read_preference
-from llamantino_plugin.templates import render_chat, render_instruction, template_info
+from llamantino_plugin.args import find_spec
+from llamantino_plugin.templates import default_template, render_chat, render_instruction, template_info
 
 
 class PreferenceError(ValueError):
@@ -22,10 +23,8 @@ class PreferenceError(ValueError):
 def spec_for(cfg, dataset_index: int) -> dict:
     """Columns of the ``dataset_index``-th dataset, from its llamantino_datasets entry."""
     dataset = (cfg.get("datasets") or [])[dataset_index]
-    for spec in cfg.get("llamantino_datasets") or []:
-        if spec.get("path") == dataset.get("path") and spec.get("name") == dataset.get("name"):
-            return {"columns": columns_for("preferences", spec.get("columns")), "path": dataset.get("path")}
-    return {"columns": columns_for("preferences"), "path": dataset.get("path")}
+    spec = find_spec(cfg, dataset) or {}
+    return {"columns": columns_for("preferences", spec.get("columns")), "path": dataset.get("path")}
 
 
 def pair_strings(pair: dict, template: str, system_prompt: str | None, bos: str = "") -> dict:
@@ -67,7 +66,7 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
 def load(cfg, dataset_idx: int = 0, **kwargs):
     """The DPO strategy: a batched transform that may drop rows, removing the original columns."""
     spec = spec_for(cfg, dataset_idx)
-    template = cfg.get("llamantino_template") or "llama3"
+    template = cfg.get("llamantino_template") or default_template("preferences")
     fn = partial(transform, columns=spec["columns"], template=template,
                  system_prompt=cfg.get("llamantino_system_prompt"),
                  policy=cfg.get("llamantino_bad_rows") or "strict", path=spec["path"])

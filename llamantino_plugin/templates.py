@@ -44,6 +44,14 @@ def templates() -> dict[str, TemplateInfo]:
     }
 
 
+#: The template a format uses when a recipe names none: the one default, for training and previews.
+DEFAULT_TEMPLATES = {"text": None, "instructions": "alpaca_it", "conversations": "llama3", "preferences": "llama3"}
+
+
+def default_template(fmt: str) -> str | None:
+    return DEFAULT_TEMPLATES[str(fmt)]
+
+
 def template_info(name: str) -> TemplateInfo:
     """Metadata of a template; a clear error lists the valid names."""
     known = templates()

@@ -1,10 +1,20 @@
-"""Shared helpers: the CLI in a subprocess, in-process composition, the tiny model."""
+"""Shared helpers: the commands in process (or in a subprocess), in-process composition, the tiny model.
+
+``cli()`` runs a command the way a user would, but in this process: argument parsing, Hydra, the
+one error handler, stdout and stderr, the exit code. Training and evaluation still run in their
+own processes (the local launcher starts them), so end-to-end tests stay end to end; only the
+~10 s import of Axolotl is paid once. ``cli(..., subprocess=True)`` starts a fresh interpreter
+(tests/test_entry_points.py does that once per command).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
-import subprocess
+import subprocess as _subprocess
 import sys
 from pathlib import Path
 
@@ -13,12 +23,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 PYTHON = sys.executable
+ENTRY_POINTS = {"llamantino": "llamantino.app:run", **{f"llamantino.{name}": f"llamantino.{name}:main" for name in
+                ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish")}}
 
 
-def cli(*args: str, cwd: Path, module: str = "llamantino", timeout: int = 900, env: dict | None = None):
-    """Run ``python -m <module> <args>`` like a user would; returns the CompletedProcess."""
-    return subprocess.run([PYTHON, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+@contextlib.contextmanager
+def _environment(cwd: Path, env: dict | None):
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    os.chdir(cwd)
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def cli(*args: str, cwd: Path, module: str = "llamantino", timeout: int = 900, env: dict | None = None,
+        subprocess: bool = False):
+    """Run ``python -m <module> <args>``; returns a CompletedProcess (returncode, stdout, stderr)."""
+    if subprocess or (env and "PYTHONPATH" in env):
+        return _subprocess.run([PYTHON, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                               timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    from llamantino.errors import entry
+
+    module_name, function = ENTRY_POINTS[module].split(":")
+    main = getattr(importlib.import_module(module_name), function)
+    out, err = io.StringIO(), io.StringIO()
+    with _environment(cwd, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = entry(main, list(args))
+        except SystemExit as exc:  # argparse's usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return _subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def run_dir_of(proc) -> Path:
@@ -53,7 +91,18 @@ def tiny_tokenizer(tiny_model):
 
 @pytest.fixture
 def compose():
-    """Compose conf/ in-process: ``compose("stage=dpo", "model=llama3_8b")`` -> plain dict."""
+    """Compose conf/ in-process: ``compose("stage=dpo", "model=llama3_8b")`` -> the typed config."""
     from llamantino.compose import compose_config
 
     return lambda *overrides: compose_config(list(overrides))
+
+
+def build(cfg, run_dir: Path, overrides=(), known=None, validate=True):
+    """Build a run with its stage type (and its launcher's files), writing nothing."""
+    from llamantino.launchers import launcher_for
+    from llamantino.stages import stage_for
+
+    run = stage_for(cfg).build(cfg, run_dir, overrides=list(overrides), choices={}, validate=validate,
+                               known_runs=known)
+    launcher_for(cfg).prepare(run)
+    return run

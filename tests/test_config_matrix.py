@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import build
 from llamantino.paths import CONF_DIR
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -16,9 +17,7 @@ TRAIN_STAGES = ("adapt", "sft", "dpo")
 
 
 def prepare(cfg, tmp_path, known=None):
-    from llamantino.prepare import prepare_run
-
-    return prepare_run(cfg, tmp_path / "run", overrides=[], choices={}, validate=True, known_runs=known)
+    return build(cfg, tmp_path / "run", known=known)
 
 
 def test_option_lists_are_not_empty():

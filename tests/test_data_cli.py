@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, ok, run_dir_of
+from conftest import build, cli, ok, run_dir_of
 
 
 def test_list_shows_every_registry_entry(tmp_path):
@@ -19,12 +19,19 @@ def test_check_reports_every_bad_row(tmp_path):
     data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
                     '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
                     '{"role": "assistant", "content": "c"}]}\n{"conversations": []}\n')
-    out = ok(cli("check", str(data), "--format", "conversations", module="llamantino.data", cwd=tmp_path)).stdout
+    proc = cli("check", str(data), "--format", "conversations", module="llamantino.data", cwd=tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {data}: 2 bad row(s) of 3"  # guards a CI step
     assert "3 rows, 1 good, 2 bad" in out
     assert f"{data}:2 [messages]" in out and f"{data}:3 [messages]: missing column 'messages'" in out
     strict = cli("check", str(data), "--format", "conversations", "--policy", "strict", module="llamantino.data",
                  cwd=tmp_path)
     assert strict.returncode == 2 and f"{data}:2" in strict.stderr
+
+
+def test_check_of_a_good_file_exits_zero(tmp_path):
+    out = ok(cli("check", "it_messages_sample", module="llamantino.data", cwd=tmp_path)).stdout
+    assert ", 0 bad (conversations)" in out
 
 
 def test_preview_marks_masked_and_trained_spans(tmp_path):
@@ -43,8 +50,10 @@ def test_prepare_pretokenises_a_run_for_offline_use(tmp_path):
     assert "the job can now run offline" in out
     lock = json.loads((run_dir / "prepared" / "llamantino_lock.json").read_text())
     assert lock["prepared"] and lock["data"]["sha256"]
-    # the pre-tokenised dataset is what training then loads
-    assert any((run_dir / "prepared").iterdir())
+    # the pre-tokenised dataset (Arrow files), not only the lock, is what training then loads
+    prepared = [path for path in (run_dir / "prepared").iterdir() if path.name != "llamantino_lock.json"]
+    assert sorted(path.name for path in prepared) == lock["prepared"]
+    assert any(path.suffix == ".arrow" for folder in prepared for path in folder.rglob("*"))
 
 
 def test_pin_without_network_says_so(tmp_path):
@@ -60,12 +69,10 @@ def test_prepare_caches_eval_task_data(tmp_path):
 
 
 def test_every_registry_entry_composes_and_renders_for_its_stage(compose, tmp_path):
-    from llamantino.data import registry
-    from llamantino.prepare import prepare_run
+    from llamantino.registry import registry
 
-    stage_of = {"adapt": "adapt", "sft": "sft", "dpo": "dpo"}
     for name, entry in registry().items():
-        cfg = compose(f"data={name}", f"stage={stage_of[entry['purpose'][0]]}", "hardware=leonardo_booster")
-        prepared = prepare_run(cfg, tmp_path / name, overrides=[], choices={}, validate=False)
-        source = entry["hub_id"] or f"inputs/{entry['path'].rsplit('/', 1)[-1]}"
+        cfg = compose(f"data={name}", f"stage={entry.purpose[0]}", "hardware=leonardo_booster", "launcher=dry")
+        prepared = build(cfg, tmp_path / name, validate=False)
+        source = entry.hub_id or f"inputs/{entry.path.rsplit('/', 1)[-1]}"
         assert prepared.recipe["datasets"][0]["path"] == source, name

@@ -101,3 +101,11 @@ def test_skip_policy_drops_and_counts_bad_rows(tmp_path, tiny_model):
     assert any("unknown role 'robot'" in error for error in counts["errors"])
     assert (run_dir / "inputs" / "conversazioni.jsonl").read_text().count("\n") == 12  # the cleaned copy
     assert trained(tiny_model, run_dir / "output")
+
+
+def test_seeded_training_reproduces_its_first_losses(tmp_path):
+    """Pinned losses (torchtune's recipe-test pattern): a change to the data path, the templates, the tiny
+    model or the rendered recipe that changes what is trained shows up here, before it shows in a loss curve."""
+    proc = ok(cli("stage.max_steps=3", "stage.saves_per_epoch=null", cwd=tmp_path))
+    losses = [float(line.split("loss ")[1].split()[0]) for line in proc.stdout.splitlines() if "  step " in line]
+    assert losses == pytest.approx([6.946, 6.961, 6.949], abs=2e-3)

@@ -21,7 +21,7 @@ def test_leaderboard_job_uses_the_leaderboards_tasks_shots_and_metrics(tmp_path)
     assert plan["metrics"] == {"hellaswag_it": "acc_norm", "arc_it": "acc_norm", "m_mmlu_it": "acc"}
     assert plan["model_args"] == "pretrained=meta-llama/Meta-Llama-3-8B-Instruct,dtype=bfloat16"
     assert plan["device"] == "cuda:0" and plan["leaderboard"]
-    from llamantino.evaluate import lm_eval_argv
+    from llamantino.evaluation import lm_eval_argv
 
     argv = lm_eval_argv(plan, plan["groups"][1])
     assert argv[argv.index("--tasks") + 1] == "m_mmlu_it" and argv[argv.index("--num_fewshot") + 1] == "5"
@@ -50,7 +50,7 @@ def test_a_run_without_finished_output_is_refused(tmp_path):
 
 
 def test_results_table_places_the_model_beside_published_scores():
-    from llamantino.evaluate import results_table
+    from llamantino.evaluation import results_table
 
     plan = {"metrics": {"m_mmlu_it": "acc", "arc_it": "acc_norm", "hellaswag_it": "acc_norm"}, "leaderboard": True,
             "target": {"model_id": "swap-uniba/LLaMAntino-3-ANITA-8B-Inst-DPO-ITA"}}

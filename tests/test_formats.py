@@ -105,12 +105,12 @@ def test_unknown_logical_column_is_refused():
 
 
 def test_every_sample_file_passes_its_registry_check():
-    from llamantino.data import registry
+    from llamantino.registry import registry
 
     checked = set()
     for name, entry in registry().items():
-        if entry["path"]:
-            report = check_file(SAMPLES_DIR.parent / entry["path"], entry["format"], columns_for(entry["format"], entry["columns"]))
+        if entry.path:
+            report = check_file(SAMPLES_DIR.parent / entry.path, entry.format, columns_for(entry.format, entry.columns))
             assert report.kept == report.rows > 0, name
-            checked.add(entry["path"])
+            checked.add(entry.path)
     assert len(checked) == 7

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import TESTS
+from conftest import TESTS, build
 
 GOLDEN = TESTS / "golden"
 CASES = {
@@ -31,15 +31,9 @@ CASES = {
 
 def rendered(overrides):
     from llamantino.compose import compose_config
-    from llamantino.launch.slurm import job_script
-    from llamantino.prepare import prepare_run
 
-    cfg = compose_config(overrides)
-    prepared = prepare_run(cfg, GOLDEN / "unused", overrides=overrides, choices={}, validate=True)
-    files = {"axolotl.yaml": prepared.files["axolotl.yaml"]}
-    if cfg["launcher"]["name"] == "slurm":
-        files["job.sbatch"] = job_script(prepared)
-    return files
+    run = build(compose_config(overrides), GOLDEN / "unused", overrides)
+    return {name: run.files[name] for name in ("axolotl.yaml", "job.sbatch") if name in run.files}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

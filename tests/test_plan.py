@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cli
 
-from llamantino.plan import plan
+from llamantino.planner import plan
 
 
 def test_llamantino2_7b_adaptation(compose):

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, cli, ok, run_dir_of
 
 from llamantino.paths import RECIPES_DIR
-from llamantino.recipe import preset_names, render_preset
+from llamantino.sharing import preset_names, render_preset
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -32,36 +32,37 @@ def test_every_committed_sbatch_is_valid_bash():
 
 
 def test_preset_targets_are_the_leaderboard_scores(compose):
-    from llamantino.evaluate import leaderboard
+    from llamantino.evaluation import leaderboard
 
     board = leaderboard()["models"]
     for name in preset_names():
-        target = compose(f"experiment={name}").get("target")
+        target = compose(f"experiment={name}").target
         if target:
-            assert target["scores"] == board[target["model_id"]], name
+            assert target.scores == board[target.model_id], name
 
 
 def test_published_settings(compose):
     adapt = compose("experiment=llamantino2_7b_adapt")
-    assert (adapt["stage"]["adapter"], adapt["stage"]["lora_r"], adapt["stage"]["lora_alpha"], adapt["stage"]["lora_dropout"],
-            adapt["stage"]["micro_batch_size"], adapt["stage"]["max_steps"], adapt["stage"]["sequence_len"],
-            adapt["hardware"]["nodes"], adapt["hardware"]["gpus_per_node"], adapt["data"]["hub_id"],
-            adapt["data"]["subset"]) == ("qlora", 64, 16, 0.1, 8, 25000, 1024, 3, 4, "gsarti/clean_mc4_it", "medium")
+    assert (adapt.stage.adapter, adapt.stage.lora_r, adapt.stage.lora_alpha, adapt.stage.lora_dropout,
+            adapt.stage.micro_batch_size, adapt.stage.max_steps, adapt.stage.sequence_len,
+            adapt.hardware.nodes, adapt.hardware.gpus_per_node, adapt.data.hub_id,
+            adapt.data.subset) == ("qlora", 64, 16, 0.1, 8, 25000, 1024, 3, 4, "gsarti/clean_mc4_it", "medium")
     for name, epochs in (("llamantino2_chat_7b_sft", 3), ("llamantino2_chat_13b_sft", 5)):
         sft = compose(f"experiment={name}")
-        assert (sft["stage"]["adapter"], sft["stage"]["micro_batch_size"], sft["stage"]["num_epochs"],
-                sft["hardware"]["nodes"], sft["prompt"]["template"]) == (None, 16, epochs, 2, "llamantino2_chat")
-    dpo = compose("experiment=anita_8b_dpo")["stage"]
-    assert (dpo["lora_r"], dpo["lora_alpha"], dpo["use_rslora"], dpo["rl_beta"], dpo["learning_rate"], dpo["num_epochs"],
-            dpo["sequence_len"], dpo["max_prompt_len"]) == (64, 16, True, 0.1, 5e-5, 1, 1024, 512)
-    sft = compose("experiment=anita_8b_sft")["stage"]
-    assert (sft["lora_r"], sft["lora_alpha"], sft["learning_rate"], sft["num_epochs"]) == (16, 8, 2e-4, 1)
+        assert (sft.stage.adapter, sft.stage.micro_batch_size, sft.stage.num_epochs,
+                sft.hardware.nodes, sft.prompt.template) == (None, 16, epochs, 2, "llamantino2_chat")
+    dpo = compose("experiment=anita_8b_dpo").stage
+    assert (dpo.lora_r, dpo.lora_alpha, dpo.use_rslora, dpo.rl_beta, dpo.learning_rate, dpo.num_epochs,
+            dpo.sequence_len, dpo.max_prompt_len) == (64, 16, True, 0.1, 5e-5, 1, 1024, 512)
+    sft = compose("experiment=anita_8b_sft").stage
+    assert (sft.lora_r, sft.lora_alpha, sft.learning_rate, sft.num_epochs) == (16, 8, 2e-4, 1)
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """A run to share: rendered and written, not trained (the e2e test below trains its import)."""
     work = tmp_path_factory.mktemp("share")
-    return run_dir_of(ok(cli("stage.max_steps=1", "stage.saves_per_epoch=null", cwd=work))), work
+    return run_dir_of(ok(cli("stage.max_steps=1", "stage.saves_per_epoch=null", "launcher=dry", cwd=work))), work
 
 
 def fresh_clone(tmp_path):
@@ -99,7 +100,7 @@ def test_export_import_in_another_clone_renders_byte_identical_and_trains(traine
 def _tamper(recipe, tmp_path, edit, name="bad.yaml"):
     record = yaml.safe_load(recipe.read_text())
     edit(record)
-    from llamantino.recipe import checksum
+    from llamantino.sharing import checksum
 
     record["checksum"] = checksum(record)  # a consistent checksum: the other checks must catch it
     path = tmp_path / name
@@ -175,4 +176,4 @@ def test_secrets_are_never_exported(trained_run, tmp_path):
 def test_a_recipe_is_also_a_hydra_experiment(compose):
     """Presets are Hydra experiment configs: usable with experiment=<name> or from a search path."""
     cfg = compose("experiment=anita_8b_dpo")
-    assert cfg["experiment"] == "anita_8b_dpo" and cfg["stage"]["rl"] == "dpo"
+    assert cfg.experiment == "anita_8b_dpo" and cfg.stage.rl == "dpo"

@@ -30,7 +30,7 @@ def cluster():
 
 
 def job(job_id: str) -> dict:
-    from llamantino.status import slurm_job
+    from llamantino.launchers.slurm import slurm_job
 
     return slurm_job(job_id)
 

@@ -14,6 +14,8 @@ import yaml
 
 from llamantino.inputs import Inputs
 from llamantino.method import Method
+from llamantino.rundir import RunDir
+from llamantino.schema import LlamantinoConfig
 
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 LOADER_TYPES = {
@@ -27,56 +29,51 @@ CUDA_ONLY_OPTIMIZER = ("fused", "paged", "8bit", "bnb")
 CPU_OPTIMIZER = "adamw_torch"
 
 
-def optimizer_for(stage: dict, hw: dict) -> str:
+def optimizer_for(stage, hw) -> str:
     """The stage's optimizer, or its CPU equivalent when it needs CUDA and the hardware has none."""
-    name = stage["optimizer"]
-    if hw["accelerator"] == "cpu" and any(part in name for part in CUDA_ONLY_OPTIMIZER):
+    name = stage.optimizer
+    if not hw.gpu and any(part in name for part in CUDA_ONLY_OPTIMIZER):
         return CPU_OPTIMIZER
     return name
 
 
-def prompt_template(cfg: dict) -> str:
-    """The template in force: ``prompt.template``, else the model's."""
-    return cfg["prompt"]["template"] or cfg["model"]["template"]
-
-
-def _precision(hw: dict) -> dict:
-    if hw["accelerator"] == "cpu":
+def _precision(hw) -> dict:
+    if not hw.gpu:
         return {"bf16": False, "fp16": False, "tf32": False}
-    return {"bf16": bool(hw["bf16"]), "fp16": not hw["bf16"], "tf32": bool(hw["tf32"])}
+    return {"bf16": bool(hw.bf16), "fp16": not hw.bf16, "tf32": bool(hw.tf32)}
 
 
-def _attention(cfg: dict) -> str:
-    hw, model = cfg["hardware"], cfg["model"]
-    if hw["attn_implementation"] == "flash_attention_2" and not model["flash_attention"]:
+def _attention(cfg: LlamantinoConfig) -> str:
+    hw, model = cfg.hardware, cfg.model
+    if hw.attn_implementation == "flash_attention_2" and not model.flash_attention:
         return "sdpa"
-    return hw["attn_implementation"]
+    return str(hw.attn_implementation)
 
 
-def _adapter_keys(stage: dict, adapter: str | None, cpu: bool) -> dict:
+def _adapter_keys(stage, adapter: str | None, cpu: bool) -> dict:
     if adapter is None:
         return {}
     keys: dict[str, Any] = {"adapter": adapter}
     if adapter == "qlora":
         keys["load_in_4bit"] = True
-    keys.update(lora_r=stage["lora_r"], lora_alpha=stage["lora_alpha"], lora_dropout=float(stage["lora_dropout"]))
-    if stage["lora_target_modules"]:
-        keys["lora_target_modules"] = list(stage["lora_target_modules"])
+    keys.update(lora_r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=float(stage.lora_dropout))
+    if stage.lora_target_modules:
+        keys["lora_target_modules"] = list(stage.lora_target_modules)
     else:
         keys["lora_target_linear"] = True
-    if stage["use_rslora"]:
+    if stage.use_rslora:
         keys["peft_use_rslora"] = True
     if cpu:  # the auto-enabled Triton LoRA kernels assert CUDA
         keys.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
     return keys
 
 
-def _fsdp(model: dict) -> dict:
+def _fsdp(model) -> dict:
     return {
         "fsdp_version": 2,
         "fsdp_config": {
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "transformer_layer_cls_to_wrap": model["decoder_layer"],
+            "transformer_layer_cls_to_wrap": model.decoder_layer,
             "state_dict_type": "FULL_STATE_DICT",
             "reshard_after_forward": True,
             "offload_params": False,
@@ -85,8 +82,8 @@ def _fsdp(model: dict) -> dict:
     }
 
 
-def _data_keys(cfg: dict, inputs: Inputs) -> dict:
-    data, stage = inputs.data, cfg["stage"]
+def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    data, stage = inputs.data, cfg.stage
     entry: dict[str, Any] = {"path": data["recipe_path"]}
     if data["subset"]:
         entry["name"] = data["subset"]
@@ -103,102 +100,109 @@ def _data_keys(cfg: dict, inputs: Inputs) -> dict:
     if data["columns"]:
         spec["columns"] = dict(data["columns"])
     keys: dict[str, Any] = {
-        "llamantino_template": prompt_template(cfg),
-        "llamantino_bad_rows": stage["bad_rows"],
+        "llamantino_template": cfg.template,
+        "llamantino_bad_rows": str(stage.bad_rows),
     }
-    if cfg["prompt"]["system_prompt"] is not None:
-        keys["llamantino_system_prompt"] = cfg["prompt"]["system_prompt"]
+    if cfg.prompt.system_prompt is not None:
+        keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
     if data["format"] == "text":
-        keys.update(llamantino_text_min_chars=stage["text_min_chars"], llamantino_text_dedup=stage["text_dedup"])
-    keys.update(llamantino_datasets=[spec], datasets=[entry], dataset_prepared_path="prepared")
+        keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
+    keys.update(llamantino_datasets=[spec], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
     return keys
 
 
-def _schedule(stage: dict, fell_back: bool) -> dict:
+def _schedule(stage, fell_back: bool) -> dict:
     keys: dict[str, Any] = {
-        "micro_batch_size": stage["micro_batch_size"],
-        "gradient_accumulation_steps": stage["gradient_accumulation_steps"],
+        "micro_batch_size": stage.micro_batch_size,
+        "gradient_accumulation_steps": stage.gradient_accumulation_steps,
     }
-    if stage["max_steps"] is not None:
-        keys["max_steps"] = stage["max_steps"]
+    if stage.max_steps is not None:
+        keys["max_steps"] = stage.max_steps
     else:
-        keys["num_epochs"] = float(stage["num_epochs"])
-    rate = stage["adapter_learning_rate"] if fell_back and stage["adapter_learning_rate"] else stage["learning_rate"]
-    keys.update(learning_rate=float(rate), lr_scheduler=stage["lr_scheduler"])
-    if stage["warmup_steps"] is not None:
-        keys["warmup_steps"] = stage["warmup_steps"]
-    elif stage["warmup_ratio"] is not None:
-        keys["warmup_ratio"] = float(stage["warmup_ratio"])
-    keys.update(weight_decay=float(stage["weight_decay"]), max_grad_norm=float(stage["max_grad_norm"]))
+        keys["num_epochs"] = float(stage.num_epochs)
+    rate = stage.adapter_learning_rate if fell_back and stage.adapter_learning_rate else stage.learning_rate
+    keys.update(learning_rate=float(rate), lr_scheduler=str(stage.lr_scheduler))
+    if stage.warmup_steps is not None:
+        keys["warmup_steps"] = stage.warmup_steps
+    elif stage.warmup_ratio is not None:
+        keys["warmup_ratio"] = float(stage.warmup_ratio)
+    keys.update(weight_decay=float(stage.weight_decay), max_grad_norm=float(stage.max_grad_norm))
     return keys
 
 
-def _saving(stage: dict, slurm: bool) -> dict:
-    keys: dict[str, Any] = {"logging_steps": stage["logging_steps"]}
-    if stage["save_steps"] is not None:
-        keys["save_steps"] = stage["save_steps"]
-    elif stage["saves_per_epoch"] is not None:
-        keys["saves_per_epoch"] = stage["saves_per_epoch"]
+def _saving(stage, resumable: bool) -> dict:
+    keys: dict[str, Any] = {"logging_steps": stage.logging_steps}
+    if stage.save_steps is not None:
+        keys["save_steps"] = stage.save_steps
+    elif stage.saves_per_epoch is not None:
+        keys["saves_per_epoch"] = stage.saves_per_epoch
     else:
         keys["save_strategy"] = "no"
-    if stage["save_total_limit"] is not None and keys.get("save_strategy") != "no":
-        keys["save_total_limit"] = stage["save_total_limit"]
-    if slurm:  # preemption: the sbatch trap asks for a checkpoint; a requeued job resumes from it
+    if stage.save_total_limit is not None and keys.get("save_strategy") != "no":
+        keys["save_total_limit"] = stage.save_total_limit
+    if resumable:  # preemption: the sbatch trap asks for a checkpoint; a requeued job resumes from it
         keys["auto_resume_from_checkpoints"] = True
         keys["dynamic_checkpoint"] = {"enabled": True, "check_interval": 1}
     return keys
 
 
-def render_axolotl(cfg: dict, method: Method | None, inputs: Inputs) -> dict:
-    """The Axolotl recipe of a train or merge stage (a plain dict, key order = file order)."""
-    stage, hw = cfg["stage"], cfg["hardware"]
-    cpu = hw["accelerator"] == "cpu"
-    slurm = cfg["launcher"]["name"] == "slurm"
+def _recipe_start(cfg: LlamantinoConfig, inputs: Inputs) -> dict[str, Any]:
     recipe: dict[str, Any] = {"base_model": inputs.base_model}
     if inputs.base_model_revision:
         recipe["revision_of_model"] = inputs.base_model_revision
     recipe["plugins"] = [PLUGIN]
+    return recipe
 
-    if stage["task"] == "merge":
-        recipe.update(llamantino_template=prompt_template(cfg), adapter="lora", lora_model_dir=inputs.adapter,
-                      load_in_4bit=False, load_in_8bit=False, output_dir="output",
-                      learning_rate=float(stage["learning_rate"]), **_precision(hw))
-        if cfg["prompt"]["system_prompt"] is not None:
-            recipe["llamantino_system_prompt"] = cfg["prompt"]["system_prompt"]
-        # merge-lora reads no data, but Axolotl validates only recipes that name some: the adapter's.
-        recipe.update(inputs.adapter_datasets)
-        return recipe
 
+def render_merge_recipe(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    """The Axolotl recipe of ``merge-lora``: the adapter into its base, loaded in 16 bits (never 4)."""
+    recipe = _recipe_start(cfg, inputs)
+    recipe.update(llamantino_template=cfg.template, adapter="lora", lora_model_dir=inputs.adapter,
+                  load_in_4bit=False, load_in_8bit=False, output_dir=RunDir.OUTPUT,
+                  learning_rate=float(cfg.stage.learning_rate), **_precision(cfg.hardware))
+    if cfg.prompt.system_prompt is not None:
+        recipe["llamantino_system_prompt"] = cfg.prompt.system_prompt
+    # merge-lora reads no data, but Axolotl validates only recipes that name some: the adapter's.
+    recipe.update(inputs.adapter_datasets)
+    return recipe
+
+
+def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -> dict:
+    """The Axolotl recipe of a training stage (a plain dict, key order = file order)."""
+    stage, hw = cfg.stage, cfg.hardware
+    cpu = not hw.gpu
+    resumable = cfg.launcher.requeue
+    recipe = _recipe_start(cfg, inputs)
     recipe.update(_data_keys(cfg, inputs))
-    recipe["output_dir"] = "output"
-    recipe["sequence_len"] = stage["sequence_len"]
+    recipe["output_dir"] = RunDir.OUTPUT
+    recipe["sequence_len"] = stage.sequence_len
     attention = _attention(cfg)
-    packing = bool(stage["sample_packing"]) and attention == "flash_attention_2" and not stage["rl"]
+    packing = bool(stage.sample_packing) and attention == "flash_attention_2" and not stage.rl
     recipe["sample_packing"] = packing
     if packing:
         recipe["pad_to_sequence_len"] = True
-    recipe["excess_length_strategy"] = stage["excess_length_strategy"]
-    recipe["train_on_inputs"] = bool(stage["train_on_inputs"])
+    recipe["excess_length_strategy"] = str(stage.excess_length_strategy)
+    recipe["train_on_inputs"] = bool(stage.train_on_inputs)
     recipe.update(_adapter_keys(stage, method.adapter, cpu))
-    if stage["rl"]:
-        recipe["rl"] = stage["rl"]
-        recipe["rl_beta"] = float(stage["rl_beta"])
-        if stage["max_prompt_len"] is not None:
-            recipe["max_prompt_len"] = stage["max_prompt_len"]
-    recipe.update(_schedule(stage, fell_back=stage["adapter"] is None and method.adapter is not None))
+    if stage.rl:
+        recipe["rl"] = str(stage.rl)
+        recipe["rl_beta"] = float(stage.rl_beta)
+        if stage.max_prompt_len is not None:
+            recipe["max_prompt_len"] = stage.max_prompt_len
+    recipe.update(_schedule(stage, fell_back=stage.adapter is None and method.adapter is not None))
     recipe["optimizer"] = optimizer_for(stage, hw)
-    recipe["gradient_checkpointing"] = bool(stage["gradient_checkpointing"]) and not cpu
+    recipe["gradient_checkpointing"] = bool(stage.gradient_checkpointing) and not cpu
     recipe.update(_precision(hw))
     recipe["attn_implementation"] = attention
     if method.distributed == "fsdp":
-        recipe.update(_fsdp(cfg["model"]))
-    if stage["val_set_size"]:
-        recipe["val_set_size"] = float(stage["val_set_size"])
-    recipe.update(_saving(stage, slurm))
-    recipe["seed"] = stage["seed"]
+        recipe.update(_fsdp(cfg.model))
+    if stage.val_set_size:
+        recipe["val_set_size"] = float(stage.val_set_size)
+    recipe.update(_saving(stage, resumable))
+    recipe["seed"] = stage.seed
     if cpu:
         recipe.update(dataset_num_proc=1, dataloader_num_workers=0, dataloader_pin_memory=False)
-    recipe.update(stage["axolotl"])
+    recipe.update(stage.axolotl)
     return recipe
 
 
@@ -221,5 +225,6 @@ def dump_yaml(data: dict, header: list[str] | None = None) -> str:
     """YAML text with real floats (``2.0e-05``, never the string ``2e-4``) and a comment header."""
     text = yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, allow_unicode=True, width=100,
                      default_flow_style=False)
-    lines = [f"# {line}".rstrip() for line in header or []]
+    # Every physical line of the header is a comment: a line break inside a value cannot start a YAML key.
+    lines = [f"# {part}".rstrip() for line in header or [] for part in str(line).splitlines() or [""]]
     return "\n".join(lines + [text]) if lines else text

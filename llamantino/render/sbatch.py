@@ -16,13 +16,16 @@ from functools import lru_cache
 
 from llamantino.errors import ConfigError
 from llamantino.paths import SLURM_DIR
+from llamantino.schema import LlamantinoConfig
+from llamantino.stages.base import JobShape
 
-_WORD = re.compile(r"^[A-Za-z0-9._-]+$")
-_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
-_MEM = re.compile(r"^\d+[KMGT]?$")
-_GRES = re.compile(r"^[A-Za-z0-9:_.-]+$")
-_DIRECTIVE = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9._,:%@/+=\[\]-]+)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Whole-string patterns (fullmatch), ASCII only: "\d" would take other scripts' digits, "$" a trailing newline.
+_WORD = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
+_TIME = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", re.ASCII)
+_MEM = re.compile(r"\d+[KMGT]?", re.ASCII)
+_GRES = re.compile(r"[A-Za-z0-9:_.-]+", re.ASCII)
+_DIRECTIVE = re.compile(r"--[a-z][a-z-]*(=[A-Za-z0-9._,:%@/+=\[\]-]+)?", re.ASCII)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -71,7 +74,7 @@ def _environment():
 
 def _checked(pattern: re.Pattern, value, key: str) -> str:
     value = str(value)
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise ConfigError(f"{key}={value!r} is not valid in an #SBATCH line (allowed: {pattern.pattern})")
     return value
 
@@ -81,58 +84,58 @@ def job_name(run_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"llamantino-{run_name}")[:120]
 
 
-def directives(cfg: dict, nodes: int, array: str | None = None) -> list[Shell]:
+def directives(cfg: LlamantinoConfig, shape: JobShape, array: str | None = None) -> list[Shell]:
     """The ``#SBATCH`` options of a job, each checked against a strict character set."""
-    hw, slurm, launcher = cfg["hardware"], cfg["hardware"]["slurm"], cfg["launcher"]
-    lines = [f"--job-name={job_name(cfg['run']['name'])}",
-             f"--nodes={int(nodes)}", "--ntasks-per-node=1", f"--cpus-per-task={int(hw['cpus_per_node'])}"]
-    gres = slurm["gres"] or (f"gpu:{int(hw['gpus_per_node'])}" if hw["accelerator"] != "cpu" and hw["gpus_per_node"] else None)
+    hw, slurm, launcher = cfg.hardware, cfg.hardware.slurm, cfg.launcher
+    lines = [f"--job-name={job_name(cfg.run.name)}",
+             f"--nodes={int(shape.nodes)}", "--ntasks-per-node=1", f"--cpus-per-task={int(shape.cpus_per_node)}"]
+    gres = slurm.gres or (f"gpu:{int(shape.gpus_per_node)}" if hw.gpu and shape.gpus_per_node else None)
     if gres:
         lines.append(f"--gres={_checked(_GRES, gres, 'hardware.slurm.gres')}")
-    if slurm["mem"]:
-        lines.append(f"--mem={_checked(_MEM, slurm['mem'], 'hardware.slurm.mem')}")
-    time_limit = launcher["time"] or slurm["time"]
-    lines.append(f"--time={_checked(_TIME, time_limit, 'launcher.time' if launcher['time'] else 'hardware.slurm.time')}")
+    if shape.mem:
+        lines.append(f"--mem={_checked(_MEM, shape.mem, 'hardware.slurm.mem')}")
+    lines.append(f"--time={_checked(_TIME, cfg.time_limit, 'launcher.time' if launcher.time else 'hardware.slurm.time')}")
     for key in ("partition", "qos", "account"):
-        if slurm[key]:
-            lines.append(f"--{key}={_checked(_WORD, slurm[key], f'hardware.slurm.{key}')}")
-    if slurm["exclusive"]:
+        value = getattr(slurm, key)
+        if value:
+            lines.append(f"--{key}={_checked(_WORD, value, f'hardware.slurm.{key}')}")
+    if slurm.exclusive:
         lines.append("--exclusive")
     lines.append("--output=logs/%x-%A_%a.out" if array else "--output=logs/%x-%j.out")
     lines.append("--open-mode=append")
-    if launcher["requeue"] and cfg["stage"]["task"] == "train":
-        lines += ["--requeue", f"--signal=B:USR1@{int(launcher['signal_lead_s'])}"]
+    if shape.requeue:
+        lines += ["--requeue", f"--signal=B:USR1@{int(launcher.signal_lead_s)}"]
     if array:
         lines.append(f"--array={array}")
-    for extra in slurm["extra_directives"]:
+    for extra in slurm.extra_directives:
         lines.append(_checked(_DIRECTIVE, extra, "hardware.slurm.extra_directives"))
     return [Shell(line) for line in lines]
 
 
-def script_context(cfg: dict, stage_args: list[str], *, nodes: int, processes_per_node: int, job_env: dict,
+def script_context(cfg: LlamantinoConfig, command: list[str], shape: JobShape, *, job_env: dict,
                    run_dirs: list[str] | None = None, array: str | None = None, header: list[str] = ()) -> dict:
     """Everything the template reads; strings that are not Shell fragments get quoted on output.
 
     ``job_env`` (telemetry off, offline flags) is exported first, then the hardware's own
     ``slurm.env`` (NCCL, caches), which may reference job-time variables as ``${VAR}``.
     """
-    slurm = cfg["hardware"]["slurm"]
+    slurm = cfg.hardware.slurm
     env = []
-    for name, value in {**job_env, **slurm["env"]}.items():
+    for name, value in {**job_env, **slurm.env}.items():
         env.append((Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value))))
     return {
         "header": list(header),
-        "directives": directives(cfg, nodes, array),
-        "modules": list(slurm["modules"]),
+        "directives": directives(cfg, shape, array),
+        "modules": list(slurm.modules),
         "env": env,
-        "offline": bool(cfg["hardware"]["offline"]),
-        "task": cfg["stage"]["task"],
-        "stage_args": list(stage_args),
-        "nodes": int(nodes),
-        "nproc_per_node": int(processes_per_node),
-        "rdzv_port": int(slurm["rdzv_port"]),
-        "requeue": bool(cfg["launcher"]["requeue"]) and cfg["stage"]["task"] == "train",
-        "signal_lead_s": int(cfg["launcher"]["signal_lead_s"]),
+        "offline": bool(cfg.hardware.offline),
+        "distributed": shape.distributed,
+        "stage_args": list(command),
+        "nodes": int(shape.nodes),
+        "nproc_per_node": int(shape.processes_per_node),
+        "rdzv_port": int(slurm.rdzv_port),
+        "requeue": shape.requeue,
+        "signal_lead_s": int(cfg.launcher.signal_lead_s),
         "run_dirs": run_dirs,
     }
 

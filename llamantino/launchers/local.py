@@ -1,0 +1,116 @@
+"""``launcher=local``: run the stage here, in a subprocess, its progress streamed.
+
+The full output goes to ``<run>/logs/train.log``; the console shows the data report, each logged
+loss and errors. A failing run raises LaunchError naming the log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from llamantino.errors import ConfigError, LaunchError
+from llamantino.launchers.base import Launcher
+from llamantino.outcome import finish_run
+from llamantino.rundir import RunDir
+from llamantino.schema import LauncherName
+
+_LOSS = re.compile(r"\{'loss': '?([^',]+)'?.*?'learning_rate': '?([^',]+)'?.*'epoch': '?([^',}]+)'?")
+_SHOW = re.compile(r"^llamantino (data|eval):|^\|.*\|$|Error|Traceback|Killed")
+
+
+def progress_line(line: str, step: int) -> str | None:
+    """The console's view of one log line: losses condensed, data reports and errors as they are."""
+    match = _LOSS.search(line)
+    if match:
+        loss, lr, epoch = match.groups()
+        return f"  step {step}: loss {loss}  lr {lr}  epoch {epoch}"
+    if _SHOW.search(line) and "Warning" not in line:
+        return "  " + line.strip()[:300]
+    return None
+
+
+class LocalLauncher(Launcher):
+    name = LauncherName.local
+
+    def check(self, runs):
+        """The hardware option must describe this machine's GPUs."""
+        for run in runs:
+            hw = run.cfg.hardware
+            shape = run.shape
+            if shape.nodes > 1:
+                raise ConfigError(f"hardware={hw.name} asks for {shape.nodes} nodes: a multi-node run cannot start with "
+                                  "launcher=local; use launcher=slurm")
+            if not hw.gpu:
+                continue
+            import torch
+
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if found < hw.gpus_per_node:
+                raise ConfigError(
+                    f"hardware={hw.name} needs {hw.nodes} node(s) x {hw.gpus_per_node} GPUs but this machine has "
+                    f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to "
+                    "render only")
+
+    def submit(self, run, after=None):
+        self.ensure_model([run])
+        status = run_here(run.run_dir, run.command, run.shape.processes_per_node, echo=self.echo)
+        output = run.output or {}
+        if output.get("kind"):
+            self.echo(f"done: {output['kind']} in {status.get('output', run.run_dir.path)}")
+        else:
+            self.echo(f"done: results in {run.run_dir / RunDir.RESULTS_MD} and {run.run_dir / RunDir.RESULTS_JSON}")
+        losses = status.get("losses")
+        if losses:
+            self.echo(f"loss: first {losses['first']:.4f}, last {losses['last']:.4f} ({losses['count']} logged steps)")
+        return None
+
+
+    def start_written(self, run, cfg):
+        provenance = run.provenance()
+        if (provenance.get("model") or {}).get("kind") == "tiny_llama":
+            from llamantino.tiny import ensure_tiny_model
+
+            ensure_tiny_model()
+        from llamantino.stages import stage_for
+
+        method = provenance.get("method") or {}
+        if method.get("nodes", 1) > 1:
+            raise ConfigError(f"{run.path} is a {method['nodes']}-node run: start it with --slurm")
+        status = run_here(run, list(stage_for(cfg).command), method.get("processes_per_node") or 1, echo=self.echo)
+        self.echo(f"done: {status['state']}")
+
+
+def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) -> dict:
+    """Run a written run's stage command in its directory; returns its status or raises LaunchError."""
+    argv = [sys.executable, *command]
+    if processes > 1:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                *command]
+    env = {**os.environ, **run.provenance().get("env", {}), "PYTHONUNBUFFERED": "1"}
+    log_path = run / RunDir.TRAIN_LOG
+    log_path.parent.mkdir(exist_ok=True)
+    echo(f"llamantino: running {' '.join(argv[1:])} in {run.path} (log: {log_path})")
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+        argv, cwd=run.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        bufsize=1,
+    ) as proc:
+        step = 0
+        for line in proc.stdout:
+            log.write(line)
+            for part in line.replace("\r", "\n").splitlines():
+                step += bool(_LOSS.search(part))
+                shown = progress_line(part, step)
+                if shown:
+                    echo(shown)
+        rc = proc.wait()
+    status = finish_run(run, rc)
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise LaunchError(
+            f"{command[-2] if len(command) > 1 else command[0]} failed with exit code {rc}; full log: {log_path}\n"
+            + "\n".join("  | " + line for line in tail)
+        )
+    return status

@@ -1,0 +1,218 @@
+"""``launcher=slurm``: submit with ``sbatch --parsable``; never wait for a job.
+
+Checks that can fail (QoS node and time limits, the account, data an offline cluster cannot
+download) run before anything is written or submitted. Job ids go to the run's job record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from llamantino.errors import ConfigError, LaunchError
+from llamantino.launchers.base import Launcher
+from llamantino.render.sbatch import render_sbatch, script_context
+from llamantino.rundir import RunDir, SweepDir
+from llamantino.schema import LauncherName, LlamantinoConfig
+from llamantino.stages import PreparedRun
+
+# SLURM job states in which a job still holds or waits for resources.
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+
+def time_seconds(text: str) -> int:
+    """SLURM time (``D-HH:MM:SS``, ``HH:MM:SS``, ``MM:SS``, ``MM``) in seconds."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:  # minutes, or with days: hours
+        hours, minutes, seconds = (parts[0], 0, 0) if days else (0, parts[0], 0)
+    elif len(parts) == 2:
+        hours, minutes, seconds = (parts[0], parts[1], 0) if days else (0, parts[0], parts[1])
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def check_queue(cfg: LlamantinoConfig, nodes: int) -> None:
+    """QoS node and time limits of the hardware option (what sbatch would refuse)."""
+    hw, slurm = cfg.hardware, cfg.hardware.slurm
+    limits = slurm.qos_limits.get(slurm.qos) if slurm.qos else None
+    if not limits:
+        return
+    if not limits.min_nodes <= nodes <= limits.max_nodes:
+        raise ConfigError(
+            f"hardware.nodes={nodes} but QoS {slurm.qos} of {hw.name} allows "
+            f"{limits.min_nodes}-{limits.max_nodes} nodes; change hardware.nodes or hardware.slurm.qos"
+        )
+    if time_seconds(cfg.time_limit) > time_seconds(limits.max_time):
+        raise ConfigError(
+            f"time limit {cfg.time_limit} exceeds QoS {slurm.qos}'s {limits.max_time} on {hw.name}; "
+            "set launcher.time (the run resumes across requeues) or another hardware.slurm.qos"
+        )
+
+
+def check_account(cfg: LlamantinoConfig) -> None:
+    slurm = cfg.hardware.slurm
+    if slurm.account_required and not slurm.account and not os.environ.get("SLURM_ACCOUNT"):
+        raise ConfigError(f"{cfg.hardware.name} bills every job to a project: set hardware.slurm.account=<PROJECT> "
+                          "or export SLURM_ACCOUNT (`saldo -b` lists yours)")
+
+
+def check_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise LaunchError("sbatch is not on PATH: this machine is not a SLURM submission host "
+                          "(use launcher.submit=false to write job.sbatch without submitting)")
+
+
+def job_script(run: PreparedRun, run_dirs: list[str] | None = None, array: str | None = None) -> str:
+    """The sbatch text of a prepared run (or, with run_dirs, of a job array over several)."""
+    return render_sbatch(run.cfg.launcher.template, _context(run, run_dirs, array))
+
+
+def _context(run: PreparedRun, run_dirs, array) -> dict:
+    cfg, shape = run.cfg, run.shape
+    header = [f"llamantino job: stage={cfg.stage.name} model={cfg.model.name} "
+              f"hardware={cfg.hardware.name} nodes={shape.nodes}"]
+    if cfg.experiment:
+        header.append(f"preset: {cfg.experiment}")
+    return script_context(cfg, run.command, shape, job_env=run.provenance["env"], run_dirs=run_dirs, array=array,
+                          header=header)
+
+
+def job_resources(run: PreparedRun) -> tuple:
+    """What a job array must share across its tasks: directives (but the name), command, environment."""
+    context = _context(run, None, None)
+    directives = tuple(d for d in context["directives"] if not d.startswith("--job-name="))
+    return (directives, tuple(context["stage_args"]), context["nproc_per_node"], tuple(context["env"]),
+            tuple(context["modules"]))
+
+
+def sbatch(script: Path, *, dependency: str | None = None) -> str:
+    """``sbatch --parsable`` from the script's folder; returns the job id."""
+    argv = ["sbatch", "--parsable"]
+    if dependency:
+        argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
+    argv.append(script.name)
+    env = {**os.environ, "LLAMANTINO_PYTHON": sys.executable}
+    proc = subprocess.run(argv, cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise LaunchError(f"sbatch refused {script}: {proc.stderr.strip() or proc.stdout.strip()}")
+    job_id = proc.stdout.strip().split(";")[0]
+    if not re.fullmatch(r"\d+", job_id):
+        raise LaunchError(f"sbatch answered {proc.stdout.strip()!r}, not a job id")
+    return job_id
+
+
+def slurm_job(job_id: str) -> dict:
+    """``scontrol show job -o`` as a dict ({} when SLURM does not know the job)."""
+    if shutil.which("scontrol") is None:
+        return {}
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {}
+    record = {}
+    for line in proc.stdout.strip().splitlines()[:1]:  # job arrays: the first task line
+        for item in line.split():
+            key, _, value = item.partition("=")
+            record[key] = value
+    return record
+
+
+class SlurmLauncher(Launcher):
+    name = LauncherName.slurm
+
+    def check(self, runs):
+        for run in runs:
+            check_queue(run.cfg, run.shape.nodes)
+        submitting = [run for run in runs if run.cfg.launcher.submit]
+        for run in submitting:
+            check_account(run.cfg)
+            reads = run.stage.hub_reads(run.cfg, run.inputs) if run.cfg.hardware.offline else []
+            if reads:
+                raise ConfigError(
+                    f"{run.cfg.hardware.name} compute nodes have no internet and this run reads "
+                    f"{' and '.join(reads)} from the hub: render it with launcher.submit=false, prepare it where there "
+                    "is network (python -m llamantino.data prepare <run dir>), then submit it "
+                    "(python -m llamantino.launch <run dir>)"
+                )
+        if submitting:
+            check_sbatch()
+
+    def prepare(self, run):
+        run.files[RunDir.SCRIPT] = job_script(run)
+
+    def submit(self, run, after=None):
+        if not run.cfg.launcher.submit:
+            self.echo("not submitted (launcher.submit=false): python -m llamantino.launch "
+                      + shlex.quote(str(run.run_dir.path)))
+            return None
+        self.ensure_model([run])
+        return submit_script(run.run_dir, after, self.echo)
+
+    def sweep_files(self, sweep, runs):
+        if len({job_resources(run) for run in runs}) != 1:
+            raise ConfigError("the points of this sweep need different SLURM resources or commands (nodes, time, "
+                              "stage); a job array is uniform: sweep those settings in separate runs")
+        return {SweepDir.ARRAY_SCRIPT: array_script(sweep, runs)}
+
+    def submit_array(self, sweep: SweepDir, runs):
+        if not runs[0].cfg.launcher.submit:
+            self.echo(f"not submitted (launcher.submit=false): sbatch {shlex.quote(str(sweep.path / SweepDir.ARRAY_SCRIPT))}")
+            return None
+        self.ensure_model(runs)
+        job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT)
+        for index, run in enumerate(runs):
+            run.run_dir.record_job(f"{job_id}_{index}", array=job_id)
+        parallelism = runs[0].cfg.launcher.array_parallelism
+        self.echo(f"submitted job array {job_id} ({len(runs)} points, at most {parallelism} at once): "
+                  f"python -m llamantino.status {shlex.quote(str(sweep.path))}")
+        return job_id
+
+    def start_written(self, run, cfg):
+        if not (run / RunDir.SCRIPT).is_file():
+            raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
+        provenance = run.provenance()
+        check_queue(cfg, int((provenance.get("method") or {}).get("nodes") or cfg.hardware.nodes))
+        check_account(cfg)
+        hub = (provenance.get("model") or {}).get("kind") == "hub" or bool((provenance.get("data") or {}).get("hub_id"))
+        hub = hub or ((run / RunDir.EVAL_PLAN).is_file() and not cfg.eval.include_path)
+        if cfg.hardware.offline and hub and not (run / RunDir.LOCK).is_file():
+            raise ConfigError(f"{run.path} reads from the hub but {cfg.hardware.name} is offline: run "
+                              f"python -m llamantino.data prepare {run.path} on a machine with network first")
+        check_sbatch()
+        if (provenance.get("model") or {}).get("kind") == "tiny_llama":
+            from llamantino.tiny import ensure_tiny_model
+
+            ensure_tiny_model()
+        submit_script(run, None, self.echo)
+
+    def state(self, run: RunDir) -> str:
+        """COMPLETED / FAILED from status.json, else the SLURM state of its last job, else WRITTEN/NEW."""
+        state = run.read_status().get("state")
+        if state:
+            return state
+        job_id = run.job_id()
+        if job_id:
+            return slurm_job(job_id).get("JobState", "UNKNOWN")
+        return "WRITTEN" if run.path.exists() else "NEW"
+
+
+def array_script(sweep: SweepDir, runs: list[PreparedRun]) -> str:
+    """The job-array script of a sweep: task N runs the Nth point."""
+    names = [run.run_dir.name for run in runs]
+    parallelism = runs[0].cfg.launcher.array_parallelism
+    return job_script(runs[0], run_dirs=names, array=f"0-{len(names) - 1}%{parallelism}")
+
+
+def submit_script(run: RunDir, after: str | None, echo=print) -> str:
+    dependency = f"afterok:{after}" if after else None
+    job_id = sbatch(run / RunDir.SCRIPT, dependency=dependency)
+    run.record_job(job_id, dependency=dependency)
+    echo(f"submitted job {job_id}" + (f" ({dependency})" if dependency else "")
+         + f": squeue -j {job_id}; python -m llamantino.status {shlex.quote(str(run.path))}")
+    return job_id

@@ -1,0 +1,182 @@
+"""What a user reads back from runs: job status rows, a sweep's losses, evaluation comparisons.
+
+Library code behind ``python -m llamantino.status``, ``.collect`` and ``.compare``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from llamantino.errors import RunDirError
+from llamantino.launchers.slurm import slurm_job
+from llamantino.logs import run_losses
+from llamantino.rundir import PipelineDir, RunDir, SweepDir, read_json
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def run_row(name: str, run: RunDir) -> dict:
+    """Status of one run directory: SLURM's view while it knows the job, else the run's own."""
+    status = run.read_status()
+    job_id = run.job_id()
+    job = slurm_job(job_id) if job_id else {}
+    state = job.get("JobState") or status.get("state") or ("WRITTEN" if run.path.exists() else "MISSING")
+    if status.get("state") == "FAILED" and state == "COMPLETED":
+        state = "FAILED"  # the batch script exited 0 after the stage failed: trust the stage
+    reason = job.get("Reason", "")
+    losses = run_losses(run)
+    return {
+        "name": name,
+        "job": job_id or "-",
+        "state": state + (f" ({reason})" if reason and reason not in ("None", "(null)") else ""),
+        "elapsed": job.get("RunTime", "-"),
+        "restarts": job.get("Restarts", "0"),
+        "last_loss": f"{losses[-1]:.4f}" if losses else "-",
+        "run_dir": str(run.path),
+    }
+
+
+def status_rows(target: Path) -> list[dict]:
+    """Rows for a run, pipeline or sweep directory."""
+    pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
+    if pipeline.is_pipeline():
+        return [run_row(step["name"], RunDir(step["run_dir"])) for step in pipeline.manifest()["steps"]]
+    if sweep.is_sweep():
+        record = sweep.record()
+        rows = []
+        for point in record["points"]:
+            row = run_row(SweepDir.point_name(point["index"]), RunDir(sweep.path / point["run_dir"]))
+            if record.get("job_id") and row["job"] == "-":
+                job_id = f"{record['job_id']}_{point['index']}"
+                job = slurm_job(job_id)
+                row.update(job=job_id, state=job.get("JobState", "UNKNOWN"), elapsed=job.get("RunTime", "-"))
+            rows.append(row)
+        return rows
+    if run.is_run():
+        return [run_row(run.name, run)]
+    raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
+
+
+def format_table(rows: list[dict], columns=("name", "job", "state", "elapsed", "restarts", "last_loss")) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# --- collect -------------------------------------------------------------------------------------
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per sweep point: its overrides, state, final and best loss, every loss."""
+    sweep = SweepDir(Path(sweep_dir))
+    rows = []
+    for point in sweep.record()["points"]:
+        run = RunDir(sweep.path / point["run_dir"])
+        losses = run_losses(run)
+        rows.append({
+            "point": SweepDir.point_name(point["index"]),
+            "overrides": " ".join(point["overrides"]),
+            "state": run_row(SweepDir.point_name(point["index"]), run)["state"],
+            "final_loss": f"{losses[-1]:.4f}" if losses else "",
+            "best_loss": f"{min(losses):.4f}" if losses else "",
+            "steps_logged": len(losses),
+            "losses": losses,
+        })
+    return rows
+
+
+def write_collected(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """The sweep's CSV and one PNG with every point's loss curve."""
+    sweep = SweepDir(Path(sweep_dir))
+    columns = ["point", "overrides", "state", "final_loss", "best_loss", "steps_logged"]
+    csv_path = sweep.path / SweepDir.COLLECT_CSV
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 5))
+    for row in rows:
+        if row["losses"]:
+            axis.plot(range(1, len(row["losses"]) + 1), row["losses"], marker=".",
+                      label=f"{row['point']}: {row['overrides']}"[:80])
+    axis.set_xlabel("logged step")
+    axis.set_ylabel("training loss")
+    axis.set_title(f"sweep {sweep.path.name}")
+    if any(row["losses"] for row in rows):
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    png_path = sweep.path / SweepDir.LOSS_PNG
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+    return csv_path, png_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+
+def find_results(targets: list[Path]) -> list[RunDir]:
+    """Eval runs among ``targets``, or inside the folders given."""
+    found = []
+    for target in map(Path, targets):
+        if (target / RunDir.RESULTS_JSON).is_file():
+            found.append(RunDir(target))
+        elif target.is_dir():
+            found += [RunDir(p.parent) for p in sorted(target.rglob(RunDir.RESULTS_JSON))]
+        else:
+            raise RunDirError(f"{target} is neither an eval run nor a folder")
+    if not found:
+        raise RunDirError("no results.json found (evaluate runs with stage=eval first)")
+    return found
+
+
+def comparison(runs: list[RunDir]) -> tuple[list[str], list[dict]]:
+    """(task columns, one row per eval run with each task's score and the average)."""
+    rows, tasks = [], []
+    for run in runs:
+        result = read_json(run / RunDir.RESULTS_JSON, "not an eval run")
+        for task in result["scores"]:
+            if task not in tasks:
+                tasks.append(task)
+        parent = run.path.parent.name
+        row = {"run": run.name if parent in ("", ".") else f"{parent}/{run.name}",
+               **{t: f"{v:.4f}" for t, v in result["scores"].items()}}
+        if "average" in result:
+            row["average"] = f"{result['average']:.4f}"
+        rows.append(row)
+    columns = tasks + (["average"] if any("average" in r for r in rows) else [])
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "-")
+    return columns, rows
+
+
+def bar_chart(columns: list[str], rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6, 1.8 * len(columns) * max(len(rows), 1) / 2), 4.5))
+    width = 0.8 / max(len(rows), 1)
+    for index, row in enumerate(rows):
+        values = [float(row[c]) if row[c] != "-" else 0.0 for c in columns]
+        positions = [i + index * width for i in range(len(columns))]
+        axis.bar(positions, values, width=width, label=row["run"][:50])
+    axis.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(columns))])
+    axis.set_xticklabels(columns)
+    axis.set_ylabel("score")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,50 @@
+"""One stage from config to job: build (stage type) -> check -> write (run directory) -> launch.
+
+The main command's single-run path and ``python -m llamantino.launch`` for a run directory
+written earlier; pipelines (``pipeline.py``) and sweeps (``sweep.py``) use the same pieces.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from llamantino.launchers import LAUNCHERS, launcher_for
+from llamantino.rundir import RunDir, unique_path
+from llamantino.schema import LauncherName, LlamantinoConfig
+from llamantino.stages import PreparedRun, stage_for
+
+
+def new_run_dir(cfg: LlamantinoConfig) -> Path:
+    """``<output_root>/<run name>/<time>-<4 hex>``: a new, unique run directory."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return unique_path(Path(os.path.abspath(cfg.run.output_root)) / cfg.run.name, stamp)
+
+
+def build(cfg: LlamantinoConfig, run_dir: Path, *, overrides: list[str], choices: dict | None = None,
+          known_runs: dict | None = None) -> PreparedRun:
+    """Render and check one stage with its stage type (nothing is written)."""
+    return stage_for(cfg).build(cfg, run_dir, overrides=overrides, choices=choices or {},
+                                validate=cfg.launcher.validate, known_runs=known_runs)
+
+
+def start_run(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=print) -> RunDir:
+    """Build, check, write and launch one stage; returns its run directory."""
+    launcher = launcher_for(cfg, echo)
+    run = build(cfg, new_run_dir(cfg), overrides=overrides, choices=choices)
+    for notice in run.notices:
+        echo(f"notice: {notice}")
+    launcher.check([run])
+    launcher.prepare(run)
+    run.write()
+    echo(f"wrote {run.run_dir.path}: {', '.join(sorted(name for name in run.files if '/' not in name))}")
+    launcher.submit(run)
+    return run.run_dir
+
+
+def start_written(run: RunDir, mode: str | None, echo=print) -> None:
+    """Start a run directory written earlier, with its own launcher or the one named."""
+    cfg = run.config()
+    name = LauncherName(mode) if mode else cfg.launcher.name
+    LAUNCHERS[name](echo=echo).start_written(run, cfg)

@@ -1,0 +1,165 @@
+"""The stage type: one class per task, each owning what differs between train, merge and eval.
+
+:meth:`Stage.build` is the one fixed sequence every stage goes through (NeMo Launcher style):
+
+    method -> inputs -> render -> validate -> output record -> provenance -> files
+
+Subclasses fill in the steps; nothing outside ``llamantino/stages/`` asks which task a stage has.
+``build`` reads the file system (data files, earlier runs) and calls Axolotl's validation, but
+writes nothing: every check that can fail runs before the run directory exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import yaml
+
+from llamantino.inputs import Inputs
+from llamantino.method import Method
+from llamantino.provenance import build_provenance, package_versions
+from llamantino.rundir import RunDir
+from llamantino.schema import LlamantinoConfig, Task, to_plain
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What a stage's job asks the scheduler for, and how it starts its processes."""
+
+    nodes: int
+    processes_per_node: int
+    gpus_per_node: int
+    cpus_per_node: int
+    mem: str | None
+    distributed: bool  # torchrun across the allocation's nodes, rather than one plain process
+    requeue: bool  # checkpoint and requeue at the time limit (training only)
+
+
+@dataclass
+class PreparedRun:
+    """A rendered, validated run, ready to be written to ``run_dir`` and launched."""
+
+    cfg: LlamantinoConfig
+    run_dir: RunDir
+    stage: "Stage"
+    method: Method | None
+    inputs: Inputs
+    recipe: dict | None
+    provenance: dict
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def links(self) -> dict[str, str]:
+        return self.inputs.links
+
+    @property
+    def command(self) -> list[str]:
+        """The stage command after the Python executable, run from inside the run directory."""
+        return list(self.stage.command)
+
+    @property
+    def output(self) -> dict | None:
+        return self.provenance["output"]
+
+    @property
+    def shape(self) -> JobShape:
+        return self.stage.shape(self.cfg, self.method)
+
+    def write(self) -> Path:
+        return self.run_dir.write(self.files, self.links)
+
+
+class Stage:
+    """Base of the stage types; see the module docstring for the sequence."""
+
+    task: ClassVar[Task]
+    command: ClassVar[tuple[str, ...]]
+    trains: ClassVar[bool] = False  # the planner plans training stages only
+    input_key: ClassVar[str] = "input_model"  # the run.* key a pipeline sets to the previous step's directory
+
+    # --- the steps a stage type fills in -------------------------------------------------------
+
+    def name_parts(self, cfg: LlamantinoConfig) -> list[str]:
+        """The default run name's parts after the stage name."""
+        return [cfg.model.name]
+
+    def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method | None]:
+        return cfg, None
+
+    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+        raise NotImplementedError
+
+    def render(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, validate: bool,
+               notices: list[str]) -> tuple[dict | None, dict[str, str | bytes]]:
+        """(the Axolotl recipe, if any; the files that describe what the job runs)."""
+        raise NotImplementedError
+
+    def output(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, recipe: dict | None) -> dict | None:
+        """What the run produces, for the next stage's lineage checks."""
+        return None
+
+    def shape(self, cfg: LlamantinoConfig, method: Method | None) -> JobShape:
+        """One process on one node, with the hardware option's GPUs and CPUs (merge, eval)."""
+        hw = cfg.hardware
+        return JobShape(nodes=1, processes_per_node=1, gpus_per_node=hw.gpus_per_node if hw.gpu else 0,
+                        cpus_per_node=hw.cpus_per_node, mem=hw.slurm.mem, distributed=False, requeue=False)
+
+    def hub_reads(self, cfg: LlamantinoConfig, inputs: Inputs) -> list[str]:
+        """What the stage would download from the hub (an offline cluster must have it prepared)."""
+        return [f"model {inputs.model_source['hub_id']}"] if inputs.reads_hub_model else []
+
+    # --- the fixed sequence --------------------------------------------------------------------
+
+    def build(self, cfg: LlamantinoConfig, run_dir: Path, *, overrides: list[str], choices: dict,
+              validate: bool = True, known_runs: dict | None = None) -> PreparedRun:
+        """Render and check one stage; raises LlamantinoError subclasses naming what is wrong."""
+        from llamantino.tiny import tiny_model_dir
+
+        cfg, method = self.method(cfg, overrides)
+        notices = list(method.notices) if method else []
+        inputs = self.inputs(cfg, tiny_model_dir, known_runs or {})
+        recipe, files = self.render(cfg, method, inputs, validate, notices)
+        if RunDir.RECIPE in files:
+            from llamantino.render.axolotl import dump_yaml
+
+            files[RunDir.RECIPE] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))
+        output = self.output(cfg, method, inputs, recipe)
+        provenance = build_provenance(cfg, overrides, choices, method, inputs, output, notices)
+        provenance["env"] = job_env(cfg, inputs)
+        files = {**inputs.files, **files}
+        files[RunDir.CONFIG] = yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
+        files[RunDir.PROVENANCE] = json.dumps(provenance, indent=2, ensure_ascii=False) + "\n"
+        return PreparedRun(cfg=cfg, run_dir=RunDir(run_dir), stage=self, method=method, inputs=inputs, recipe=recipe,
+                           provenance=provenance, files=files, notices=notices)
+
+
+def job_env(cfg: LlamantinoConfig, inputs: Inputs) -> dict[str, str]:
+    """Environment of the stage's process: no telemetry; offline when nothing needs the network."""
+    env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data)
+    if cfg.hardware.offline or local_only:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def recipe_header(cfg: LlamantinoConfig, overrides: list[str], notices: list[str]) -> list[str]:
+    """The comment block at the top of axolotl.yaml: what it is and how to re-create it.
+
+    Built from the config and the overrides only, so an imported recipe renders byte-identical.
+    """
+    picked = " ".join(f"{group}={getattr(cfg, group).name}" for group in ("model", "data", "stage", "hardware"))
+    versions = package_versions()
+    lines = [
+        f"llamantino {versions['llamantino']} recipe for Axolotl {versions['axolotl']}: "
+        "re-render it rather than editing it",
+        f"preset: {cfg.experiment or '-'}   {picked}",
+        "re-create: python -m llamantino " + " ".join(shlex.quote(o) for o in overrides),
+        "run it: from this directory, `axolotl train axolotl.yaml` (llamantino_plugin installed)",
+    ]
+    lines += [f"notice: {notice}" for notice in notices]
+    return lines

@@ -1,0 +1,48 @@
+"""The merge stage: a LoRA/QLoRA adapter merged into its 16-bit base (``axolotl merge-lora``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llamantino.errors import ConfigError
+from llamantino.inputs import Inputs, from_adapter_output, read_run
+from llamantino.method import Method
+from llamantino.rundir import RunDir
+from llamantino.schema import LlamantinoConfig, Task
+from llamantino.stages.base import Stage
+from llamantino.stages.train import precision
+
+
+class MergeStage(Stage):
+    task = Task.merge
+    command = ("-m", "axolotl.cli.merge_lora", RunDir.RECIPE)
+    input_key = "input_adapter"
+
+    def method(self, cfg, overrides):
+        return cfg, Method(adapter="lora", distributed="none", nodes=1, processes_per_node=1)
+
+    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+        if not cfg.run.input_adapter:
+            raise ConfigError("stage=merge needs run.input_adapter=<run directory of a LoRA/QLoRA stage>")
+        adapter_run = Path(cfg.run.input_adapter).expanduser()
+        output = read_run(adapter_run, known_runs).get("output") or {}
+        if output.get("kind") != "adapter":
+            raise ConfigError(f"run.input_adapter={adapter_run} produced no adapter to merge (output: {output.get('kind')})")
+        source = {"kind": "merge", "adapter_run": str(adapter_run.resolve()), **output["base_model"]}
+        inputs = from_adapter_output(output, source, str((adapter_run / output["path"]).resolve()))
+        inputs.adapter_datasets = output.get("datasets") or {}
+        inputs.links.update(output.get("data_links") or {})
+        return inputs
+
+    def render(self, cfg, method, inputs, validate, notices):
+        from llamantino.render.axolotl import render_merge_recipe
+
+        recipe = render_merge_recipe(cfg, inputs)
+        if validate:
+            from llamantino.validate import validate_recipe
+
+            validate_recipe(recipe, cfg.hardware)
+        return recipe, {RunDir.RECIPE: ""}
+
+    def output(self, cfg, method, inputs, recipe):
+        return {"kind": "model", "path": f"{RunDir.OUTPUT}/merged", "precision": precision(cfg)}

@@ -1,0 +1,76 @@
+"""The train stage (adapt, sft, dpo): an Axolotl recipe, trained with torchrun across the job's nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from llamantino.errors import ConfigError
+from llamantino.inputs import MODEL_LINK, Inputs, base_model, with_data
+from llamantino.method import Method, choose_method
+from llamantino.rundir import RunDir
+from llamantino.schema import LlamantinoConfig, Task
+from llamantino.stages.base import JobShape, Stage
+
+
+class TrainStage(Stage):
+    task = Task.train
+    command = ("-m", "axolotl.cli.train", RunDir.RECIPE)
+    trains = True
+
+    def name_parts(self, cfg: LlamantinoConfig) -> list[str]:
+        return [cfg.model.name, cfg.data.name]
+
+    def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method]:
+        if any(o.split("=", 1)[0].lstrip("+~") == "stage.learning_rate" for o in overrides):
+            # An explicit learning rate wins over the fallback's adapter_learning_rate.
+            cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, adapter_learning_rate=None))
+        return cfg, choose_method(cfg.stage, cfg.model, cfg.hardware)
+
+    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+        return with_data(base_model(cfg, tiny_dir, known_runs), cfg)
+
+    def render(self, cfg, method, inputs, validate, notices):
+        from llamantino.render.axolotl import render_train_recipe
+        from llamantino_plugin.templates import template_info
+
+        try:
+            template_info(cfg.template)
+        except ValueError as exc:
+            raise ConfigError(f"prompt.template: {exc}") from None
+        recipe = render_train_recipe(cfg, method, inputs)
+        if recipe["optimizer"] != cfg.stage.optimizer:
+            notices.append(f"optimizer {cfg.stage.optimizer} needs CUDA; on hardware {cfg.hardware.name} the stage "
+                           f"uses {recipe['optimizer']}")
+        if validate:
+            from llamantino.validate import validate_recipe
+
+            validate_recipe(recipe, cfg.hardware)
+        return recipe, {RunDir.RECIPE: ""}
+
+    def output(self, cfg, method, inputs, recipe):
+        if method.adapter:
+            base = {"ref": inputs.base_model, "revision": inputs.base_model_revision}
+            if inputs.base_model == MODEL_LINK:
+                base["local"] = inputs.links[MODEL_LINK]
+            return {"kind": "adapter", "adapter": method.adapter, "path": RunDir.OUTPUT, "base_model": base,
+                    "datasets": {key: recipe[key] for key in ("datasets", "llamantino_datasets") if key in recipe},
+                    "data_links": {name: target for name, target in inputs.links.items() if name != MODEL_LINK}}
+        return {"kind": "model", "path": RunDir.OUTPUT, "precision": precision(cfg)}
+
+    def shape(self, cfg, method) -> JobShape:
+        hw = cfg.hardware
+        return JobShape(nodes=method.nodes, processes_per_node=max(method.processes_per_node, 1),
+                        gpus_per_node=hw.gpus_per_node if hw.gpu else 0, cpus_per_node=hw.cpus_per_node,
+                        mem=hw.slurm.mem, distributed=True, requeue=cfg.launcher.requeue)
+
+    def hub_reads(self, cfg, inputs) -> list[str]:
+        reads = super().hub_reads(cfg, inputs)
+        if inputs.reads_hub_data:
+            reads.append(f"data {inputs.data['hub_id']}")
+        return reads
+
+
+def precision(cfg: LlamantinoConfig) -> str:
+    """The precision a stage's model output is saved in."""
+    hw = cfg.hardware
+    return "fp32" if not hw.gpu else ("bf16" if hw.bf16 else "fp16")
