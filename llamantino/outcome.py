@@ -6,7 +6,7 @@ Both launchers call it after the stage command: the local launcher in-process, S
 
 from __future__ import annotations
 
-from llamantino.logs import run_losses
+from llamantino.curves import loss_curve, plot_curves
 from llamantino.provenance import now_iso
 from llamantino.rundir import RunDir, read_json
 
@@ -15,7 +15,7 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> dict:
     """Write status.json (and the model card when ``rc == 0``); return the status."""
     run = RunDir(run.path.resolve())
     provenance = run.provenance()
-    losses = run_losses(run)
+    losses = [loss for _, loss in loss_curve(run)]
     status = {
         "state": "COMPLETED" if rc == 0 else "FAILED",
         "exit_code": rc,
@@ -35,5 +35,7 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> dict:
             from llamantino.card import write_model_card
 
             write_model_card(run, out, provenance, status)
+    if len(losses) > 1:
+        plot_curves({run.name: loss_curve(run)}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
     run.write_status(status)
     return status

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llamantino.errors import RunDirError
 from llamantino.launchers.slurm import slurm_job
-from llamantino.logs import run_losses
+from llamantino.curves import loss_curve, plot_curves
 from llamantino.rundir import PipelineDir, RunDir, SweepDir, read_json
 
 
@@ -26,7 +26,7 @@ def run_row(name: str, run: RunDir) -> dict:
     if status.get("state") == "FAILED" and state == "COMPLETED":
         state = "FAILED"  # the batch script exited 0 after the stage failed: trust the stage
     reason = job.get("Reason", "")
-    losses = run_losses(run)
+    losses = [loss for _, loss in loss_curve(run)]
     return {
         "name": name,
         "job": job_id or "-",
@@ -75,7 +75,8 @@ def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for point in sweep.record()["points"]:
         run = RunDir(sweep.path / point["run_dir"])
-        losses = run_losses(run)
+        curve = loss_curve(run)
+        losses = [loss for _, loss in curve]
         rows.append({
             "point": SweepDir.point_name(point["index"]),
             "overrides": " ".join(point["overrides"]),
@@ -84,6 +85,7 @@ def collect(sweep_dir: Path) -> list[dict]:
             "best_loss": f"{min(losses):.4f}" if losses else "",
             "steps_logged": len(losses),
             "losses": losses,
+            "curve": curve,
         })
     return rows
 
@@ -97,21 +99,8 @@ def write_collected(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 5))
-    for row in rows:
-        if row["losses"]:
-            axis.plot(range(1, len(row["losses"]) + 1), row["losses"], marker=".",
-                      label=f"{row['point']}: {row['overrides']}"[:80])
-    axis.set_xlabel("logged step")
-    axis.set_ylabel("training loss")
-    axis.set_title(f"sweep {sweep.path.name}")
-    if any(row["losses"] for row in rows):
-        axis.legend(fontsize="small")
-    figure.tight_layout()
-    png_path = sweep.path / SweepDir.LOSS_PNG
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
+    png_path = plot_curves({f"{row['point']}: {row['overrides']}": row["curve"] for row in rows},
+                           sweep.path / SweepDir.LOSS_PNG, f"sweep {sweep.path.name}")
     return csv_path, png_path
 
 

@@ -130,6 +130,8 @@ class RunDir:
     EVAL_TASKS = "eval_tasks"
     EVAL_RESULTS = "eval_results"
     DATA_REPORT = "output/llamantino_data_report.json"
+    LOSS_PNG = "loss_curve.png"
+    SAMPLE = "sample.txt"
     CARD = "README.md"
 
     def __post_init__(self) -> None:

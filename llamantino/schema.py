@@ -68,6 +68,19 @@ class Attention(StrEnum):
     flash_attention_2 = "flash_attention_2"
 
 
+class Tracker(StrEnum):
+    none = "none"
+    tensorboard = "tensorboard"  # event files in the run directory, no account
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+class TrackerMode(StrEnum):
+    auto = "auto"  # online where the hardware has network, offline where it has not
+    online = "online"
+    offline = "offline"
+
+
 class LauncherName(StrEnum):
     dry = "dry"
     local = "local"
@@ -142,10 +155,17 @@ class ModelConfig(Checked):
     flash_attention: bool = True  # the architecture supports flash_attention_2
     gated: bool = False  # the hub asks to accept a licence first
     license: str = ""
+    # Stage settings this model needs, applied unless the command line sets them (announced as a notice):
+    # the random-init tiny model trains its embeddings and takes large steps to learn in a minute.
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if not isinstance(self.params_b, str) and not self.params_b > 0:  # MISSING is a string
             raise ConfigError(f"model.params_b={self.params_b} must be positive")
+        known = {item.name for item in dataclasses.fields(StageConfig)}
+        for key in self.tuning:
+            if key not in known:
+                raise ConfigError(f"model.tuning.{key} is not a stage setting; valid: {', '.join(sorted(known))}")
 
 
 @dataclass
@@ -186,6 +206,7 @@ class StageConfig(Checked):
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_target_modules: Optional[list[str]] = None  # None: every linear layer
+    lora_modules_to_save: Optional[list[str]] = None  # modules trained in full beside the adapter (embeddings)
     use_rslora: bool = False
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -319,6 +340,23 @@ class LauncherConfig(Checked):
 
 
 @dataclass
+class TrackingConfig(Checked):
+    """Experiment tracking; secrets (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN) come from the environment only."""
+
+    KEY = "tracking"
+    name: Tracker = Tracker.tensorboard
+    project: str = "llamantino"  # W&B project / MLflow experiment
+    entity: Optional[str] = None  # W&B team
+    mode: TrackerMode = TrackerMode.auto  # W&B: online or offline (then `python -m llamantino.sync`)
+    uri: Optional[str] = None  # MLflow tracking URI (a server, or a folder such as file:./mlruns)
+    tags: list[str] = field(default_factory=list)  # added to the run's own: model, data, stage, git commit
+
+    def check(self) -> None:
+        if self.name == Tracker.mlflow and not self.uri:
+            raise ConfigError("tracking=mlflow needs tracking.uri=<tracking server or file:folder>")
+
+
+@dataclass
 class PromptConfig(Checked):
     KEY = "prompt"
     MULTILINE = ('system_prompt',)
@@ -398,6 +436,7 @@ class LlamantinoConfig(Checked):
     eval: EvalConfig = MISSING
     pipeline: Optional[PipelineConfig] = None
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*
     target: Optional[TargetScores] = None

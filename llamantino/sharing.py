@@ -210,6 +210,8 @@ def unsafe_settings(cfg: LlamantinoConfig) -> list[tuple[str, str]]:
     for directive in cfg.hardware.slurm.extra_directives:
         if directive.split("=", 1)[0] not in SAFE_DIRECTIVES:
             found.append((f"hardware.slurm.extra_directives[{directive}]", "is not a directive a shared recipe may add"))
+    if cfg.tracking.name not in ("none", "tensorboard"):
+        found.append(("tracking", f"sends the run's metrics to {cfg.tracking.name} ({cfg.tracking.uri or 'its servers'})"))
     for key in cfg.stage.axolotl:
         if UNSAFE_AXOLOTL.fullmatch(str(key)):
             found.append((f"stage.axolotl.{key}", "loads code, sends data off the machine or names a path"))

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import TESTS, cli, ok, read_json, run_dir_of
 
-pytestmark = pytest.mark.slurm
+# One xdist worker takes every SLURM test, in order: they share the two-node cluster.
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 SLURM = ("hardware=local_slurm", "launcher=slurm")
 QUICK_SFT = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.micro_batch_size=4", "stage.saves_per_epoch=null")
@@ -132,6 +133,15 @@ def test_sweep_is_one_job_array_and_collects(tmp_path):
     assert "stage.learning_rate=0.001" in out and "stage.learning_rate=0.003" in out
     rows = (sweep_dir / "collect.csv").read_text(errors="replace").strip().splitlines()
     assert len(rows) == 3 and all(row.split(",")[3] for row in rows[1:])  # final losses present
+    # the curves come from the trainer's TensorBoard event files, by global step
+    from llamantino.curves import event_files, loss_curve
+    from llamantino.rundir import RunDir
+
+    for index, row in enumerate(rows[1:]):
+        point = RunDir(sweep_dir / f"{index:03d}")
+        assert event_files(point), f"no event files in {point.path}"
+        assert float(row.split(",")[3]) == pytest.approx(loss_curve(point)[-1][1], abs=1e-4)
+        assert [step for step, _ in loss_curve(point)] == [1, 2]
     assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
 
 
@@ -165,6 +175,13 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
     # the restarted run resumed from that checkpoint instead of starting over
     assert f"resume from checkpoint at output/checkpoint-{saved}" in train_log
     assert read_json(run_dir / "status.json")["state"] == "COMPLETED"
+    # one curve across both attempts, by global step: the replayed steps appear once
+    from llamantino.curves import event_files, loss_curve
+    from llamantino.rundir import RunDir
+
+    assert len(event_files(RunDir(run_dir))) == 2  # one event file per attempt
+    steps = [step for step, _ in loss_curve(run_dir)]
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 2000
 
 
 def test_injection_strings_are_quoted_and_never_run(tmp_path):

@@ -64,7 +64,16 @@ class LocalLauncher(Launcher):
             self.echo(f"done: results in {run.run_dir / RunDir.RESULTS_MD} and {run.run_dir / RunDir.RESULTS_JSON}")
         losses = status.get("losses")
         if losses:
-            self.echo(f"loss: first {losses['first']:.4f}, last {losses['last']:.4f} ({losses['count']} logged steps)")
+            self.echo(f"loss: first {losses['first']:.4f}, last {losses['last']:.4f} ({losses['count']} logged steps); "
+                      f"curve: {run.run_dir / RunDir.LOSS_PNG}")
+        if run.stage.trains:
+            from llamantino.sample import generate_sample
+
+            sample = generate_sample(run.run_dir, run.cfg)
+            if sample:
+                prompt, completion = sample
+                shown = " ".join(re.sub(r"<\|[^|]*\|>|</?s>|\[/?INST\]|<</?SYS>>", " ", prompt).split()[-12:])
+                self.echo(f"sample (greedy, prompt from the training data): ...{shown!r} -> {completion!r}")
         return None
 
 

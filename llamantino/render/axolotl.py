@@ -15,7 +15,7 @@ import yaml
 from llamantino.inputs import Inputs
 from llamantino.method import Method
 from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig
+from llamantino.schema import LlamantinoConfig, Tracker, TrackerMode
 
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 LOADER_TYPES = {
@@ -63,6 +63,8 @@ def _adapter_keys(stage, adapter: str | None, cpu: bool) -> dict:
         keys["lora_target_linear"] = True
     if stage.use_rslora:
         keys["peft_use_rslora"] = True
+    if stage.lora_modules_to_save:
+        keys["lora_modules_to_save"] = list(stage.lora_modules_to_save)
     if cpu:  # the auto-enabled Triton LoRA kernels assert CUDA
         keys.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
     return keys
@@ -109,6 +111,28 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
     keys.update(llamantino_datasets=[spec], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
     return keys
+
+
+def tracker_mode(cfg: LlamantinoConfig) -> str:
+    """online or offline: ``tracking.mode``, where ``auto`` follows whether the hardware has network."""
+    mode = cfg.tracking.mode
+    return ("offline" if cfg.hardware.offline else "online") if mode == TrackerMode.auto else str(mode)
+
+
+def _tracking(cfg: LlamantinoConfig) -> dict:
+    """Axolotl's keys for the chosen tracker (secrets stay in the environment)."""
+    tracking, name = cfg.tracking, cfg.tracking.name
+    if name == Tracker.tensorboard:
+        return {"use_tensorboard": True}
+    if name == Tracker.wandb:
+        keys = {"wandb_project": tracking.project, "wandb_name": cfg.run.name, "wandb_mode": tracker_mode(cfg)}
+        if tracking.entity:
+            keys["wandb_entity"] = tracking.entity
+        return keys
+    if name == Tracker.mlflow:
+        return {"use_mlflow": True, "mlflow_tracking_uri": tracking.uri, "mlflow_experiment_name": tracking.project,
+                "mlflow_run_name": cfg.run.name}
+    return {}
 
 
 def _schedule(stage, fell_back: bool) -> dict:
@@ -199,6 +223,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     if stage.val_set_size:
         recipe["val_set_size"] = float(stage.val_set_size)
     recipe.update(_saving(stage, resumable))
+    recipe.update(_tracking(cfg))
     recipe["seed"] = stage.seed
     if cpu:
         recipe.update(dataset_num_proc=1, dataloader_num_workers=0, dataloader_pin_memory=False)

@@ -21,9 +21,9 @@ import yaml
 
 from llamantino.inputs import Inputs
 from llamantino.method import Method
-from llamantino.provenance import build_provenance, package_versions
+from llamantino.provenance import build_provenance, git_state, package_versions
 from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, Task, to_plain
+from llamantino.schema import LlamantinoConfig, Task, Tracker, to_plain
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Stage:
             files[RunDir.RECIPE] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))
         output = self.output(cfg, method, inputs, recipe)
         provenance = build_provenance(cfg, overrides, choices, method, inputs, output, notices)
-        provenance["env"] = job_env(cfg, inputs)
+        provenance["env"] = job_env(cfg, inputs, overrides)
         files = {**inputs.files, **files}
         files[RunDir.CONFIG] = yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
         files[RunDir.PROVENANCE] = json.dumps(provenance, indent=2, ensure_ascii=False) + "\n"
@@ -138,9 +138,26 @@ class Stage:
                            provenance=provenance, files=files, notices=notices)
 
 
-def job_env(cfg: LlamantinoConfig, inputs: Inputs) -> dict[str, str]:
-    """Environment of the stage's process: no telemetry; offline when nothing needs the network."""
+def run_tags(cfg: LlamantinoConfig, overrides: list[str]) -> list[str]:
+    """Tags of a run for trackers: model, data, stage, git commit, the command's overrides, the user's own."""
+    commit = git_state().get("commit")
+    tags = [f"model:{cfg.model.name}", f"data:{cfg.data.name}", f"stage:{cfg.stage.name}"]
+    tags += [f"git:{commit[:12]}"] if commit else []
+    tags += [o for o in overrides if not o.startswith(("hydra.", "tracking."))] + list(cfg.tracking.tags)
+    return [tag.replace(",", ";")[:64] for tag in tags]  # W&B: at most 64 characters, comma-separated
+
+
+def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = ()) -> dict[str, str]:
+    """Environment of the stage's process: no telemetry; offline when nothing needs the network; the
+    tracker's mode, folder and tags (its secrets come from the environment the job starts in)."""
     env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.tracking.name == Tracker.wandb:
+        from llamantino.render.axolotl import tracker_mode
+
+        env.update(WANDB_MODE=tracker_mode(cfg), WANDB_DIR=".", WANDB_TAGS=",".join(run_tags(cfg, overrides)))
+    elif cfg.tracking.name == Tracker.mlflow:
+        env["MLFLOW_TAGS"] = json.dumps(dict(tag.split(":", 1) if ":" in tag else (tag, "") for tag in
+                                             run_tags(cfg, overrides)))
     local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data)
     if cfg.hardware.offline or local_only:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

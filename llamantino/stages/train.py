@@ -8,7 +8,7 @@ from llamantino.errors import ConfigError
 from llamantino.inputs import MODEL_LINK, Inputs, base_model, with_data
 from llamantino.method import Method, choose_method
 from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, Task
+from llamantino.schema import LlamantinoConfig, StageConfig, Task, from_plain, to_plain
 from llamantino.stages.base import JobShape, Stage
 
 
@@ -21,10 +21,21 @@ class TrainStage(Stage):
         return [cfg.model.name, cfg.data.name]
 
     def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method]:
-        if any(o.split("=", 1)[0].lstrip("+~") == "stage.learning_rate" for o in overrides):
+        explicit = {o.split("=", 1)[0].lstrip("+~").removeprefix("stage.") for o in overrides
+                    if o.lstrip("+~").startswith("stage.")}
+        tuned = {key: value for key, value in cfg.model.tuning.items() if key not in explicit}
+        if "learning_rate" in explicit:
             # An explicit learning rate wins over the fallback's adapter_learning_rate.
-            cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, adapter_learning_rate=None))
-        return cfg, choose_method(cfg.stage, cfg.model, cfg.hardware)
+            tuned["adapter_learning_rate"] = None
+        if tuned:
+            stage = from_plain(StageConfig, {**to_plain(cfg.stage), **tuned}, "stage")
+            cfg = dataclasses.replace(cfg, stage=stage)
+        method = choose_method(cfg.stage, cfg.model, cfg.hardware)
+        shown = {key: value for key, value in tuned.items() if key in cfg.model.tuning}
+        if shown:
+            method.notices.insert(0, f"model {cfg.model.name} sets " + ", ".join(f"stage.{k}={v}" for k, v in shown.items())
+                                  + " (model.tuning; the command line wins)")
+        return cfg, method
 
     def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
         return with_data(base_model(cfg, tiny_dir, known_runs), cfg)
