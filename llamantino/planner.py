@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 from llamantino.errors import ConfigError
-from llamantino.launchers.slurm import time_seconds
 from llamantino.method import choose_method, memory_per_gpu_gb
-from llamantino.schema import RL, LlamantinoConfig
+from llamantino.schema import RL, LlamantinoConfig, time_seconds
 from llamantino.stages import stage_for
 
 # Model FLOPs utilisation assumed when the user gives none: typical for bf16 LLM fine-tuning on
@@ -18,6 +17,10 @@ DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "qlora": 0.25}
 def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | None = None) -> dict:
     """The cost plan of a composed train config (pure)."""
     stage, model, hw = cfg.stage, cfg.model, cfg.hardware
+    if mfu is not None and not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu {mfu} must be a fraction in (0, 1]")
+    if tokens_per_row is not None and tokens_per_row < 1:
+        raise ConfigError(f"--tokens-per-row {tokens_per_row} must be at least 1")
     if not stage_for(cfg).trains:
         raise ConfigError(f"stage {stage.name} does not train; the planner plans train stages")
     if not hw.gpu or not hw.peak_tflops:

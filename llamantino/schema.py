@@ -126,11 +126,26 @@ class Checked:
 SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", re.ASCII)  # D-HH:MM:SS, HH:MM:SS, MM:SS, MM, D-HH, ...
 
 
+def time_seconds(text: str) -> int:
+    """SLURM time (``D-HH:MM:SS``, ``HH:MM:SS``, ``MM:SS``, ``MM``) in seconds."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:  # minutes, or with days: hours
+        hours, minutes, seconds = (parts[0], 0, 0) if days else (0, parts[0], 0)
+    elif len(parts) == 2:
+        hours, minutes, seconds = (parts[0], parts[1], 0) if days else (0, parts[0], parts[1])
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 def _slurm_time(key: str, value) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not SLURM_TIME.fullmatch(value):
         raise ConfigError(f"{key}={value!r} is not a SLURM time (D-HH:MM:SS, HH:MM:SS, MM:SS or minutes)")
+    if time_seconds(value) < 60:
+        raise ConfigError(f"{key}={value!r} is under a minute; a job needs at least one")
 
 
 def _at_least(key: str, value, minimum) -> None:

@@ -255,10 +255,13 @@ def import_record(record: dict, dest_root: Path, *, allow_mismatch: bool = False
     rendered = {"axolotl_yaml": prepared.files.get(RunDir.RECIPE), "eval_json": None,
                 "job_sbatch": prepared.files.get(RunDir.SCRIPT)}
     for key, text in rendered.items():
-        if key == "eval_json" or record.get(key) is None or text is None:
+        if key == "eval_json" or text is None or allow_mismatch:
             continue
-        if text != record[key] and not allow_mismatch:
-            diff = "".join(difflib.unified_diff(record[key].splitlines(True), (text or "").splitlines(True),
+        if record.get(key) is None:  # leaving a file out must not skip its comparison
+            raise ConfigError(f"the recipe has no {key.replace('_', '.')} to compare with what renders here: it was "
+                              "cut or edited; pass --allow-mismatch to import it anyway")
+        if text != record[key]:
+            diff = "".join(difflib.unified_diff(record[key].splitlines(True), text.splitlines(True),
                                                 "recipe", "rendered here", n=1))
             raise ConfigError(f"the {key.replace('_', '.')} rendered here differs from the recipe's "
                               f"(different code or data?):\n{diff[:3000]}")

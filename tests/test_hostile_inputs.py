@@ -145,6 +145,13 @@ ROWS = [
      "line break"),
     ("import overrides type", "llamantino.recipe", ["import", "{w}/overrides_type.yaml", "--dest", "{w}/dest"],
      "wrong type"),
+    ("import without its yaml", "llamantino.recipe", ["import", "{w}/no_yaml.yaml", "--dest", "{w}/dest"],
+     "the recipe has no axolotl.yaml to compare"),
+    ("zero time limit", "llamantino", ["launcher.time=0", *DRY], "under a minute"),
+    ("planner mfu", "llamantino.plan", ["experiment=llamantino2_7b_adapt", "--mfu", "0"], "--mfu 0.0 must be a fraction"),
+    ("tracking without uri", "llamantino", ["tracking=mlflow", *DRY], "tracking=mlflow needs tracking.uri"),
+    ("import remote tracking", "llamantino.recipe", ["import", "{w}/tracking.yaml", "--dest", "{w}/dest"],
+     "--allow tracking"),
     ("import version", "llamantino.recipe", ["import", "{w}/version.yaml", "--dest", "{w}/dest"], "made with axolotl"),
 ]
 
@@ -209,6 +216,9 @@ def work(tmp_path_factory):
         "name_newline": lambda r: r["config"]["run"].update({"name": "x\nkey: injected"}),
         "overrides_type": lambda r: r.update({"overrides": "stage=dpo"}),
         "version": lambda r: r["versions"].update({"axolotl": "0.12.0"}),
+        "no_yaml": lambda r: r.update({"axolotl_yaml": None}),
+        "tracking": lambda r: r["config"].update({"tracking": {**r["config"]["tracking"], "name": "mlflow",
+                                                               "uri": "https://collector.example"}}),
     }
     for name, edit in variants.items():
         (w / f"{name}.yaml").write_text(_tampered(good, edit))
@@ -239,3 +249,25 @@ def test_hostile_input_is_one_error_line_and_leaves_nothing(work, name, module, 
     assert "run_dir:" not in proc.stdout
     assert snapshot(work) == before  # nothing written, nothing half-written
     assert not (work / "SUBMITTED").exists()  # no job submitted
+
+
+def test_allow_names_the_one_setting_the_user_accepts(work, tmp_path):
+    """The refusal names a flag; with it, that setting (and only it) is accepted."""
+    dest = tmp_path / "dest"
+    refused = cli("import", str(work / "preload.yaml"), "--dest", str(dest), "--allow", "run.input_model",
+                  module="llamantino.recipe", cwd=work)
+    assert refused.returncode == 2 and "LD_PRELOAD" in refused.stderr
+    run_dir = run_dir_of(ok(cli("import", str(work / "preload.yaml"), "--dest", str(dest), "--allow",
+                                "hardware.slurm.env.LD_PRELOAD", module="llamantino.recipe", cwd=work)))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["hardware"]["slurm"]["env"]["LD_PRELOAD"] == "/tmp/x.so"
+
+
+def test_mlflow_tracking_renders_and_validates(compose, tmp_path):
+    from conftest import build
+
+    run = build(compose("tracking=mlflow", "tracking.uri=file:./mlruns", "tracking.tags=[baseline]", "launcher=dry"),
+                tmp_path / "run")
+    assert (run.recipe["use_mlflow"], run.recipe["mlflow_tracking_uri"], run.recipe["mlflow_experiment_name"]) == (
+        True, "file:./mlruns", "llamantino")
+    tags = json.loads(run.provenance["env"]["MLFLOW_TAGS"])
+    assert tags["model"] == "tiny_llama" and "baseline" in tags and run.provenance["env"]["WANDB_MODE"] == "disabled"

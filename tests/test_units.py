@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from llamantino.errors import ConfigError, RunDirError, entry, one_line
-from llamantino.launchers.slurm import time_seconds
+from llamantino.schema import time_seconds
 from llamantino.logs import parse_losses
 from llamantino.render.sbatch import Shell, job_name, shell_value
 from llamantino.rundir import RunDir, remove_stale_partials, write_atomic

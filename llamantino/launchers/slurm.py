@@ -18,24 +18,11 @@ from llamantino.errors import ConfigError, LaunchError
 from llamantino.launchers.base import Launcher
 from llamantino.render.sbatch import render_sbatch, script_context
 from llamantino.rundir import RunDir, SweepDir
-from llamantino.schema import LauncherName, LlamantinoConfig
+from llamantino.schema import LauncherName, LlamantinoConfig, time_seconds
 from llamantino.stages import PreparedRun
 
 # SLURM job states in which a job still holds or waits for resources.
 ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
-
-
-def time_seconds(text: str) -> int:
-    """SLURM time (``D-HH:MM:SS``, ``HH:MM:SS``, ``MM:SS``, ``MM``) in seconds."""
-    days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if len(parts) == 1:  # minutes, or with days: hours
-        hours, minutes, seconds = (parts[0], 0, 0) if days else (0, parts[0], 0)
-    elif len(parts) == 2:
-        hours, minutes, seconds = (parts[0], parts[1], 0) if days else (0, parts[0], parts[1])
-    else:
-        hours, minutes, seconds = parts
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def check_queue(cfg: LlamantinoConfig, nodes: int) -> None:
