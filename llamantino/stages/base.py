@@ -96,7 +96,7 @@ class Stage:
 
     def render(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, validate: bool,
                notices: list[str]) -> tuple[dict | None, dict[str, str | bytes]]:
-        """(the Axolotl recipe, if any; the files that describe what the job runs)."""
+        """(the Axolotl recipe, if the stage has one; the other files that describe what the job runs)."""
         raise NotImplementedError
 
     def output(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, recipe: dict | None) -> dict | None:
@@ -124,7 +124,7 @@ class Stage:
         notices = list(method.notices) if method else []
         inputs = self.inputs(cfg, tiny_model_dir, known_runs or {})
         recipe, files = self.render(cfg, method, inputs, validate, notices)
-        if RunDir.RECIPE in files:
+        if recipe is not None:
             from llamantino.render.axolotl import dump_yaml
 
             files[RunDir.RECIPE] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))

@@ -42,7 +42,7 @@ class MergeStage(Stage):
             from llamantino.validate import validate_recipe
 
             validate_recipe(recipe, cfg.hardware)
-        return recipe, {RunDir.RECIPE: ""}
+        return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
         return {"kind": "model", "path": f"{RunDir.OUTPUT}/merged", "precision": precision(cfg)}

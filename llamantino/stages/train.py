@@ -56,7 +56,7 @@ class TrainStage(Stage):
             from llamantino.validate import validate_recipe
 
             validate_recipe(recipe, cfg.hardware)
-        return recipe, {RunDir.RECIPE: ""}
+        return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
         if method.adapter:
