@@ -71,13 +71,19 @@ def loss_curve(run) -> list[tuple[int, float]]:
     return run_metrics(run).get(LOSS, [])
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
-    """One PNG, one loss curve per label, global step on the x axis."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files (no display here or on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
+    """One PNG, one loss curve per label, global step on the x axis."""
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 5))
     for label, points in curves.items():
         if points:

@@ -15,7 +15,8 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> dict:
     """Write status.json (and the model card when ``rc == 0``); return the status."""
     run = RunDir(run.path.resolve())
     provenance = run.provenance()
-    losses = [loss for _, loss in loss_curve(run)]
+    curve = loss_curve(run)
+    losses = [loss for _, loss in curve]
     status = {
         "state": "COMPLETED" if rc == 0 else "FAILED",
         "exit_code": rc,
@@ -36,6 +37,6 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> dict:
 
             write_model_card(run, out, provenance, status)
     if len(losses) > 1:
-        plot_curves({run.name: loss_curve(run)}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
+        plot_curves({run.name: curve}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
     run.write_status(status)
     return status

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from llamantino.errors import RunDirError
 from llamantino.launchers.slurm import slurm_job
-from llamantino.curves import loss_curve, plot_curves
-from llamantino.rundir import PipelineDir, RunDir, SweepDir, read_json
+from llamantino.curves import loss_curve, plot_curves, pyplot
+from llamantino.rundir import RunDir, SweepDir, read_json, runs_under
 
 
 # --- status --------------------------------------------------------------------------------------
 
 
-def run_row(name: str, run: RunDir) -> dict:
+def run_row(name: str, run: RunDir, curve: list[tuple[int, float]] | None = None) -> dict:
     """Status of one run directory: SLURM's view while it knows the job, else the run's own."""
     status = run.read_status()
     job_id = run.job_id()
@@ -26,7 +26,7 @@ def run_row(name: str, run: RunDir) -> dict:
     if status.get("state") == "FAILED" and state == "COMPLETED":
         state = "FAILED"  # the batch script exited 0 after the stage failed: trust the stage
     reason = job.get("Reason", "")
-    losses = [loss for _, loss in loss_curve(run)]
+    losses = [loss for _, loss in (loss_curve(run) if curve is None else curve)]
     return {
         "name": name,
         "job": job_id or "-",
@@ -40,23 +40,15 @@ def run_row(name: str, run: RunDir) -> dict:
 
 def status_rows(target: Path) -> list[dict]:
     """Rows for a run, pipeline or sweep directory."""
-    pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
-    if pipeline.is_pipeline():
-        return [run_row(step["name"], RunDir(step["run_dir"])) for step in pipeline.manifest()["steps"]]
-    if sweep.is_sweep():
-        record = sweep.record()
-        rows = []
-        for point in record["points"]:
-            row = run_row(SweepDir.point_name(point["index"]), RunDir(sweep.path / point["run_dir"]))
-            if record.get("job_id") and row["job"] == "-":
-                job_id = f"{record['job_id']}_{point['index']}"
-                job = slurm_job(job_id)
-                row.update(job=job_id, state=job.get("JobState", "UNKNOWN"), elapsed=job.get("RunTime", "-"))
-            rows.append(row)
-        return rows
-    if run.is_run():
-        return [run_row(run.name, run)]
-    raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
+    rows = [run_row(name, run) for name, run in runs_under(target)]
+    sweep = SweepDir(Path(target))
+    array = sweep.record().get("job_id") if sweep.is_sweep() else None
+    for row in rows:
+        if array and row["job"] == "-":  # a point whose task has not started has no job record of its own
+            job_id = f"{array}_{int(row['name'])}"
+            job = slurm_job(job_id)
+            row.update(job=job_id, state=job.get("JobState", "UNKNOWN"), elapsed=job.get("RunTime", "-"))
+    return rows
 
 
 def format_table(rows: list[dict], columns=("name", "job", "state", "elapsed", "restarts", "last_loss")) -> str:
@@ -80,7 +72,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         rows.append({
             "point": SweepDir.point_name(point["index"]),
             "overrides": " ".join(point["overrides"]),
-            "state": run_row(SweepDir.point_name(point["index"]), run)["state"],
+            "state": run_row(SweepDir.point_name(point["index"]), run, curve)["state"],
             "final_loss": f"{losses[-1]:.4f}" if losses else "",
             "best_loss": f"{min(losses):.4f}" if losses else "",
             "steps_logged": len(losses),
@@ -102,15 +94,6 @@ def write_collected(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     png_path = plot_curves({f"{row['point']}: {row['overrides']}": row["curve"] for row in rows},
                            sweep.path / SweepDir.LOSS_PNG, f"sweep {sweep.path.name}")
     return csv_path, png_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # --- compare -------------------------------------------------------------------------------------
@@ -153,7 +136,7 @@ def comparison(runs: list[RunDir]) -> tuple[list[str], list[dict]]:
 
 
 def bar_chart(columns: list[str], rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(6, 1.8 * len(columns) * max(len(rows), 1) / 2), 4.5))
     width = 0.8 / max(len(rows), 1)
     for index, row in enumerate(rows):

@@ -245,6 +245,19 @@ class PipelineDir:
         write_json(self.path / self.MANIFEST, manifest)
 
 
+def runs_under(target: Path) -> list[tuple[str, RunDir]]:
+    """(name, run) of every run in a run, pipeline (its steps) or sweep (its points) directory."""
+    pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
+    if pipeline.is_pipeline():
+        return [(step["name"], RunDir(step["run_dir"])) for step in pipeline.manifest()["steps"]]
+    if sweep.is_sweep():
+        return [(SweepDir.point_name(point["index"]), RunDir(sweep.path / point["run_dir"]))
+                for point in sweep.record()["points"]]
+    if run.is_run():
+        return [(run.name, run)]
+    raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
+
+
 @dataclass(frozen=True)
 class SweepDir:
     """``<output_root>/sweeps/<time>``: one RunDir per point, the record and the array script."""

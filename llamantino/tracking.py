@@ -11,27 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamantino.errors import LaunchError, RunDirError
-from llamantino.rundir import PipelineDir, RunDir, SweepDir
+from llamantino.errors import LaunchError
+from llamantino.rundir import runs_under
 
 WANDB_DIR = "wandb"  # under the run directory: the job runs there with WANDB_DIR=.
 
 
-def run_dirs(target: Path) -> list[RunDir]:
-    """The run directories of a run, pipeline or sweep directory."""
-    pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
-    if pipeline.is_pipeline():
-        return [RunDir(step["run_dir"]) for step in pipeline.manifest()["steps"]]
-    if sweep.is_sweep():
-        return [RunDir(sweep.path / point["run_dir"]) for point in sweep.record()["points"]]
-    if run.is_run():
-        return [run]
-    raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
-
-
 def offline_runs(target: Path) -> list[Path]:
     """Every offline W&B run folder under ``target``."""
-    return [path for run in run_dirs(target) for path in sorted((run / WANDB_DIR).glob("offline-run-*"))
+    return [path for _, run in runs_under(target) for path in sorted((run / WANDB_DIR).glob("offline-run-*"))
             if path.is_dir()]
 
 
