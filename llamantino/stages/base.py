@@ -150,7 +150,9 @@ def run_tags(cfg: LlamantinoConfig, overrides: list[str]) -> list[str]:
 def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = ()) -> dict[str, str]:
     """Environment of the stage's process: no telemetry; offline when nothing needs the network; the
     tracker's mode, folder and tags (its secrets come from the environment the job starts in)."""
-    env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    # Unbuffered: a log followed with `tail -f` shows each step as it happens, not in 8 KiB blocks.
+    env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
     if cfg.tracking.name == Tracker.wandb:
         from llamantino.render.axolotl import tracker_mode
 
