@@ -14,11 +14,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llamantino.errors import ConfigError, DataError
 from llamantino.paths import DATASETS_DIR
 from llamantino.rundir import RunDir
 from llamantino.schema import BadRows, LlamantinoConfig
+
+if TYPE_CHECKING:
+    from llamantino.corpus import CorpusPlan
 
 MODEL_LINK = RunDir.MODEL_LINK
 ADAPTER_LINK = RunDir.ADAPTER_LINK
@@ -38,6 +42,7 @@ class Inputs:
     links: dict[str, str] = field(default_factory=dict)  # run-relative name -> absolute target
     files: dict[str, bytes] = field(default_factory=dict)  # run-relative name -> content to write
     build_tiny: bool = False
+    corpus: "CorpusPlan | None" = None  # corpus-scale text: the prepared corpus the run reads
 
     @property
     def reads_hub_model(self) -> bool:
@@ -45,7 +50,8 @@ class Inputs:
 
     @property
     def reads_hub_data(self) -> bool:
-        return self.data is not None and bool(self.data.get("hub_id"))
+        """The job itself reads data from the hub (a prepared corpus is read from the cache)."""
+        return self.corpus is None and self.data is not None and bool(self.data.get("hub_id"))
 
 
 def sha256_file(path: Path) -> str:
@@ -166,8 +172,30 @@ def resolve_data(cfg: LlamantinoConfig) -> dict:
     return entry
 
 
-def with_data(inputs: Inputs, cfg: LlamantinoConfig) -> Inputs:
-    """Add the checked training data (a link to it, or its cleaned copy) to ``inputs``."""
+def with_corpus(inputs: Inputs, cfg: LlamantinoConfig, world_size: int) -> Inputs:
+    """Add the prepared corpus a stage on corpus-scale text reads (planned, not yet made)."""
+    from llamantino.corpus import plan_corpus
+
+    stage, data = cfg.stage, cfg.data
+    if "text" not in [str(fmt) for fmt in stage.data_formats]:
+        raise ConfigError(f"stage {stage.name} trains on {'/'.join(str(f) for f in stage.data_formats)} data, but "
+                          f"data={data.name} is a text corpus; corpora are for language adaptation (stage=adapt)")
+    plan = plan_corpus(cfg, inputs.model_source, world_size)
+    inputs.corpus = plan
+    inputs.data = {"name": data.name, "format": "text", "columns": dict(data.columns), "split": data.split,
+                   "subset": data.subset, "revision": data.revision, "hub_id": data.hub_id,
+                   "corpus": {"key": plan.key, "entry": plan.entry, "budget_tokens": plan.budget_tokens,
+                              "blocks": plan.blocks, "margin": plan.margin, "seed": plan.seed,
+                              "sources": [{"name": s.name, "origin": s.origin, "hub_id": s.hub_id, "subset": s.subset,
+                                           "revision": s.revision, "weight": s.weight, "blocks": s.blocks,
+                                           "patterns": list(s.patterns)} for s in plan.sources]}}
+    return inputs
+
+
+def with_data(inputs: Inputs, cfg: LlamantinoConfig, world_size: int = 1) -> Inputs:
+    """Add the checked training data (a link to it, or its cleaned copy, or a prepared corpus) to ``inputs``."""
+    if cfg.data.corpus_scale:
+        return with_corpus(inputs, cfg, world_size)
     data = resolve_data(cfg)
     cleaned = data.pop("cleaned", None)
     if cleaned is not None:

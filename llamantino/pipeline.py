@@ -23,6 +23,7 @@ from pathlib import Path
 from llamantino.compose import compose_config
 from llamantino.errors import ConfigError, LaunchError, LlamantinoError
 from llamantino.launchers import launcher_for
+from llamantino.launchers.base import waits_for
 from llamantino.launchers.slurm import ACTIVE_STATES
 from llamantino.rundir import PipelineDir
 from llamantino.runs import build
@@ -128,6 +129,7 @@ def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, ech
                 step.run.run_dir.retire()
             step.run.write()
         echo(f"step {step.name:12} {step.action:5} {step.state:10} {step.run.run_dir.path}")
+    ready = launcher.prepare_corpora([step.run for step in to_run])  # first: the corpora the steps read
     previous_job = None
     for step in planned:
         if step.action == "skip":
@@ -138,7 +140,7 @@ def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, ech
         else:
             echo(f"step {step.name}:")
             try:
-                previous_job = launcher.submit(step.run, after=previous_job)
+                previous_job = launcher.submit(step.run, after=waits_for(step.run, ready, [previous_job] if previous_job else []))
             except LaunchError as exc:
                 raise LaunchError(f"pipeline step {step.name} failed; the steps after it did not run. {exc}") from None
     return pipeline.path

@@ -68,8 +68,22 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
         "gpu_hours": gpu_hours, "wall_clock_hours": wall_hours, "node_hours": node_hours,
         "budget_hours": node_hours * hw.cpus_per_node, "budget_unit": f"core hours ({hw.cpus_per_node} per node hour)",
         "time_limit": limit_text, "qos": qos, "jobs": jobs, "requeues": jobs - 1,
-        "notices": method.notices,
+        "notices": method.notices, "corpus": _corpus(cfg, method.world_size),
     }
+
+
+def _corpus(cfg: LlamantinoConfig, world_size: int) -> dict | None:
+    """What a corpus-scale stage prepares: the budget, each source's share and the files it fetches."""
+    if not cfg.data.corpus_scale:
+        return None
+    from llamantino.corpus import plan_corpus
+    from llamantino.inputs import base_model
+    from llamantino.tiny import tiny_model_dir
+
+    corpus = plan_corpus(cfg, base_model(cfg, tiny_model_dir, {}).model_source, world_size)
+    return {"key": corpus.key, "summary": corpus.describe(), "entry": corpus.entry, "notes": corpus.notes,
+            "sources": [{"name": s.name, "origin": s.origin, "blocks": s.blocks, "fetch_files": s.fetch_files}
+                        for s in corpus.sources]}
 
 
 def format_plan(p: dict) -> str:
@@ -85,5 +99,12 @@ def format_plan(p: dict) -> str:
         f"  time limit    {p['time_limit']} (QoS {p['qos'] or '-'}): "
         + ("fits in one job" if p["jobs"] == 1 else f"needs {p['jobs']} jobs: {p['requeues']} requeues, resuming from checkpoints"),
     ]
+    corpus = p.get("corpus")
+    if corpus:
+        lines.append(f"  data          {corpus['summary']}")
+        lines += [f"  data          {s['name']}: downloads {s['fetch_files']} sampled files" for s in corpus["sources"]
+                  if s["origin"] == "hub" and s["fetch_files"]]
+        lines.append(f"  data cache    {corpus['entry']}")
+        lines += [f"  notice        {n}" for n in corpus["notes"]]
     lines += [f"  notice        {n}" for n in p["notices"]]
     return "\n".join(lines)

@@ -52,7 +52,7 @@ def build_provenance(cfg, overrides: list[str], choices: dict, method, inputs, o
     data = None
     if inputs.data is not None:
         data = {key: inputs.data.get(key) for key in ("name", "format", "hub_id", "subset", "revision", "split",
-                                                       "local", "sha256", "report") if inputs.data.get(key) is not None}
+                                                       "local", "sha256", "report", "corpus") if inputs.data.get(key) is not None}
         if data.get("hub_id") and not data.get("revision"):
             data["revision_pinned"] = False
     model = dict(inputs.model_source)

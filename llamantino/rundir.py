@@ -283,3 +283,44 @@ class SweepDir:
 
     def write_record(self, record: dict) -> None:
         write_json(self.path / self.RECORD, record)
+
+
+@dataclass(frozen=True)
+class PreparedDir:
+    """``<storage.cache>/prepared/<key>``: one prepared corpus, shared by every run with the same key.
+
+    ``request.json`` says what to prepare; each prepare task renames its ``slices/NNN.arrow`` into
+    place when done; ``manifest.json``, written last by the merge, marks the entry complete.
+    """
+
+    path: Path
+    ROOT = "prepared"
+    REQUEST = "request.json"
+    JOBS = "jobs.json"
+    MANIFEST = "manifest.json"
+    SLICES = "slices"
+    LOGS = "logs"
+    FETCHED = "fetched.json"
+
+    def slice(self, index: int) -> Path:
+        return self.path / self.SLICES / f"{index:03d}.arrow"
+
+    def slice_report(self, index: int) -> Path:
+        return self.path / self.SLICES / f"{index:03d}.json"
+
+    def complete(self) -> bool:
+        return (self.path / self.MANIFEST).is_file()
+
+    def manifest(self) -> dict:
+        return read_json(self.path / self.MANIFEST, "the prepared corpus is not complete")
+
+    def request(self) -> dict:
+        return read_json(self.path / self.REQUEST, "not a prepared corpus entry")
+
+    def jobs(self) -> dict:
+        path = self.path / self.JOBS
+        return read_json(path, "") if path.is_file() else {}
+
+    def write(self, name: str, data) -> None:
+        (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / name, data)

@@ -39,7 +39,9 @@ def start_run(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=p
     launcher.prepare(run)
     run.write()
     echo(f"wrote {run.run_dir.path}: {', '.join(sorted(name for name in run.files if '/' not in name))}")
-    launcher.submit(run)
+    from llamantino.launchers.base import waits_for
+
+    launcher.submit(run, after=waits_for(run, launcher.prepare_corpora([run])))
     return run.run_dir
 
 

@@ -184,6 +184,18 @@ class ModelConfig(Checked):
 
 
 @dataclass
+class MixtureSource(Checked):
+    """One registry entry of a mixture and its share of the token budget."""
+    KEY = "data.sources[]"
+    name: str = MISSING
+    weight: float = 1.0
+
+    def check(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources: {self.name} has weight {self.weight}; weights must be positive")
+
+
+@dataclass
 class DataConfig(Checked):
     """One registry entry of datasets_ita/registry (the ``data`` group points there)."""
     KEY = "data"
@@ -200,11 +212,32 @@ class DataConfig(Checked):
     split: str = "train"
     num_rows: Optional[int] = None  # rows in the split (approximate for hub sets; the planner uses it)
     columns: dict[str, str] = field(default_factory=dict)  # logical column -> column in the data
+    # Corpus scale (text data from the hub, a hub mirror or a folder; prepared into the shared cache):
+    files: list[str] = field(default_factory=list)  # glob patterns of the split's files inside the repository
+    file_count: Optional[int] = None  # files the patterns match (plans downloads without listing the hub)
+    approx_tokens: Optional[int] = None  # tokens in those files, estimated (sizes how many files are fetched)
+    sources: list[MixtureSource] = field(default_factory=list)  # a mixture of registry entries, by weight
+    sample_seed: int = 42  # the seeded order in which files are sampled
+    budget_margin: float = 0.05  # prepare this much more than the stage consumes
     license: str = ""
     size: str = ""
     language: str = "it"
     source: str = ""  # where the facts of this entry come from
     notes: str = ""
+
+    def check(self) -> None:
+        if not 0 <= self.budget_margin <= 10:
+            raise ConfigError(f"data.budget_margin={self.budget_margin} must be in 0-10 (0.05 = 5% more than the budget)")
+        _at_least("data.file_count", self.file_count, 1)
+        _at_least("data.approx_tokens", self.approx_tokens, 1)
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources names a registry entry twice: {names}")
+
+    @property
+    def corpus_scale(self) -> bool:
+        """Prepared into the shared cache within a token budget: a mixture, or text from the hub."""
+        return bool(self.sources) or (self.format == DataFormat.text and bool(self.hub_id))
 
 
 @dataclass
@@ -307,6 +340,38 @@ class SlurmConfig(Checked):
 
 
 @dataclass
+class StorageConfig(Checked):
+    """Where shared files live. ``$VAR`` and ``~`` are expanded where they are used (the job's shell
+    for HF_HOME; the submitting shell and the plugin for the cache), so recipes stay the same for everyone."""
+    KEY = "hardware.storage"
+    cache: str = "~/.cache/llamantino"  # prepared corpora: <cache>/prepared/<key>
+    hf_home: Optional[str] = None  # HF_HOME of prepare jobs and training jobs alike; None: the environment's
+    hub_mirror: Optional[str] = None  # a folder laid out as the hub (<mirror>/datasets/<owner>/<name>/...)
+
+
+@dataclass
+class PrepareConfig(Checked):
+    """Resources of the corpus preparation jobs (a SLURM array on CPU nodes, then a merge)."""
+    KEY = "hardware.prepare"
+    tasks: int = 2  # array tasks; each tokenises its slice of the sampled files
+    partition: Optional[str] = None  # None: hardware.slurm.partition
+    qos: Optional[str] = None
+    cpus: int = 1
+    mem: Optional[str] = None
+    time: str = "04:00:00"
+    network: bool = False  # the prepare nodes reach the hub (else downloads run on download_partition)
+    download_partition: Optional[str] = None  # a partition with network, e.g. Leonardo's lrd_all_serial
+    download_qos: Optional[str] = None
+    download_time: str = "04:00:00"
+
+    def check(self) -> None:
+        _at_least("hardware.prepare.tasks", self.tasks, 1)
+        _at_least("hardware.prepare.cpus", self.cpus, 1)
+        _slurm_time("hardware.prepare.time", self.time)
+        _slurm_time("hardware.prepare.download_time", self.download_time)
+
+
+@dataclass
 class HardwareConfig(Checked):
     KEY = "hardware"
     name: str = MISSING
@@ -323,6 +388,8 @@ class HardwareConfig(Checked):
     peak_tflops: float = 0.0  # dense bf16 TFLOP/s per GPU, for planning
     offline: bool = False  # compute nodes have no internet
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def check(self) -> None:
         _at_least("hardware.nodes", self.nodes, 1)

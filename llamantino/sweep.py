@@ -19,6 +19,7 @@ from pathlib import Path
 from llamantino.compose import typed
 from llamantino.errors import ConfigError, LlamantinoError
 from llamantino.launchers import launcher_for
+from llamantino.launchers.base import waits_for
 from llamantino.rundir import RunDir, SweepDir, unique_path, write_atomic
 from llamantino.runs import build
 
@@ -101,7 +102,9 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
         shutil.rmtree(hydra_dir)
     write_atomic(sweep.path, files, links, dirs=(RunDir.LOGS, *(f"{run.run_dir.name}/{RunDir.LOGS}" for run in runs)))
     echo(f"wrote {sweep.path}: {len(runs)} points")
-    job_id = launcher.submit_array(sweep, runs)
+    ready = launcher.prepare_corpora(runs)  # one preparation per distinct corpus, before any point starts
+    after = sorted({job for run in runs for job in waits_for(run, ready)})
+    job_id = launcher.submit_array(sweep, runs, after=after)
     if job_id:
         sweep.write_record({**record, "job_id": job_id})
     echo(f"run_dir: {sweep.path}")

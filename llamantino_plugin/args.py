@@ -40,6 +40,10 @@ class LlamantinoArgs(BaseModel):
         default=None, json_schema_extra={"description": "strict: fail on a bad row; skip: drop and count it"}
     )
     llamantino_text_min_chars: int | None = Field(default=None, ge=0)
+    llamantino_prepared: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "a prepared corpus (<cache>/prepared/<key>); trained on memory-mapped"},
+    )
     llamantino_text_dedup: bool | None = None
 
     @field_validator("llamantino_template")

@@ -48,9 +48,55 @@ class LlamantinoPlugin(BasePlugin):
 
             if not torch.cuda.is_available():
                 cfg.device_map = {"": "cpu"}
+        if cfg.get("llamantino_prepared"):
+            return _load_prepared(cfg)
         if cfg.rl and any(str(d.get("type") or "") == "llamantino_plugin.dpo" for d in cfg.datasets or []):
             return _load_preferences(cfg)
         return None
+
+
+def _load_prepared(cfg):
+    """A prepared corpus (``llamantino.prepare_corpus``), memory-mapped: nothing is tokenised here.
+
+    The entry must be complete (its manifest written) and hold the key the recipe names, so a
+    recipe never trains on a corpus prepared for other settings.
+    """
+    import json
+    import math
+    from pathlib import Path
+
+    from datasets import Dataset, concatenate_datasets
+
+    from llamantino_plugin import report
+
+    location = Path(os.path.expandvars(os.path.expanduser(str(cfg.llamantino_prepared))))
+    manifest_path = location / "manifest.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"llamantino_prepared: {location} is not a complete prepared corpus (no manifest.json); "
+                         "its prepare jobs have not finished")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("key") != location.name or manifest.get("sequence_len") != cfg.sequence_len:
+        raise ValueError(f"llamantino_prepared: {location} holds key {manifest.get('key')} with sequence_len "
+                         f"{manifest.get('sequence_len')}, not what this recipe asks for")
+    parts = [Dataset.from_file(str(location / "slices" / name)) for name in manifest["files"]]
+    dataset = concatenate_datasets(parts).remove_columns(["source"])
+    for name, counts in manifest["sources"].items():
+        shown = {key: value for key, value in counts.items() if isinstance(value, int) and not isinstance(value, bool)}
+        report.record(cfg, name, "text (prepared)", shown)
+    # Exact counts from the manifest: Axolotl would otherwise read every label once to count them.
+    cfg.total_num_tokens = cfg.total_supervised_tokens = manifest["tokens"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world
+    steps = math.ceil(len(dataset) * float(cfg.num_epochs or 1) / per_step)
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    return _dataset_meta(dataset, steps)
+
+
+def _dataset_meta(dataset, steps):
+    from axolotl.common.datasets import TrainDatasetMeta
+
+    return TrainDatasetMeta(train_dataset=dataset, eval_dataset=None, total_num_steps=steps)
 
 
 def _load_preferences(cfg):

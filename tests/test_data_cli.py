@@ -74,5 +74,11 @@ def test_every_registry_entry_composes_and_renders_for_its_stage(compose, tmp_pa
     for name, entry in registry().items():
         cfg = compose(f"data={name}", f"stage={entry.purpose[0]}", "hardware=leonardo_booster", "launcher=dry")
         prepared = build(cfg, tmp_path / name, validate=False)
+        if entry.sources:  # a mixture: one dataset per source, read from the prepared corpus
+            sources = registry()
+            assert [d["path"] for d in prepared.recipe["datasets"]] == [sources[s.name].hub_id for s in entry.sources]
+            assert prepared.recipe["llamantino_prepared"].startswith("${FAST}/llamantino/prepared/"), name
+            continue
         source = entry.hub_id or f"inputs/{entry.path.rsplit('/', 1)[-1]}"
         assert prepared.recipe["datasets"][0]["path"] == source, name
+        assert ("llamantino_prepared" in prepared.recipe) == entry.corpus_scale, name

@@ -212,3 +212,41 @@ def test_injection_strings_are_quoted_and_never_run(tmp_path):
     assert info["JobState"] == "COMPLETED", (run_dir / "logs" / "train.log").read_text(errors="replace")[-2000:]
     assert not env_canary.exists() and not list(tmp_path.rglob("pwned_name"))
     assert "x$(touch pwned_name);b" in (run_dir / "config.yaml").read_text()  # kept as data
+
+
+def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reuses_it(tmp_path):
+    from hub_mirror import build_mirror
+
+    mirror = build_mirror(tmp_path / "mirror")
+    store = (f"hardware.storage.hub_mirror={mirror}", f"hardware.storage.cache={tmp_path / 'cache'}")
+    proc = ok(cli(f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=tiny_corpus", *SLURM, *store,
+                  "run.name=corpus", cwd=tmp_path))
+    entries = list((tmp_path / "cache" / "prepared").iterdir())
+    assert len(entries) == 1
+    entry = entries[0]
+    jobs = read_json(entry / "jobs.json")
+    assert set(jobs) == {"task", "finish"}  # a mirror needs no download
+    assert "#SBATCH --array=0-1" in (entry / "prepare-task.sbatch").read_text()
+    pipeline = tmp_path / "runs" / "pipelines" / "corpus"
+    adapt = read_json(pipeline / "adapt" / "job.json")
+    assert adapt["submissions"][-1]["dependency"] == f"afterok:{jobs['finish']}"
+    for step in ("adapt", "merge", "sft"):
+        info = wait(read_json(pipeline / step / "job.json")["job_id"], timeout=600)
+        log = pipeline / step / "logs" / "train.log"
+        assert info["JobState"] == "COMPLETED", (log.read_text(errors="replace")[-3000:] if log.exists() else step)
+    assert wait(f"{jobs['task']}_0")["JobState"] == "COMPLETED" and wait(f"{jobs['task']}_1")["JobState"] == "COMPLETED"
+    assert job(read_json(pipeline / "adapt" / "job.json")["job_id"])["NumNodes"] == "2"
+    manifest = read_json(entry / "manifest.json")
+    assert len(manifest["files"]) == 2 and all(n > 0 for n in (s["blocks"] for s in manifest["sources"].values()))
+    report = read_json(pipeline / "adapt" / "output" / "llamantino_data_report.json")
+    assert set(report) == {"clean_mc4_it", "wikipedia_it"}
+    # A sweep over the same data and budget finds the corpus complete: no prepare job, no dependency.
+    slices = {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()}
+    sweep = ok(cli("-m", "stage.learning_rate=1e-3,3e-3", *SLURM, *store, "stage=adapt", "data=it_web_mix",
+                   "stage.max_steps=3", "stage.sequence_len=64", "stage.micro_batch_size=2", cwd=tmp_path))
+    assert "already prepared" in sweep.stdout and "submitted task" not in sweep.stdout
+    assert read_json(entry / "jobs.json") == jobs and read_json(entry / "manifest.json") == manifest
+    assert {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()} == slices
+    assert list((tmp_path / "cache" / "prepared").iterdir()) == [entry]
+    array_id = read_json(run_dir_of(sweep) / "sweep.json")["job_id"]
+    assert wait(f"{array_id}_0", timeout=600)["JobState"] == "COMPLETED"

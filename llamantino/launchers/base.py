@@ -5,12 +5,15 @@
     submit(run, after)       start one written run, after another job (returns a job id, if any)
     submit_array(sweep, runs) start a sweep's written points together (slurm: one job array)
     state(run)               where a run stands (COMPLETED, FAILED, RUNNING, ...)
+    prepare_corpora(runs)    make (or start the jobs that make) the prepared corpora runs read;
+                             returns, per corpus key, the job ids a run must wait for
 
 The main command, pipelines, sweeps and ``python -m llamantino.launch`` all go through it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from llamantino.rundir import RunDir, SweepDir
@@ -34,11 +37,11 @@ class Launcher:
         """Files the launcher adds to a sweep directory (checked before anything is written)."""
         return {}
 
-    def submit(self, run: PreparedRun, after: str | None = None) -> str | None:
-        """Start a written run; ``after``: the job id it must wait for."""
+    def submit(self, run: PreparedRun, after: list[str] = ()) -> str | None:
+        """Start a written run; ``after``: the job ids it must wait for."""
         return None
 
-    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun]) -> str | None:
+    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun], after: list[str] = ()) -> str | None:
         """Start every point of a written sweep."""
         for run in runs:
             self.submit(run)
@@ -55,9 +58,38 @@ class Launcher:
         state = run.read_status().get("state")
         return state or ("WRITTEN" if run.path.exists() else "NEW")
 
+    def prepare_corpora(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
+        """Prepare what the runs read from the shared corpus cache; nothing for launchers that start nothing."""
+        for plan in corpora(runs).values():
+            self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
+        return {}
+
     def ensure_model(self, runs: list[PreparedRun]) -> None:
         """Build the tiny model before any job that reads it starts."""
         if any(run.inputs.build_tiny for run in runs):
             from llamantino.tiny import ensure_tiny_model
 
             self.echo(f"llamantino: tiny model at {ensure_tiny_model()}")
+
+
+def corpora(runs: list[PreparedRun]) -> dict:
+    """The distinct prepared corpora the runs read, by key (sweep points and steps share them)."""
+    return {run.inputs.corpus.key: run.inputs.corpus for run in runs if run.inputs.corpus is not None}
+
+
+def waits_for(run: PreparedRun, ready: dict[str, list[str]], after: list[str] = ()) -> list[str]:
+    """The job ids a run starts after: ``after`` plus the jobs preparing its corpus."""
+    corpus = run.inputs.corpus
+    return [*after, *(ready.get(corpus.key, []) if corpus is not None else [])]
+
+
+def check_corpus_prepared(run: RunDir) -> None:
+    """A written run on a prepared corpus starts only once that corpus is complete."""
+    from llamantino.corpus import expand
+    from llamantino.errors import ConfigError
+    from llamantino.rundir import PreparedDir
+
+    corpus = (run.provenance().get("data") or {}).get("corpus")
+    if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
+        raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in {corpus['entry']}: "
+                          "run the command that wrote it again (it prepares the corpus first)")

@@ -11,10 +11,10 @@ from llamantino.schema import LauncherName
 class DryLauncher(Launcher):
     name = LauncherName.dry
 
-    def submit(self, run, after=None):
+    def submit(self, run, after=()):
         self.echo(f"not started (launcher=dry): python -m llamantino.launch {shlex.quote(str(run.run_dir.path))} "
                   "--local (or --slurm)")
         return None
 
-    def submit_array(self, sweep, runs):
+    def submit_array(self, sweep, runs, after=()):
         return None

@@ -40,6 +40,8 @@ class LocalLauncher(Launcher):
         for run in runs:
             hw = run.cfg.hardware
             shape = run.shape
+            if run.inputs.corpus is not None:
+                run.inputs.corpus.entry_dir()  # the cache root's variables are set here
             if shape.nodes > 1:
                 raise ConfigError(f"hardware={hw.name} asks for {shape.nodes} nodes: a multi-node run cannot start with "
                                   "launcher=local; use launcher=slurm")
@@ -54,7 +56,26 @@ class LocalLauncher(Launcher):
                     f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to "
                     "render only")
 
-    def submit(self, run, after=None):
+    def prepare_corpora(self, runs):
+        """Prepare every corpus not yet in the cache here, now, one task after the other."""
+        from llamantino.launchers.base import corpora
+        from llamantino.prepare_corpus import run_all
+
+        plans = corpora(runs)
+        if plans:
+            self.ensure_model(runs)
+        for plan in plans.values():
+            entry = plan.entry_dir()
+            if entry.complete():
+                self.echo(f"{plan.describe()}: already prepared in {entry.path}")
+                continue
+            self.echo(f"{plan.describe()}: preparing in {entry.path}")
+            entry.write(entry.REQUEST, plan.as_request())
+            manifest = run_all(entry, echo=self.echo)
+            self.echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry.path}")
+        return {}
+
+    def submit(self, run, after=()):
         self.ensure_model([run])
         status = run_here(run.run_dir, run.command, run.shape.processes_per_node, echo=self.echo)
         output = run.output or {}
@@ -79,6 +100,9 @@ class LocalLauncher(Launcher):
 
     def start_written(self, run, cfg):
         provenance = run.provenance()
+        from llamantino.launchers.base import check_corpus_prepared
+
+        check_corpus_prepared(run)
         if (provenance.get("model") or {}).get("kind") == "tiny_llama":
             from llamantino.tiny import ensure_tiny_model
 

@@ -50,6 +50,18 @@ def check_account(cfg: LlamantinoConfig) -> None:
                           "or export SLURM_ACCOUNT (`saldo -b` lists yours)")
 
 
+def check_corpus_download(run: PreparedRun) -> None:
+    """A corpus sampled from the hub needs a node with network for its fetch job."""
+    plan, hw = run.inputs.corpus, run.cfg.hardware
+    hub = [s.hub_id for s in plan.sources if s.origin == "hub"] if plan is not None else []
+    if hub and hw.offline and not hw.prepare.network and not hw.prepare.download_partition:
+        raise ConfigError(f"data {run.cfg.data.name} samples {', '.join(hub)} from the hub, but {hw.name}'s nodes have "
+                          "no network: set hardware.prepare.download_partition=<a partition with network> (or "
+                          "hardware.prepare.network=true), or hardware.storage.hub_mirror=<a local mirror folder>")
+    if plan is not None:
+        plan.entry_dir()  # the cache root's variables are set here (ConfigError naming hardware.storage.cache)
+
+
 def check_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise LaunchError("sbatch is not on PATH: this machine is not a SLURM submission host "
@@ -127,19 +139,42 @@ class SlurmLauncher(Launcher):
                     "is network (python -m llamantino.data prepare <run dir>), then submit it "
                     "(python -m llamantino.launch <run dir>)"
                 )
+        for run in submitting:
+            check_corpus_download(run)
         if submitting:
             check_sbatch()
 
     def prepare(self, run):
         run.files[RunDir.SCRIPT] = job_script(run)
 
-    def submit(self, run, after=None):
+    def prepare_corpora(self, runs):
+        """Submit fetch (hub sources) -> tokenise array -> finish for each corpus not in the cache.
+
+        A corpus that another command is already preparing is not prepared twice: its finish job is
+        waited for instead.
+        """
+        from llamantino.launchers.base import corpora
+
+        plans = corpora(runs)
+        ready: dict[str, list[str]] = {}
+        if plans and not runs[0].cfg.launcher.submit:
+            for plan in plans.values():
+                self.echo(f"{plan.describe()}: not prepared (launcher.submit=false)")
+            return ready
+        if plans:
+            self.ensure_model(runs)
+        for key, plan in plans.items():
+            cfg = next(run.cfg for run in runs if run.inputs.corpus is not None and run.inputs.corpus.key == key)
+            ready[key] = submit_prepare(cfg, plan, self.echo)
+        return ready
+
+    def submit(self, run, after=()):
         if not run.cfg.launcher.submit:
             self.echo("not submitted (launcher.submit=false): python -m llamantino.launch "
                       + shlex.quote(str(run.run_dir.path)))
             return None
         self.ensure_model([run])
-        return submit_script(run.run_dir, after, self.echo)
+        return submit_script(run.run_dir, list(after), self.echo)
 
     def sweep_files(self, sweep, runs):
         if len({job_resources(run) for run in runs}) != 1:
@@ -147,12 +182,12 @@ class SlurmLauncher(Launcher):
                               "stage); a job array is uniform: sweep those settings in separate runs")
         return {SweepDir.ARRAY_SCRIPT: array_script(sweep, runs)}
 
-    def submit_array(self, sweep: SweepDir, runs):
+    def submit_array(self, sweep: SweepDir, runs, after=()):
         if not runs[0].cfg.launcher.submit:
             self.echo(f"not submitted (launcher.submit=false): sbatch {shlex.quote(str(sweep.path / SweepDir.ARRAY_SCRIPT))}")
             return None
         self.ensure_model(runs)
-        job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT)
+        job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT, dependency=dependency_on(list(after)))
         for index, run in enumerate(runs):
             run.run_dir.record_job(f"{job_id}_{index}", array=job_id)
         parallelism = runs[0].cfg.launcher.array_parallelism
@@ -163,6 +198,9 @@ class SlurmLauncher(Launcher):
     def start_written(self, run, cfg):
         if not (run / RunDir.SCRIPT).is_file():
             raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
+        from llamantino.launchers.base import check_corpus_prepared
+
+        check_corpus_prepared(run)
         provenance = run.provenance()
         check_queue(cfg, int((provenance.get("method") or {}).get("nodes") or cfg.hardware.nodes))
         check_account(cfg)
@@ -176,7 +214,7 @@ class SlurmLauncher(Launcher):
             from llamantino.tiny import ensure_tiny_model
 
             ensure_tiny_model()
-        submit_script(run, None, self.echo)
+        submit_script(run, [], self.echo)
 
     def state(self, run: RunDir) -> str:
         """COMPLETED / FAILED from status.json, else the SLURM state of its last job, else WRITTEN/NEW."""
@@ -196,8 +234,43 @@ def array_script(sweep: SweepDir, runs: list[PreparedRun]) -> str:
     return job_script(runs[0], run_dirs=names, array=f"0-{len(names) - 1}%{parallelism}")
 
 
-def submit_script(run: RunDir, after: str | None, echo=print) -> str:
-    dependency = f"afterok:{after}" if after else None
+def dependency_on(jobs: list[str]) -> str | None:
+    """``afterok:1:2``: start once every job in ``jobs`` completed successfully."""
+    return "afterok:" + ":".join(jobs) if jobs else None
+
+
+def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
+    """The jobs that make one prepared corpus (none when it is complete); returns the job to wait for."""
+    from llamantino.render.sbatch import prepare_script
+    from llamantino.rundir import PreparedDir
+
+    entry = plan.entry_dir()
+    if entry.complete():
+        echo(f"{plan.describe()}: already prepared in {entry.path}")
+        return []
+    finish_job = entry.jobs().get("finish")
+    if finish_job and slurm_job(finish_job).get("JobState") in ACTIVE_STATES:
+        echo(f"{plan.describe()}: being prepared by job {finish_job}; waiting for it")
+        return [finish_job]
+    entry.write(PreparedDir.REQUEST, plan.as_request())
+    (entry.path / PreparedDir.LOGS).mkdir(exist_ok=True)
+    hub = any(source.origin == "hub" for source in plan.sources)
+    jobs: dict[str, str] = {}
+    steps = (["fetch"] if hub else []) + ["task", "finish"]
+    previous: list[str] = []
+    for step in steps:
+        script = entry.path / f"prepare-{step}.sbatch"
+        script.write_text(prepare_script(cfg, step, str(entry.path), plan.key, plan.tasks))
+        jobs[step] = sbatch(script, dependency=dependency_on(previous))
+        previous = [jobs[step]]
+    entry.write(PreparedDir.JOBS, jobs)
+    echo(f"{plan.describe()}: submitted " + " -> ".join(
+        f"{step} {job}" + (f" (array of {plan.tasks})" if step == "task" else "") for step, job in jobs.items()))
+    return [jobs["finish"]]
+
+
+def submit_script(run: RunDir, after: list[str], echo=print) -> str:
+    dependency = dependency_on(after)
     job_id = sbatch(run / RunDir.SCRIPT, dependency=dependency)
     run.record_job(job_id, dependency=dependency)
     echo(f"submitted job {job_id}" + (f" ({dependency})" if dependency else "")

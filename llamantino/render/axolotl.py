@@ -84,7 +84,23 @@ def _fsdp(model) -> dict:
     }
 
 
+def _corpus_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    """A prepared corpus: its sources named for Axolotl's validation, the entry read memory-mapped."""
+    plan = inputs.corpus
+    entries, specs = [], []
+    for source in plan.sources:
+        entry: dict[str, Any] = {"path": source.hub_id or source.name}
+        if source.subset:
+            entry["name"] = source.subset
+        entries.append({**entry, "split": "train", "type": LOADER_TYPES["text"]})
+        specs.append({**entry, "format": "text", **({"columns": dict(source.columns)} if source.columns else {})})
+    return {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows),
+            "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry}
+
+
 def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    if inputs.corpus is not None:
+        return _corpus_keys(cfg, inputs)
     data, stage = inputs.data, cfg.stage
     entry: dict[str, Any] = {"path": data["recipe_path"]}
     if data["subset"]:
@@ -201,7 +217,9 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     recipe["output_dir"] = RunDir.OUTPUT
     recipe["sequence_len"] = stage.sequence_len
     attention = _attention(cfg)
-    packing = bool(stage.sample_packing) and attention == "flash_attention_2" and not stage.rl
+    # A prepared corpus is already packed: every row is one full sequence_len block.
+    packing = (bool(stage.sample_packing) and attention == "flash_attention_2" and not stage.rl
+               and inputs.corpus is None)
     recipe["sample_packing"] = packing
     if packing:
         recipe["pad_to_sequence_len"] = True

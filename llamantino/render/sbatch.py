@@ -149,3 +149,37 @@ def render_sbatch(template: str, context: dict) -> str:
     except TemplateNotFound:
         available = ", ".join(sorted(p.name for p in SLURM_DIR.glob("*.j2")))
         raise ConfigError(f"launcher.template={template!r} is not in slurm/ (available: {available})") from None
+
+
+def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks: int = 1) -> str:
+    """The sbatch text of one corpus preparation step: fetch (with network), task (an array) or finish."""
+    slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
+    download = step == "fetch" and not prepare.network and prepare.download_partition
+    partition = prepare.download_partition if download else (prepare.partition or slurm.partition)
+    qos = prepare.download_qos if download else (prepare.qos or (slurm.qos if not prepare.partition else None))
+    time = prepare.download_time if download else prepare.time
+    cpus = prepare.cpus if step == "task" else 1
+    lines = [f"--job-name=llamantino-prepare-{key[:12]}-{step}", "--nodes=1", "--ntasks=1",
+             f"--cpus-per-task={int(cpus)}",
+             f"--time={_checked(_TIME, time, 'hardware.prepare.download_time' if download else 'hardware.prepare.time')}"]
+    if prepare.mem and step == "task":
+        lines.append(f"--mem={_checked(_MEM, prepare.mem, 'hardware.prepare.mem')}")
+    for name, value, key_name in (("partition", partition, "hardware.prepare.partition"),
+                                  ("qos", qos, "hardware.prepare.qos"),
+                                  ("account", slurm.account, "hardware.slurm.account")):
+        if value:
+            lines.append(f"--{name}={_checked(_WORD, value, key_name)}")
+    lines.append("--output=logs/%x-%A_%a.out" if step == "task" else "--output=logs/%x-%j.out")
+    lines.append("--open-mode=append")
+    if step == "task":
+        lines.append(f"--array=0-{int(tasks) - 1}")
+    env = {"TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(int(cpus)), "PYTHONUNBUFFERED": "1"}
+    if cfg.hardware.storage.hf_home:
+        env["HF_HOME"] = cfg.hardware.storage.hf_home
+    if step != "fetch" or (cfg.hardware.offline and not prepare.network and not prepare.download_partition):
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    pairs = [(Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value)))
+             for name, value in {**slurm.env, **env}.items()]
+    context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
+               "modules": list(slurm.modules), "env": pairs, "entry": entry, "step": step}
+    return render_sbatch("prepare.sbatch.j2", context)

@@ -91,7 +91,7 @@ class Stage:
     def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method | None]:
         return cfg, None
 
-    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+    def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
         raise NotImplementedError
 
     def render(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, validate: bool,
@@ -122,7 +122,7 @@ class Stage:
 
         cfg, method = self.method(cfg, overrides)
         notices = list(method.notices) if method else []
-        inputs = self.inputs(cfg, tiny_model_dir, known_runs or {})
+        inputs = self.inputs(cfg, method, tiny_model_dir, known_runs or {})
         recipe, files = self.render(cfg, method, inputs, validate, notices)
         if recipe is not None:
             from llamantino.render.axolotl import dump_yaml
@@ -160,7 +160,10 @@ def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = ()) ->
     elif cfg.tracking.name == Tracker.mlflow:
         env["MLFLOW_TAGS"] = json.dumps(dict(tag.split(":", 1) if ":" in tag else (tag, "") for tag in
                                              run_tags(cfg, overrides)))
-    local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data)
+    if cfg.hardware.storage.hf_home:  # the same HF_HOME as the prepare jobs (expanded by the job's shell)
+        env["HF_HOME"] = cfg.hardware.storage.hf_home
+    local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data
+                                                 or inputs.corpus is not None)
     if cfg.hardware.offline or local_only:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env

@@ -29,7 +29,7 @@ class EvalStage(Stage):
     def name_parts(self, cfg: LlamantinoConfig) -> list[str]:
         return [cfg.model.name, cfg.eval.name]
 
-    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+    def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
         if cfg.run.input_model and is_run(Path(cfg.run.input_model).expanduser(), known_runs):
             return run_output(Path(cfg.run.input_model).expanduser(), known_runs)
         return base_model(cfg, tiny_dir, known_runs)

@@ -21,7 +21,7 @@ class MergeStage(Stage):
     def method(self, cfg, overrides):
         return cfg, Method(adapter="lora", distributed="none", nodes=1, processes_per_node=1)
 
-    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
+    def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
         if not cfg.run.input_adapter:
             raise ConfigError("stage=merge needs run.input_adapter=<run directory of a LoRA/QLoRA stage>")
         adapter_run = Path(cfg.run.input_adapter).expanduser()

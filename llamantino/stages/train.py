@@ -37,8 +37,8 @@ class TrainStage(Stage):
                                   + " (model.tuning; the command line wins)")
         return cfg, method
 
-    def inputs(self, cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
-        return with_data(base_model(cfg, tiny_dir, known_runs), cfg)
+    def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
+        return with_data(base_model(cfg, tiny_dir, known_runs), cfg, method.world_size if method else 1)
 
     def render(self, cfg, method, inputs, validate, notices):
         from llamantino.render.axolotl import render_train_recipe

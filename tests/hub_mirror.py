@@ -1,0 +1,65 @@
+"""A local folder laid out as the hub's dataset repositories, standing in for the hub in tests and benchmarks.
+
+    <root>/datasets/gsarti/clean_mc4_it/clean/c4-it.tfrecord-0000N-of-01024.json.gz   (mC4-style rows)
+    <root>/datasets/gsarti/clean_mc4_it/clean/c4-it-validation.tfrecord-00000-of-00008.json.gz
+    <root>/datasets/wikimedia/wikipedia/20231101.it/train-0000N-of-0000M.parquet     (a config folder)
+
+Documents are seeded random paragraphs of the project's Italian samples, so every file differs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+
+def _pool() -> list[str]:
+    from llamantino.paths import SAMPLES_DIR
+    from llamantino_plugin.formats import iter_jsonl
+
+    found = set()
+    for path in sorted(SAMPLES_DIR.glob("*.jsonl")):
+        for _, row in iter_jsonl(path):
+            for value in row.values():
+                if isinstance(value, str) and len(value) > 30:
+                    found.update(s.strip() + "." for s in value.split(".") if len(s.strip()) > 20)
+    return sorted(found)
+
+
+def _documents(rng: random.Random, pool: list[str], count: int):
+    for number in range(count):
+        yield f"Documento {rng.randrange(10**9)}. " + " ".join(rng.choice(pool) for _ in range(rng.randint(4, 14)))
+
+
+def build_mirror(root: Path, *, mc4_files: int = 6, docs_per_file: int = 60, wiki_files: int = 2,
+                 seed: int = 0) -> Path:
+    """Write the mirror under ``root`` and return it."""
+    rng, pool = random.Random(seed), _pool()
+    mc4 = root / "datasets" / "gsarti" / "clean_mc4_it" / "clean"
+    mc4.mkdir(parents=True, exist_ok=True)
+    names = [f"c4-it.tfrecord-{i:05d}-of-01024.json.gz" for i in range(mc4_files)]
+    names.append("c4-it-validation.tfrecord-00000-of-00008.json.gz")  # must never be sampled for training
+    for name in names:
+        with gzip.open(mc4 / name, "wt", encoding="utf-8") as handle:
+            for text in _documents(rng, pool, docs_per_file):
+                handle.write(json.dumps({"text": text, "timestamp": "2020-01-01T00:00:00Z",
+                                         "url": "https://example.it/"}, ensure_ascii=False) + "\n")
+    if wiki_files:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        wiki = root / "datasets" / "wikimedia" / "wikipedia" / "20231101.it"
+        wiki.mkdir(parents=True, exist_ok=True)
+        for index in range(wiki_files):
+            texts = list(_documents(rng, pool, docs_per_file))
+            table = pa.table({"id": [str(i) for i in range(len(texts))], "url": ["https://it.wikipedia.org/"] * len(texts),
+                              "title": ["Voce"] * len(texts), "text": texts})
+            pq.write_table(table, wiki / f"train-{index:05d}-of-{wiki_files:05d}.parquet")
+    return root
+
+
+def grow_mc4(root: Path, files: int, docs_per_file: int, seed: int) -> None:
+    """Only the mC4-style shards, ``files`` of them (benchmarks scale the corpus with this)."""
+    build_mirror(root, mc4_files=files, docs_per_file=docs_per_file, wiki_files=0, seed=seed)
