@@ -305,6 +305,10 @@ class PreparedDir:
     def slice(self, index: int) -> Path:
         return self.path / self.SLICES / f"{index:03d}.arrow"
 
+    def script(self, step: str) -> Path:
+        """The sbatch script of one prepare step (fetch, task, finish)."""
+        return self.path / f"prepare-{step}.sbatch"
+
     def slice_report(self, index: int) -> Path:
         return self.path / self.SLICES / f"{index:03d}.json"
 

@@ -259,7 +259,7 @@ def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
     steps = (["fetch"] if hub else []) + ["task", "finish"]
     previous: list[str] = []
     for step in steps:
-        script = entry.path / f"prepare-{step}.sbatch"
+        script = entry.script(step)
         script.write_text(prepare_script(cfg, step, str(entry.path), plan.key, plan.tasks))
         jobs[step] = sbatch(script, dependency=dependency_on(previous))
         previous = [jobs[step]]
