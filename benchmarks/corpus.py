@@ -9,7 +9,7 @@ Every number is a ratio against a baseline measured in the same run, on a genera
 1. Throughput: tokens/s of one prepare task against `axolotl preprocess`'s own data path
    (benchmarks/data_worker.py, built-in `completion` type, 1 process) on the same documents.
 2. Memory: peak RSS of one prepare task, in a fresh process, reading the whole corpus at 1x and 8x.
-3. Sharing: an 8-point sweep's preparation (the sweep's own prepare_corpora call) against one.
+3. Sharing: an 8-point sweep's preparation (the sweep's own prepare_inputs call) against one.
 4. Time to the first training step, warm cache against cold (launcher=local, tiny model, the 8x
    corpus prepared whole).
 """
@@ -105,7 +105,7 @@ def bench_memory(work: Path, files: int, docs: int) -> dict:
 
 
 def bench_sweep(work: Path, root: Path) -> dict:
-    """The sweep's own path (build every point, then one prepare_corpora call) against one point."""
+    """The sweep's own path (build every point, then one prepare_inputs call) against one point."""
     from llamantino.compose import compose_config
     from llamantino.launchers.local import LocalLauncher
     from llamantino.runs import build
@@ -118,7 +118,7 @@ def bench_sweep(work: Path, root: Path) -> dict:
     def timed(count: int, cache: Path) -> float:
         runs = points(count, cache)
         started = time.perf_counter()
-        LocalLauncher(echo=lambda *_: None).prepare_corpora(runs)
+        LocalLauncher(echo=lambda *_: None).prepare_inputs(runs)
         return time.perf_counter() - started
 
     one = timed(1, work / "cache-one")

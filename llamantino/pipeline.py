@@ -129,7 +129,7 @@ def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, ech
                 step.run.run_dir.retire()
             step.run.write()
         echo(f"step {step.name:12} {step.action:5} {step.state:10} {step.run.run_dir.path}")
-    ready = launcher.prepare_corpora([step.run for step in to_run])  # first: the corpora the steps read
+    ready = launcher.prepare_inputs([step.run for step in to_run])  # first: the corpora the steps read
     previous_job = None
     for step in planned:
         if step.action == "skip":

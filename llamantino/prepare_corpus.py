@@ -298,8 +298,9 @@ def fetch(entry_dir: PreparedDir) -> dict:
                                    allow_patterns=chosen)
         fetched[source["name"]] = [[name, str(Path(folder) / name)] for name in chosen]
         print(f"llamantino: fetched {len(chosen)} of {len(order)} files of {source['hub_id']}", flush=True)
-    if request["tokenizer"] and not Path(request["tokenizer"]).exists():
-        snapshot_download(request["tokenizer"], revision=request.get("tokenizer_revision"))
+    if request["tokenizer"] and not Path(request["tokenizer"]).exists():  # a hub model: its tokenizer files only
+        snapshot_download(request["tokenizer"], revision=request.get("tokenizer_revision"),
+                          allow_patterns=["tokenizer*", "special_tokens_map.json", "*.model", "config.json"])
     entry_dir.write(PreparedDir.FETCHED, fetched)
     return fetched
 

@@ -328,3 +328,34 @@ class PreparedDir:
     def write(self, name: str, data) -> None:
         (self.path / name).parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path / name, data)
+
+
+@dataclass(frozen=True)
+class DownloadDir:
+    """``<storage.cache>/downloads/<key>``: one download job's request, script, logs and done marker.
+
+    Keyed by what it downloads and into which HF_HOME, so commands that need the same hub reads
+    share one job (or find it done).
+    """
+
+    path: Path
+    ROOT = "downloads"
+    REQUEST = "request.json"
+    JOBS = "jobs.json"
+    DONE = "done.json"
+    SCRIPT = "download.sbatch"
+    LOGS = "logs"
+
+    def done(self) -> bool:
+        return (self.path / self.DONE).is_file()
+
+    def request(self) -> dict:
+        return read_json(self.path / self.REQUEST, "not a download entry")
+
+    def jobs(self) -> dict:
+        path = self.path / self.JOBS
+        return read_json(path, "") if path.is_file() else {}
+
+    def write(self, name: str, data) -> None:
+        (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / name, data)

@@ -41,7 +41,7 @@ def start_run(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=p
     echo(f"wrote {run.run_dir.path}: {', '.join(sorted(name for name in run.files if '/' not in name))}")
     from llamantino.launchers.base import waits_for
 
-    launcher.submit(run, after=waits_for(run, launcher.prepare_corpora([run])))
+    launcher.submit(run, after=waits_for(run, launcher.prepare_inputs([run])))
     return run.run_dir
 
 

@@ -102,7 +102,7 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
         shutil.rmtree(hydra_dir)
     write_atomic(sweep.path, files, links, dirs=(RunDir.LOGS, *(f"{run.run_dir.name}/{RunDir.LOGS}" for run in runs)))
     echo(f"wrote {sweep.path}: {len(runs)} points")
-    ready = launcher.prepare_corpora(runs)  # one preparation per distinct corpus, before any point starts
+    ready = launcher.prepare_inputs(runs)  # one preparation per distinct corpus, before any point starts
     after = sorted({job for run in runs for job in waits_for(run, ready)})
     job_id = launcher.submit_array(sweep, runs, after=after)
     if job_id:

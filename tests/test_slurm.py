@@ -250,3 +250,22 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert list((tmp_path / "cache" / "prepared").iterdir()) == [entry]
     array_id = read_json(run_dir_of(sweep) / "sweep.json")["job_id"]
     assert wait(f"{array_id}_0", timeout=600)["JobState"] == "COMPLETED"
+
+
+def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_run(tmp_path):
+    # This machine has no network: the download job fails for real, and SLURM cancels what waits on it.
+    proc = ok(cli(*SLURM, "hardware.nodes=1", "stage=sft", "data=ultrachat_ita", "stage.max_steps=2",
+                  "hardware.prepare.download_partition=debug", f"hardware.storage.cache={tmp_path / 'cache'}",
+                  cwd=tmp_path))
+    entry = next((tmp_path / "cache" / "downloads").iterdir())
+    download = read_json(entry / "jobs.json")["download"]
+    assert read_json(entry / "request.json")["reads"][0]["repo"] == "mii-community/ultrafeedback-translated-ita"
+    assert "#SBATCH --partition=debug" in (entry / "download.sbatch").read_text()
+    run_dir = run_dir_of(proc)
+    record = read_json(run_dir / "job.json")
+    assert record["submissions"][-1]["dependency"] == f"afterok:{download}"
+    assert wait(download)["JobState"] == "FAILED"
+    assert wait(record["job_id"], timeout=120)["JobState"] == "CANCELLED"
+    log = "".join(path.read_text(errors="replace") for path in (entry / "logs").iterdir())
+    assert "error: could not download dataset mii-community/ultrafeedback-translated-ita" in log
+    assert not (entry / "done.json").exists()

@@ -5,8 +5,8 @@
     submit(run, after)       start one written run, after another job (returns a job id, if any)
     submit_array(sweep, runs) start a sweep's written points together (slurm: one job array)
     state(run)               where a run stands (COMPLETED, FAILED, RUNNING, ...)
-    prepare_corpora(runs)    make (or start the jobs that make) the prepared corpora runs read;
-                             returns, per corpus key, the job ids a run must wait for
+    prepare_inputs(runs)     make (or start the jobs that make) what the runs read first: prepared
+                             corpora, and (slurm, offline) downloads; returns the job ids to wait for
 
 The main command, pipelines, sweeps and ``python -m llamantino.launch`` all go through it.
 """
@@ -58,7 +58,7 @@ class Launcher:
         state = run.read_status().get("state")
         return state or ("WRITTEN" if run.path.exists() else "NEW")
 
-    def prepare_corpora(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
+    def prepare_inputs(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
         """Prepare what the runs read from the shared corpus cache; nothing for launchers that start nothing."""
         for plan in corpora(runs).values():
             self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
@@ -77,10 +77,17 @@ def corpora(runs: list[PreparedRun]) -> dict:
     return {run.inputs.corpus.key: run.inputs.corpus for run in runs if run.inputs.corpus is not None}
 
 
+DOWNLOADS = "downloads"  # the key of prepare_inputs' answer for the download job
+
+
 def waits_for(run: PreparedRun, ready: dict[str, list[str]], after: list[str] = ()) -> list[str]:
-    """The job ids a run starts after: ``after`` plus the jobs preparing its corpus."""
+    """The job ids a run starts after: ``after``, the jobs preparing its corpus, the download job
+    when the run reads the hub."""
     corpus = run.inputs.corpus
-    return [*after, *(ready.get(corpus.key, []) if corpus is not None else [])]
+    jobs = [*after, *(ready.get(corpus.key, []) if corpus is not None else [])]
+    if run.stage.hub_reads(run.cfg, run.inputs):
+        jobs += ready.get(DOWNLOADS, [])
+    return jobs
 
 
 def check_corpus_prepared(run: RunDir) -> None:

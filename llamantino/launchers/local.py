@@ -56,7 +56,7 @@ class LocalLauncher(Launcher):
                     f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to "
                     "render only")
 
-    def prepare_corpora(self, runs):
+    def prepare_inputs(self, runs):
         """Prepare every corpus not yet in the cache here, now, one task after the other."""
         from llamantino.launchers.base import corpora
         from llamantino.prepare_corpus import run_all

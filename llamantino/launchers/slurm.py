@@ -132,12 +132,14 @@ class SlurmLauncher(Launcher):
         for run in submitting:
             check_account(run.cfg)
             reads = run.stage.hub_reads(run.cfg, run.inputs) if run.cfg.hardware.offline else []
-            if reads:
+            prepare = run.cfg.hardware.prepare
+            if reads and not (prepare.network or prepare.download_partition):
                 raise ConfigError(
                     f"{run.cfg.hardware.name} compute nodes have no internet and this run reads "
-                    f"{' and '.join(reads)} from the hub: render it with launcher.submit=false, prepare it where there "
-                    "is network (python -m llamantino.data prepare <run dir>), then submit it "
-                    "(python -m llamantino.launch <run dir>)"
+                    f"{' and '.join(map(str, reads))} from the hub: set hardware.prepare.download_partition=<a "
+                    "partition with network> (a download job then runs first), or render it with "
+                    "launcher.submit=false, prepare it where there is network (python -m llamantino.data prepare "
+                    "<run dir>) and submit it (python -m llamantino.launch <run dir>)"
                 )
         for run in submitting:
             check_corpus_download(run)
@@ -147,13 +149,13 @@ class SlurmLauncher(Launcher):
     def prepare(self, run):
         run.files[RunDir.SCRIPT] = job_script(run)
 
-    def prepare_corpora(self, runs):
+    def prepare_inputs(self, runs):
         """Submit fetch (hub sources) -> tokenise array -> finish for each corpus not in the cache.
 
         A corpus that another command is already preparing is not prepared twice: its finish job is
         waited for instead.
         """
-        from llamantino.launchers.base import corpora
+        from llamantino.launchers.base import DOWNLOADS, corpora
 
         plans = corpora(runs)
         ready: dict[str, list[str]] = {}
@@ -166,6 +168,9 @@ class SlurmLauncher(Launcher):
         for key, plan in plans.items():
             cfg = next(run.cfg for run in runs if run.inputs.corpus is not None and run.inputs.corpus.key == key)
             ready[key] = submit_prepare(cfg, plan, self.echo)
+        reading = [run for run in runs if run.cfg.hardware.offline and run.stage.hub_reads(run.cfg, run.inputs)]
+        if reading and reading[0].cfg.launcher.submit:
+            ready[DOWNLOADS] = submit_download(reading, self.echo)
         return ready
 
     def submit(self, run, after=()):
@@ -267,6 +272,39 @@ def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
     echo(f"{plan.describe()}: submitted " + " -> ".join(
         f"{step} {job}" + (f" (array of {plan.tasks})" if step == "task" else "") for step, job in jobs.items()))
     return [jobs["finish"]]
+
+
+def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
+    """One job, where there is network, fetching every hub read of the runs into the shared HF_HOME."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from llamantino.corpus import expand
+    from llamantino.render.sbatch import prepare_script
+    from llamantino.rundir import DownloadDir
+
+    cfg = runs[0].cfg
+    reads = sorted({read for run in runs for read in run.stage.hub_reads(run.cfg, run.inputs)}, key=str)
+    request = {"reads": [dataclasses.asdict(read) for read in reads], "hf_home": cfg.hardware.storage.hf_home}
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:32]
+    entry = DownloadDir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")) / DownloadDir.ROOT / key)
+    what = ", ".join(map(str, reads))
+    if entry.done():
+        echo(f"downloads ({what}): done already ({entry.path})")
+        return []
+    job = entry.jobs().get("download")
+    if job and slurm_job(job).get("JobState") in ACTIVE_STATES:
+        echo(f"downloads ({what}): being fetched by job {job}; waiting for it")
+        return [job]
+    entry.write(DownloadDir.REQUEST, request)
+    (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
+    script = entry.path / DownloadDir.SCRIPT
+    script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.hub_fetch"))
+    job = sbatch(script)
+    entry.write(DownloadDir.JOBS, {"download": job})
+    echo(f"downloads ({what}): submitted job {job} ({entry.path})")
+    return [job]
 
 
 def submit_script(run: RunDir, after: list[str], echo=print) -> str:

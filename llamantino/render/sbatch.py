@@ -151,7 +151,8 @@ def render_sbatch(template: str, context: dict) -> str:
         raise ConfigError(f"launcher.template={template!r} is not in slurm/ (available: {available})") from None
 
 
-def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks: int = 1) -> str:
+def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks: int = 1,
+                   module: str = "llamantino.prepare_corpus") -> str:
     """The sbatch text of one corpus preparation step: fetch (with network), task (an array) or finish."""
     slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
     download = step == "fetch" and not prepare.network and prepare.download_partition
@@ -181,5 +182,6 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
     pairs = [(Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value)))
              for name, value in {**slurm.env, **env}.items()]
     context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
-               "modules": list(slurm.modules), "env": pairs, "entry": entry, "step": step}
+               "modules": list(slurm.modules), "env": pairs, "entry": entry,
+               "command": [module] if module != "llamantino.prepare_corpus" else [module, step]}
     return render_sbatch("prepare.sbatch.j2", context)

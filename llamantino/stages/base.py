@@ -39,6 +39,23 @@ class JobShape:
     requeue: bool  # checkpoint and requeue at the time limit (training only)
 
 
+@dataclass(frozen=True)
+class HubRead:
+    """Something a stage's job downloads from the hub (on an offline cluster a download job fetches it first)."""
+
+    kind: str  # model, dataset or eval_tasks
+    repo: str | None = None
+    revision: str | None = None
+    subset: str | None = None
+    split: str | None = None
+    tasks: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind == "eval_tasks":
+            return f"the datasets of eval tasks {', '.join(self.tasks)}"
+        return f"{'data' if self.kind == 'dataset' else self.kind} {self.repo}"
+
+
 @dataclass
 class PreparedRun:
     """A rendered, validated run, ready to be written to ``run_dir`` and launched."""
@@ -109,9 +126,10 @@ class Stage:
         return JobShape(nodes=1, processes_per_node=1, gpus_per_node=hw.gpus_per_node if hw.gpu else 0,
                         cpus_per_node=hw.cpus_per_node, mem=hw.slurm.mem, distributed=False, requeue=False)
 
-    def hub_reads(self, cfg: LlamantinoConfig, inputs: Inputs) -> list[str]:
-        """What the stage would download from the hub (an offline cluster must have it prepared)."""
-        return [f"model {inputs.model_source['hub_id']}"] if inputs.reads_hub_model else []
+    def hub_reads(self, cfg: LlamantinoConfig, inputs: Inputs) -> list[HubRead]:
+        """What the stage's job would download from the hub (an offline cluster must fetch it first)."""
+        source = inputs.model_source
+        return [HubRead("model", source["hub_id"], source.get("revision"))] if inputs.reads_hub_model else []
 
     # --- the fixed sequence --------------------------------------------------------------------
 

@@ -16,10 +16,11 @@ import yaml
 
 from llamantino.errors import ConfigError
 from llamantino.inputs import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
+from llamantino.method import Method
 from llamantino.paths import PROJECT_ROOT
 from llamantino.rundir import RunDir
 from llamantino.schema import EvalConfig, LlamantinoConfig, Task
-from llamantino.stages.base import Stage
+from llamantino.stages.base import HubRead, Stage
 
 
 class EvalStage(Stage):
@@ -46,7 +47,7 @@ class EvalStage(Stage):
         local = local_task_files(cfg.eval)
         hub_tasks = [task.name for task in cfg.eval.tasks if task.name not in local]
         if hub_tasks:
-            reads.append(f"the datasets of eval tasks {', '.join(hub_tasks)}")
+            reads.append(HubRead("eval_tasks", tasks=tuple(hub_tasks)))
         return reads
 
 

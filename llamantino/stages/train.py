@@ -9,7 +9,7 @@ from llamantino.inputs import MODEL_LINK, Inputs, base_model, with_data
 from llamantino.method import Method, choose_method
 from llamantino.rundir import RunDir
 from llamantino.schema import LlamantinoConfig, StageConfig, Task, from_plain, to_plain
-from llamantino.stages.base import JobShape, Stage
+from llamantino.stages.base import HubRead, JobShape, Stage
 
 
 class TrainStage(Stage):
@@ -77,7 +77,8 @@ class TrainStage(Stage):
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)
         if inputs.reads_hub_data:
-            reads.append(f"data {inputs.data['hub_id']}")
+            data = inputs.data
+            reads.append(HubRead("dataset", data["hub_id"], data.get("revision"), data.get("subset"), data.get("split")))
         return reads
 
 
