@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from llamantino.errors import RunDirError
@@ -286,40 +287,21 @@ class SweepDir:
 
 
 @dataclass(frozen=True)
-class PreparedDir:
-    """``<storage.cache>/prepared/<key>``: one prepared corpus, shared by every run with the same key.
-
-    ``request.json`` says what to prepare; each prepare task renames its ``slices/NNN.arrow`` into
-    place when done; ``manifest.json``, written last by the merge, marks the entry complete.
-    """
+class SharedEntry:
+    """A folder of the shared cache that jobs make: what to make (``request.json``), the jobs making
+    it, their logs, and a marker written last that says it is complete."""
 
     path: Path
-    ROOT = "prepared"
-    REQUEST = "request.json"
-    JOBS = "jobs.json"
-    MANIFEST = "manifest.json"
-    SLICES = "slices"
-    LOGS = "logs"
-    FETCHED = "fetched.json"
-
-    def slice(self, index: int) -> Path:
-        return self.path / self.SLICES / f"{index:03d}.arrow"
-
-    def script(self, step: str) -> Path:
-        """The sbatch script of one prepare step (fetch, task, finish)."""
-        return self.path / f"prepare-{step}.sbatch"
-
-    def slice_report(self, index: int) -> Path:
-        return self.path / self.SLICES / f"{index:03d}.json"
+    REQUEST: ClassVar[str] = "request.json"
+    JOBS: ClassVar[str] = "jobs.json"
+    LOGS: ClassVar[str] = "logs"
+    MARKER: ClassVar[str] = ""
 
     def complete(self) -> bool:
-        return (self.path / self.MANIFEST).is_file()
-
-    def manifest(self) -> dict:
-        return read_json(self.path / self.MANIFEST, "the prepared corpus is not complete")
+        return (self.path / self.MARKER).is_file()
 
     def request(self) -> dict:
-        return read_json(self.path / self.REQUEST, "not a prepared corpus entry")
+        return read_json(self.path / self.REQUEST, "not an entry of the shared cache")
 
     def jobs(self) -> dict:
         path = self.path / self.JOBS
@@ -331,31 +313,42 @@ class PreparedDir:
 
 
 @dataclass(frozen=True)
-class DownloadDir:
-    """``<storage.cache>/downloads/<key>``: one download job's request, script, logs and done marker.
+class PreparedDir(SharedEntry):
+    """``<storage.cache>/prepared/<key>``: one prepared corpus, shared by every run with the same key.
 
-    Keyed by what it downloads and into which HF_HOME, so commands that need the same hub reads
-    share one job (or find it done).
+    Each prepare task renames its ``slices/NNN.arrow`` into place when done; ``manifest.json``,
+    written last by the finish job, marks the entry complete.
     """
 
-    path: Path
-    ROOT = "downloads"
-    REQUEST = "request.json"
-    JOBS = "jobs.json"
-    DONE = "done.json"
-    SCRIPT = "download.sbatch"
-    LOGS = "logs"
+    ROOT: ClassVar[str] = "prepared"
+    MANIFEST: ClassVar[str] = "manifest.json"
+    MARKER: ClassVar[str] = MANIFEST
+    SLICES: ClassVar[str] = "slices"
+    FETCHED: ClassVar[str] = "fetched.json"
 
-    def done(self) -> bool:
-        return (self.path / self.DONE).is_file()
+    def slice(self, index: int) -> Path:
+        return self.path / self.SLICES / f"{index:03d}.arrow"
 
-    def request(self) -> dict:
-        return read_json(self.path / self.REQUEST, "not a download entry")
+    def script(self, step: str) -> Path:
+        """The sbatch script of one prepare step (fetch, task, finish)."""
+        return self.path / f"prepare-{step}.sbatch"
 
-    def jobs(self) -> dict:
-        path = self.path / self.JOBS
-        return read_json(path, "") if path.is_file() else {}
+    def slice_report(self, index: int) -> Path:
+        return self.path / self.SLICES / f"{index:03d}.json"
 
-    def write(self, name: str, data) -> None:
-        (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path / name, data)
+    def manifest(self) -> dict:
+        return read_json(self.path / self.MANIFEST, "the prepared corpus is not complete")
+
+
+@dataclass(frozen=True)
+class DownloadDir(SharedEntry):
+    """``<storage.cache>/downloads/<key>``: one download job fetching a command's hub reads into HF_HOME.
+
+    Keyed by what it downloads and into which HF_HOME, so commands that need the same reads share
+    one job (or find it done).
+    """
+
+    ROOT: ClassVar[str] = "downloads"
+    DONE: ClassVar[str] = "done.json"
+    MARKER: ClassVar[str] = DONE
+    SCRIPT: ClassVar[str] = "download.sbatch"

@@ -29,8 +29,9 @@ def test_leaderboard_job_uses_the_leaderboards_tasks_shots_and_metrics(tmp_path)
     assert "-m llamantino.evaluate ." in script and "HF_DATASETS_OFFLINE=1" in script
 
 
-def test_offline_cluster_refuses_unprepared_task_data_before_writing(tmp_path):
-    proc = cli("stage=eval", "eval=ita_leaderboard", "model=llama3_8b_instruct", *LEONARDO, cwd=tmp_path)
+def test_offline_cluster_without_a_download_partition_refuses_task_data_before_writing(tmp_path):
+    proc = cli("stage=eval", "eval=ita_leaderboard", "model=llama3_8b_instruct", *LEONARDO,
+               "hardware.prepare.download_partition=null", cwd=tmp_path)
     assert proc.returncode == 2
     assert "eval tasks hellaswag_it, arc_it, m_mmlu_it" in proc.stderr and "prepare" in proc.stderr
     assert not (tmp_path / "runs").exists()

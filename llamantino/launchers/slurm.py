@@ -244,19 +244,28 @@ def dependency_on(jobs: list[str]) -> str | None:
     return "afterok:" + ":".join(jobs) if jobs else None
 
 
+def made_or_making(entry, job_name: str, what: str, echo=print) -> list[str] | None:
+    """A shared cache entry: [] when complete, [job] while its ``job_name`` job is queued or running,
+    None when it must be made (never made, or its jobs failed)."""
+    if entry.complete():
+        echo(f"{what}: already prepared in {entry.path}")
+        return []
+    job = entry.jobs().get(job_name)
+    if job and slurm_job(job).get("JobState") in ACTIVE_STATES:
+        echo(f"{what}: being prepared by job {job}; waiting for it")
+        return [job]
+    return None
+
+
 def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
     """The jobs that make one prepared corpus (none when it is complete); returns the job to wait for."""
     from llamantino.render.sbatch import prepare_script
     from llamantino.rundir import PreparedDir
 
     entry = plan.entry_dir()
-    if entry.complete():
-        echo(f"{plan.describe()}: already prepared in {entry.path}")
-        return []
-    finish_job = entry.jobs().get("finish")
-    if finish_job and slurm_job(finish_job).get("JobState") in ACTIVE_STATES:
-        echo(f"{plan.describe()}: being prepared by job {finish_job}; waiting for it")
-        return [finish_job]
+    made = made_or_making(entry, "finish", plan.describe(), echo)
+    if made is not None:
+        return made
     entry.write(PreparedDir.REQUEST, plan.as_request())
     (entry.path / PreparedDir.LOGS).mkdir(exist_ok=True)
     hub = any(source.origin == "hub" for source in plan.sources)
@@ -289,21 +298,16 @@ def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
     request = {"reads": [dataclasses.asdict(read) for read in reads], "hf_home": cfg.hardware.storage.hf_home}
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:32]
     entry = DownloadDir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")) / DownloadDir.ROOT / key)
-    what = ", ".join(map(str, reads))
-    if entry.done():
-        echo(f"downloads ({what}): done already ({entry.path})")
-        return []
-    job = entry.jobs().get("download")
-    if job and slurm_job(job).get("JobState") in ACTIVE_STATES:
-        echo(f"downloads ({what}): being fetched by job {job}; waiting for it")
-        return [job]
+    made = made_or_making(entry, "download", f"downloads ({', '.join(map(str, reads))})", echo)
+    if made is not None:
+        return made
     entry.write(DownloadDir.REQUEST, request)
     (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
-    script = entry.path / DownloadDir.SCRIPT
+    script = entry.path / entry.SCRIPT
     script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.hub_fetch"))
     job = sbatch(script)
     entry.write(DownloadDir.JOBS, {"download": job})
-    echo(f"downloads ({what}): submitted job {job} ({entry.path})")
+    echo(f"downloads ({', '.join(map(str, reads))}): submitted job {job} ({entry.path})")
     return [job]
 
 
