@@ -112,3 +112,46 @@ def choose_method(stage, model, hw) -> Method:
     distributed = "none" if gpus == 1 else ("fsdp" if sharded else "ddp")
     return Method(adapter=None if candidate == "full" else candidate, distributed=distributed, nodes=nodes,
                   processes_per_node=hw.gpus_per_node, notices=notices)
+
+
+# Parameters trained by a LoRA of rank 64 on every linear layer of a Llama, as a share of the
+# model's (about 2.3% for Llama-2-7B: 160M of 6.7B); lower ranks train fewer.
+LORA_SHARE_AT_R64 = 0.023
+CHECKPOINT_BYTES = 14  # per trained parameter: bf16 weights 2 + fp32 master copy 4 + AdamW m and v 8
+
+
+def checkpoint_gb(params_b: float, adapter: str | None, lora_r: int = 64) -> float:
+    """Size of one intermediate training checkpoint, GB (an estimate: weights and optimizer state
+    of what trains; a frozen base is not saved)."""
+    trained = params_b if adapter is None else params_b * LORA_SHARE_AT_R64 * lora_r / 64
+    return trained * CHECKPOINT_BYTES
+
+
+def signal_lead_s(params_b: float, adapter: str | None, lora_r: int, write_gbps: float, minimum: int = 120) -> int:
+    """Seconds before the time limit to ask for a checkpoint: writing it at ``write_gbps``, plus a minute."""
+    import math
+
+    return max(minimum, math.ceil(checkpoint_gb(params_b, adapter, lora_r) / write_gbps) + 60)
+
+
+def model_gpus(params_b: float, gpu_memory_gb: float) -> int:
+    """GPUs that hold a model's bf16 weights with room for activations (inference and merging)."""
+    import math
+
+    return max(1, math.ceil(params_b * 2 * 1.2 / gpu_memory_gb))
+
+
+def model_ram_gb(params_b: float) -> int:
+    """Host memory to load a model in bf16 and write it out again (merging): weights twice, plus room."""
+    import math
+
+    return math.ceil(params_b * 2 * 2 + 16)
+
+
+def mem_gb(text: str | None) -> float | None:
+    """A SLURM memory size ("494000M", "64G", "512000") in GB; None when unset."""
+    if not text:
+        return None
+    units = {"K": 1 / 1024 ** 2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
+    number, unit = (text[:-1], text[-1]) if text[-1] in units else (text, "M")
+    return float(number) * units[unit]

@@ -26,7 +26,7 @@ from llamantino.launchers import launcher_for
 from llamantino.launchers.base import waits_for
 from llamantino.launchers.slurm import ACTIVE_STATES
 from llamantino.rundir import PipelineDir
-from llamantino.runs import build
+from llamantino.runs import build, output_root
 from llamantino.schema import LlamantinoConfig, PipelineStep
 from llamantino.stages import PreparedRun, stage_for
 
@@ -77,7 +77,7 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
         if input_key != "input_model" and input_dir is None:
             raise ConfigError(f"pipeline step {step.name} needs run.{input_key} but has no earlier step to take it from")
         step_overrides = base + list(step.overrides) + [f"run.name={cfg.run.name}-{step.name}",
-                                                        f"run.output_root={Path(cfg.run.output_root).resolve()}"]
+                                                        f"run.output_root={output_root(cfg)}"]
         if input_dir is not None:
             step_overrides.append(f"run.{input_key}={input_dir}")
         run_dir = pipeline.step(step.name)
@@ -106,7 +106,7 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
 
 def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=print) -> Path:
     """Plan, check, write and launch a pipeline; returns the pipeline directory."""
-    pipeline = PipelineDir(Path(cfg.run.output_root).resolve() / "pipelines" / cfg.run.name)
+    pipeline = PipelineDir(output_root(cfg) / "pipelines" / cfg.run.name)
     planned = plan_steps(cfg, overrides, choices, pipeline)
     launcher = launcher_for(cfg, echo)
     to_run = [step for step in planned if step.action == "run"]

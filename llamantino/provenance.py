@@ -42,6 +42,12 @@ def git_state() -> dict:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def _cuda_runtime() -> str | None:
+    """The CUDA runtime torch was built with here (None for CPU builds, or when torch is not imported)."""
+    torch = sys.modules.get("torch")  # never imported just for this: rendering stays light
+    return getattr(getattr(torch, "version", None), "cuda", None)
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -64,6 +70,7 @@ def build_provenance(cfg, overrides: list[str], choices: dict, method, inputs, o
         "git": git_state(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
+        "cuda": _cuda_runtime(),
         "command": list(sys.argv),
         "overrides": list(overrides),
         "choices": dict(choices),
@@ -77,3 +84,27 @@ def build_provenance(cfg, overrides: list[str], choices: dict, method, inputs, o
         "notices": notices,
         "output": output,
     }
+
+
+CHECKED_PACKAGES = ("llamantino", "axolotl", "torch", "transformers")
+
+
+def environment_mismatches(provenance: dict, needs_gpu: bool) -> list[str]:
+    """How this process's Python, packages and CUDA differ from those the run was validated with."""
+    found = []
+    rendered_python = ".".join(str(provenance.get("python", "")).split(".")[:2])
+    here_python = ".".join(sys.version.split()[0].split(".")[:2])
+    if rendered_python and rendered_python != here_python:
+        found.append(f"Python {here_python} (validated {rendered_python})")
+    versions, validated = package_versions(), provenance.get("packages") or {}
+    for name in CHECKED_PACKAGES:
+        if validated.get(name) and versions.get(name) != validated.get(name):
+            found.append(f"{name} {versions.get(name)} (validated {validated[name]})")
+    if needs_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            found.append(f"no CUDA device visible (torch {torch.__version__}, CUDA runtime {torch.version.cuda})")
+        elif provenance.get("cuda") and torch.version.cuda != provenance["cuda"]:
+            found.append(f"CUDA runtime {torch.version.cuda} (validated {provenance['cuda']})")
+    return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from llamantino.accounting import TERMINAL_FAILURES
 from llamantino.errors import RunDirError
 from llamantino.launchers.slurm import slurm_job
 from llamantino.curves import loss_curve, plot_curves, pyplot
@@ -22,6 +23,11 @@ def run_row(name: str, run: RunDir, curve: list[tuple[int, float]] | None = None
     status = run.read_status()
     job_id = run.job_id()
     job = slurm_job(job_id) if job_id else {}
+    if not status and job.get("JobState") in TERMINAL_FAILURES:
+        # Killed before its own last step (time limit, memory, cancel, node failure): the record says so.
+        status = {"state": job["JobState"], "exit_code": job.get("ExitCode"), "job_id": job_id,
+                  "finished": job.get("EndTime"), "source": job.get("Source", "scontrol")}
+        run.write_status(status)
     state = job.get("JobState") or status.get("state") or ("WRITTEN" if run.path.exists() else "MISSING")
     if status.get("state") == "FAILED" and state == "COMPLETED":
         state = "FAILED"  # the batch script exited 0 after the stage failed: trust the stage

@@ -16,10 +16,17 @@ from llamantino.schema import LauncherName, LlamantinoConfig
 from llamantino.stages import PreparedRun, stage_for
 
 
+def output_root(cfg: LlamantinoConfig) -> Path:
+    """``run.output_root`` (the hardware option's ``storage.runs`` unless set), ``$VAR`` expanded."""
+    from llamantino.corpus import expand
+
+    return Path(os.path.abspath(expand(cfg.run.output_root, "run.output_root")))
+
+
 def new_run_dir(cfg: LlamantinoConfig) -> Path:
     """``<output_root>/<run name>/<time>-<4 hex>``: a new, unique run directory."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return unique_path(Path(os.path.abspath(cfg.run.output_root)) / cfg.run.name, stamp)
+    return unique_path(output_root(cfg) / cfg.run.name, stamp)
 
 
 def build(cfg: LlamantinoConfig, run_dir: Path, *, overrides: list[str], choices: dict | None = None,

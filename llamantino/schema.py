@@ -321,7 +321,7 @@ class SlurmConfig(Checked):
     KEY = "hardware.slurm"
     partition: Optional[str] = None
     qos: Optional[str] = None
-    account: Optional[str] = None  # None: taken from $SLURM_ACCOUNT at submission
+    account: Optional[str] = None  # None: sbatch takes $SBATCH_ACCOUNT
     account_required: bool = False  # the cluster bills every job to a project
     time: str = "24:00:00"
     mem: Optional[str] = None  # per node, e.g. "494000M"; None: the partition default
@@ -344,9 +344,18 @@ class StorageConfig(Checked):
     """Where shared files live. ``$VAR`` and ``~`` are expanded where they are used (the job's shell
     for HF_HOME; the submitting shell and the plugin for the cache), so recipes stay the same for everyone."""
     KEY = "hardware.storage"
+    runs: str = "runs"  # run, pipeline and sweep directories (run.output_root follows it unless set)
     cache: str = "~/.cache/llamantino"  # prepared corpora: <cache>/prepared/<key>
     hf_home: Optional[str] = None  # HF_HOME of prepare jobs and training jobs alike; None: the environment's
     hub_mirror: Optional[str] = None  # a folder laid out as the hub (<mirror>/datasets/<owner>/<name>/...)
+    write_gbps: float = 1.0  # sustained checkpoint write bandwidth of one job, GB/s (sizes the USR1 lead)
+    home_limit_gb: float = 20.0  # runs whose checkpoints may exceed this are refused under $HOME
+
+    def check(self) -> None:
+        if not self.write_gbps > 0:
+            raise ConfigError(f"hardware.storage.write_gbps={self.write_gbps} must be positive")
+        if not self.home_limit_gb >= 0:
+            raise ConfigError(f"hardware.storage.home_limit_gb={self.home_limit_gb} must not be negative")
 
 
 @dataclass
@@ -371,6 +380,20 @@ class PrepareConfig(Checked):
         _slurm_time("hardware.prepare.download_time", self.download_time)
 
 
+class ContainerRuntime(StrEnum):
+    apptainer = "apptainer"
+    singularity = "singularity"
+
+
+@dataclass
+class ContainerConfig(Checked):
+    """Run every Python of the job inside an Apptainer/Singularity image (``<runtime> exec``)."""
+    KEY = "hardware.container"
+    image: str = MISSING  # a .sif file (or any image reference the runtime takes)
+    runtime: ContainerRuntime = ContainerRuntime.apptainer
+    binds: list[str] = field(default_factory=list)  # --bind src[:dst] (the run and cache folders, $WORK, ...)
+
+
 @dataclass
 class HardwareConfig(Checked):
     KEY = "hardware"
@@ -390,6 +413,7 @@ class HardwareConfig(Checked):
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    container: Optional[ContainerConfig] = None
 
     def check(self) -> None:
         _at_least("hardware.nodes", self.nodes, 1)
@@ -410,7 +434,9 @@ class LauncherConfig(Checked):
     submit: bool = True  # slurm: false renders and writes everything, submits nothing
     validate: bool = True  # run Axolotl's own validation before writing
     array_parallelism: int = 4  # sweeps: the %N throttle of the job array
-    signal_lead_s: int = 120  # USR1 this long before the time limit: checkpoint and requeue
+    # USR1 this long before the time limit: checkpoint and requeue. None: the time to write the
+    # model's checkpoint at hardware.storage.write_gbps, plus a minute, at least 120 s.
+    signal_lead_s: Optional[int] = None
     requeue: bool = True
     time: Optional[str] = None  # overrides hardware.slurm.time
     template: str = "torchrun.sbatch.j2"  # file in slurm/

@@ -40,9 +40,13 @@ def _hydra_only(path: Path) -> bool:
 
 def run_sweep(config, config_loader, job_overrides, initial_job_idx: int, echo=print) -> list:
     """Build and check every point, write the sweep directory at once, start it; Hydra's JobReturns."""
-    hydra_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
-    adopt = _hydra_only(hydra_dir)  # the folder Hydra just made for this sweep: becomes the sweep directory
-    sweep = SweepDir(hydra_dir if adopt or not hydra_dir.exists() else unique_path(hydra_dir.parent, hydra_dir.name))
+    from llamantino.corpus import expand
+
+    hydra_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # made by Hydra's sweeper, $VARs unexpanded
+    target = Path(os.path.abspath(expand(str(config.hydra.sweep.dir), "run.output_root")))
+    adopt = _hydra_only(hydra_dir)  # the folder Hydra just made for this sweep: its record moves to the sweep
+    fresh = not target.exists() or (adopt and target == hydra_dir)
+    sweep = SweepDir(target if fresh else unique_path(target.parent, target.name))
     try:
         return _run_sweep(sweep, hydra_dir if adopt else None, config, config_loader, job_overrides,
                           initial_job_idx, echo)

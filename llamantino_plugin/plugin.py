@@ -39,6 +39,9 @@ class LlamantinoPlugin(BasePlugin):
         cfg["chat_template"] = "jinja"
         cfg["chat_template_jinja"] = template_source(name, cfg.get("llamantino_system_prompt"))
 
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        return [CheckpointComplete()]
+
     def load_datasets(self, cfg, preprocess: bool = False):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
@@ -134,3 +137,34 @@ def _load_preferences(cfg):
             f"{cfg.sequence_len}; raise sequence_len or set excess_length_strategy: truncate"
         )
     return meta
+
+
+COMPLETE = "llamantino_complete.json"  # written into a checkpoint folder once every rank has saved it
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class CheckpointComplete(_callback_base()):
+    """Marks each checkpoint complete, last: a job killed mid-save leaves a folder without the
+    marker, which the job script moves aside before resuming (``auto_resume_from_checkpoints``
+    takes the newest ``checkpoint-N``, complete or not)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import json
+        import time
+        from pathlib import Path
+
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its shard
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            tmp = folder / f".{COMPLETE}.tmp"
+            tmp.write_text(json.dumps({"step": state.global_step, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+            os.replace(tmp, folder / COMPLETE)
+        return control

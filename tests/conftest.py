@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 PYTHON = sys.executable
 ENTRY_POINTS = {"llamantino": "llamantino.app:run", **{f"llamantino.{name}": f"llamantino.{name}:main" for name in
-                ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync")}}
+                ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync", "site",
+                 "jobcheck", "prepare_corpus", "hub_fetch")}}
 
 
 @contextlib.contextmanager

@@ -134,7 +134,8 @@ def test_run_directory_file_names_are_spelt_once(name):
 
 def test_cli_modules_only_parse_arguments():
     """A command module holds argparse and calls into the library; nothing else is defined there."""
-    for command in ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync"):
+    for command in ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync",
+                    "site"):
         tree = ast.parse(source(f"llamantino/{command}.py"))
         defined = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         assert all(name == "main" or name.startswith("cmd_") for name in defined), (command, defined)

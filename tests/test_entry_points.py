@@ -61,6 +61,10 @@ def test_commands_answer(tmp_path, module, args, needle):
     ("llamantino.evaluate", ["."], "eval.json not found"),
     ("llamantino.finish", [".", "--rc", "0"], "provenance.json not found"),
     ("llamantino.plan", ["stage=merge"], "does not train"),
+    ("llamantino.jobcheck", ["."], "provenance.json not found"),
+    ("llamantino.prepare_corpus", ["finish", "."], "request.json not found"),
+    ("llamantino.hub_fetch", ["."], "request.json not found"),
+    ("llamantino.site", ["init", "--name", "x", "--out", ".", "--partition", "nope"], "--partition 'nope'"),
 ])
 def test_commands_end_user_errors_in_one_line(tmp_path, module, args, needle):
     one_error_line(cli(*args, module=module, cwd=tmp_path, subprocess=True), needle)

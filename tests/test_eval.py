@@ -8,7 +8,7 @@ import pytest
 
 from conftest import cli, ok, read_json, run_dir_of
 
-LEONARDO = ("hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_EXAMPLE")
+LEONARDO = ("hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_EXAMPLE", "run.output_root=runs")
 
 
 def test_leaderboard_job_uses_the_leaderboards_tasks_shots_and_metrics(tmp_path):

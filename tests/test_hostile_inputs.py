@@ -19,7 +19,7 @@ import yaml
 
 from conftest import TESTS, cli, ok, run_dir_of
 
-LEONARDO = ["hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_X"]
+LEONARDO = ["hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_X", "run.output_root=runs"]
 DRY = ["launcher=dry"]
 
 # (id, module, arguments, text the error line must contain)
@@ -56,7 +56,8 @@ ROWS = [
     ("run name newline", "llamantino", ["run.name='a\nb'", *DRY], "line break"),
     ("notes control char", "llamantino", ["run.notes='bell\x07'", *DRY], "control character"),
     ("partition trailing newline", "llamantino", ["hardware.slurm.partition='debug\n'", *DRY], "one line"),
-    ("account with space", "llamantino", [*LEONARDO[:2], "hardware.slurm.account='x y'", "launcher.submit=false"],
+    ("account with space", "llamantino", [*LEONARDO[:2], "hardware.slurm.account='x y'", "launcher.submit=false",
+                                           "run.output_root=runs"],
      "hardware.slurm.account='x y' is not valid in an #SBATCH line"),
     ("time format", "llamantino", [*LEONARDO, "launcher.submit=false", "launcher.time=99:99:99:99"], "launcher.time"),
     ("non-ascii digits", "llamantino", [*LEONARDO, "launcher.submit=false", "launcher.time=١٢:٠٠"], "launcher.time"),
@@ -68,7 +69,7 @@ ROWS = [
     ("template name", "llamantino", [*LEONARDO, "launcher.submit=false", "launcher.template=nope.j2"],
      "launcher.template='nope.j2' is not in slurm/"),
     # checks before submission
-    ("missing account", "llamantino", LEONARDO[:2], "bills every job to a project"),
+    ("missing account", "llamantino", [*LEONARDO[:2], "run.output_root=runs"], "bills every job to a project"),
     ("qos nodes", "llamantino", [*LEONARDO, "hardware.nodes=100"], "allows 1-64 nodes"),
     ("qos time", "llamantino", [*LEONARDO, "hardware.slurm.qos=boost_qos_dbg", "launcher.time=01:00:00"],
      "exceeds QoS boost_qos_dbg"),
@@ -242,7 +243,8 @@ def test_the_table_is_large_enough():
 @pytest.mark.parametrize("name, module, args, needle", ROWS, ids=[row[0] for row in ROWS])
 def test_hostile_input_is_one_error_line_and_leaves_nothing(work, name, module, args, needle):
     before = snapshot(work)
-    env = {"PATH": f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_ACCOUNT": "", "HF_HUB_OFFLINE": "1"}
+    env = {"PATH": f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_ACCOUNT": "", "SBATCH_ACCOUNT": "",
+           "HF_HUB_OFFLINE": "1"}
     proc = cli(*[arg.replace("{w}", str(work)) for arg in args], module=module, cwd=work, env=env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])

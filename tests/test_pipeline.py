@@ -14,7 +14,7 @@ def test_lineage_error_names_the_step_and_writes_nothing(tmp_path):
 
 def test_full_finetune_after_a_merge_on_leonardo_renders_fsdp(tmp_path):
     proc = ok(cli("pipeline=llamantino2", "model=llama2_7b", "hardware=leonardo_booster", "hardware.nodes=2",
-                  "launcher=slurm", "launcher.submit=false", cwd=tmp_path))
+                  "launcher=slurm", "launcher.submit=false", "run.output_root=runs", cwd=tmp_path))
     pipeline_dir = run_dir_of(proc)
     assert [s["name"] for s in read_json(pipeline_dir / "pipeline.json")["steps"]] == ["adapt", "merge", "sft"]
     sft = (pipeline_dir / "sft" / "axolotl.yaml").read_text()

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import TESTS, cli, ok, read_json, run_dir_of
 
-# One xdist worker takes every SLURM test, in order: they share the two-node cluster.
+# SLURM tests run in two xdist groups (two workers) that share the two-node cluster: "slurm" holds
+# the tests that use both nodes or the jobs of ended_long_ago; "slurm_b" the single-node ones.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 SLURM = ("hardware=local_slurm", "launcher=slurm")
@@ -28,6 +29,28 @@ QUICK_SFT = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.micro_batch
 def cluster():
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         pytest.fail("no SLURM cluster answers: run `slurm/local-cluster.sh up` (as root) first")
+
+
+@pytest.fixture(scope="module")
+def ended_long_ago(tmp_path_factory):
+    """Jobs that end badly, submitted before the other tests so that, by the last test, SLURM's
+    scontrol has forgotten them (MinJobAge: 300 s) and only the accounting database knows."""
+    work = tmp_path_factory.mktemp("ended")
+    long_run = ("hardware.nodes=1", "stage=adapt", "stage.max_steps=100000", "stage.sequence_len=64",
+                "stage.micro_batch_size=1", "stage.save_steps=null")
+    timeout = run_dir_of(ok(cli(*SLURM, *long_run, "launcher.requeue=false", "launcher.time=00:01:00",
+                                "run.name=times-out", cwd=work)))
+    cancelled = run_dir_of(ok(cli(*SLURM, *long_run, "run.name=cancelled", cwd=work)))
+    good, bad = work / "good.jsonl", work / "bad.jsonl"
+    source = (TESTS.parent / "datasets_ita" / "samples").glob("*ultrachat*.jsonl")
+    text = next(iter(source)).read_text()
+    good.write_text(text)
+    bad.write_text(text)
+    sweep = run_dir_of(ok(cli("-m", f"data.path={good},{bad}", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=work)))
+    bad.write_text("{ not json\n" * 3)  # after the checks, before the task reads it: task 1 fails
+    wait(job_id_of(cancelled), timeout=300, until={"RUNNING"})
+    subprocess.run(["scancel", job_id_of(cancelled)], check=True)
+    return {"timeout": timeout, "cancelled": cancelled, "sweep": sweep, "submitted": time.time()}
 
 
 def job(job_id: str) -> dict:
@@ -50,7 +73,7 @@ def job_id_of(run_dir: Path) -> str:
     return read_json(run_dir / "job.json")["job_id"]
 
 
-def test_two_nodes_train_data_parallel(tmp_path):
+def test_two_nodes_train_data_parallel(tmp_path, ended_long_ago):  # the first test starts those jobs
     proc = ok(cli(*SLURM, *QUICK_SFT, cwd=tmp_path))
     assert "submitted job" in proc.stdout
     run_dir = run_dir_of(proc)
@@ -175,6 +198,13 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     assert info.get("Restarts") == "1", f"{info}\n{batch_log}"
     # a requeued job waits ~2 minutes before it is eligible again; the test does not
     wait(job_id, timeout=60, until={"PENDING"})
+    # A save cut short by a kill: a newer checkpoint folder without the completion marker. The restart
+    # must move it aside and resume from the last complete one.
+    complete = sorted((run_dir / "output").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert (complete / "llamantino_complete.json").is_file()
+    cut_short = run_dir / "output" / f"checkpoint-{int(complete.name.split('-')[1]) + 7}"
+    shutil.copytree(complete, cut_short)
+    (cut_short / "llamantino_complete.json").unlink()
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     info = wait(job_id, timeout=420)
     assert info["Restarts"] == "1"
@@ -183,6 +213,8 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     assert info["JobState"] == "COMPLETED", batch_log + train_log[-3000:]
     assert "USR1" in batch_log and "checkpoint output/checkpoint-" in batch_log and "requeued" in batch_log
     assert "(restart 1)" in batch_log
+    assert f"{cut_short.relative_to(run_dir)} is incomplete" in batch_log
+    assert not cut_short.exists() and (run_dir / "output" / f"incomplete-{cut_short.name}.restart-1").is_dir()
     saved = int(batch_log.split("checkpoint output/checkpoint-")[1].split()[0])
     assert 20 <= saved < 1500
     # the restarted run resumed from that checkpoint instead of starting over
@@ -197,6 +229,7 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 1500
 
 
+@pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
 def test_injection_strings_are_quoted_and_never_run(tmp_path):
     env_canary = tmp_path / "pwned_env"
     # Hydra's override grammar takes these as quoted strings; they reach llamantino as plain data.
@@ -252,6 +285,7 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert wait(f"{array_id}_0", timeout=600)["JobState"] == "COMPLETED"
 
 
+@pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
 def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_run(tmp_path):
     # This machine has no network: the download job fails for real, and SLURM cancels what waits on it.
     proc = ok(cli(*SLURM, "hardware.nodes=1", "stage=sft", "data=ultrachat_ita", "stage.max_steps=2",
@@ -269,3 +303,60 @@ def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_
     log = "".join(path.read_text(errors="replace") for path in (entry / "logs").iterdir())
     assert "error: could not download dataset mii-community/ultrafeedback-translated-ita" in log
     assert not (entry / "done.json").exists()
+
+
+@pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
+def test_a_site_hardware_option_written_by_site_init_runs_a_whole_pipeline(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    ok(cli("init", "--name", "thiscluster", "--out", str(site), module="llamantino.site", cwd=tmp_path))
+    option = (site / "hardware" / "thiscluster.yaml").read_text()
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+    assert f"partition: {partition}" in option and "accelerator: cpu" in option
+    # one documented way for every composition: the pipeline's steps compose hardware=thiscluster too
+    monkeypatch.setenv("LLAMANTINO_CONFIG_PATH", f"{site}:{TESTS / 'conf'}")
+    proc = ok(cli("pipeline=sft_merge", "hardware=thiscluster", "launcher=slurm", "run.name=site", cwd=tmp_path))
+    pipeline = run_dir_of(proc)
+    for step in ("sft", "merge"):
+        info = wait(read_json(pipeline / step / "job.json")["job_id"], timeout=420)
+        log = pipeline / step / "logs" / "train.log"
+        assert info["JobState"] == "COMPLETED", log.read_text(errors="replace")[-3000:] if log.exists() else step
+        assert read_json(pipeline / step / "provenance.json")["choices"]["hardware"] == "thiscluster"
+
+
+@pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
+def test_a_job_in_another_environment_fails_in_seconds_and_says_why(tmp_path):
+    proc = ok(cli(*SLURM, "hardware.nodes=1", *QUICK_SFT, "launcher.submit=false", cwd=tmp_path))
+    run_dir = run_dir_of(proc)
+    provenance = read_json(run_dir / "provenance.json")
+    provenance["packages"]["torch"] = "1.0.0"
+    (run_dir / "provenance.json").write_text(json.dumps(provenance))
+    ok(cli(str(run_dir), "--slurm", module="llamantino.launch", cwd=tmp_path))
+    info = wait(job_id_of(run_dir), timeout=120)
+    log = "".join(path.read_text(errors="replace") for path in (run_dir / "logs").glob("*.out"))
+    assert info["JobState"] == "FAILED" and "torch" in log and "(validated 1.0.0)" in log
+    assert read_json(run_dir / "status.json")["state"] == "FAILED"
+    assert not (run_dir / "logs" / "train.log").exists()  # training never started
+
+
+
+def test_status_shows_the_true_end_of_jobs_scontrol_has_forgotten(ended_long_ago):
+    from llamantino.launchers.slurm import _scontrol_job
+
+    runs = ended_long_ago
+    timeout_job, cancelled_job = job_id_of(runs["timeout"]), job_id_of(runs["cancelled"])
+    array = read_json(runs["sweep"] / "sweep.json")["job_id"]
+    for job_id in (timeout_job, cancelled_job, f"{array}_0", f"{array}_1"):
+        wait(job_id, timeout=600)
+    # until scontrol forgets them (MinJobAge 300 s after the end; SLURM purges every few minutes)
+    deadline = time.time() + 900
+    while time.time() < deadline and any(_scontrol_job(j) for j in (timeout_job, cancelled_job, f"{array}_1")):
+        time.sleep(10)
+    assert not _scontrol_job(timeout_job) and not _scontrol_job(f"{array}_1")
+    assert not (runs["timeout"] / "status.json").exists()  # killed at the limit: its last step never ran
+    out = ok(cli(str(runs["timeout"]), module="llamantino.status", cwd=runs["timeout"])).stdout
+    assert "TIMEOUT" in out and read_json(runs["timeout"] / "status.json")["state"] == "TIMEOUT"
+    out = ok(cli(str(runs["cancelled"]), module="llamantino.status", cwd=runs["cancelled"])).stdout
+    assert "CANCELLED" in out
+    out = ok(cli(str(runs["sweep"]), module="llamantino.status", cwd=runs["sweep"])).stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if line[:3].isdigit()}
+    assert "COMPLETED" in rows["000"] and "FAILED" in rows["001"], out

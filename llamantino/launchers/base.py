@@ -100,3 +100,24 @@ def check_corpus_prepared(run: RunDir) -> None:
     if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
         raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in {corpus['entry']}: "
                           "run the command that wrote it again (it prepares the corpus first)")
+
+
+def check_storage(run: PreparedRun) -> None:
+    """A training run whose checkpoints could fill a home quota is not written under $HOME."""
+    from llamantino.errors import ConfigError
+    from llamantino.method import checkpoint_gb
+
+    cfg = run.cfg
+    if run.method is None or not run.stage.trains:
+        return
+    home = Path.home().resolve()
+    where = run.run_dir.path.resolve()
+    if where != home and home not in where.parents:
+        return
+    kept = (cfg.stage.save_total_limit or 3) * checkpoint_gb(cfg.model.params_b, run.method.adapter, cfg.stage.lora_r)
+    final = cfg.model.params_b * 2 if run.method.adapter is None else 0.0  # bf16 weights of a full fine-tune
+    limit = cfg.hardware.storage.home_limit_gb
+    if kept + final > limit:
+        raise ConfigError(f"{where} is under $HOME and this run's checkpoints may take {kept + final:,.0f} GB "
+                          f"(hardware.storage.home_limit_gb={limit:g}): set run.output_root (or "
+                          "hardware.storage.runs) to a work or scratch folder")

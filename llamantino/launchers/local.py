@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher
+from llamantino.launchers.base import Launcher, check_storage
 from llamantino.outcome import finish_run
 from llamantino.rundir import RunDir
 from llamantino.schema import LauncherName
@@ -42,6 +42,7 @@ class LocalLauncher(Launcher):
             shape = run.shape
             if run.inputs.corpus is not None:
                 run.inputs.corpus.entry_dir()  # the cache root's variables are set here
+            check_storage(run)
             if shape.nodes > 1:
                 raise ConfigError(f"hardware={hw.name} asks for {shape.nodes} nodes: a multi-node run cannot start with "
                                   "launcher=local; use launcher=slurm")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher
+from llamantino.launchers.base import Launcher, check_storage
 from llamantino.render.sbatch import render_sbatch, script_context
 from llamantino.rundir import RunDir, SweepDir
 from llamantino.schema import LauncherName, LlamantinoConfig, time_seconds
@@ -28,7 +28,12 @@ ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", 
 def check_queue(cfg: LlamantinoConfig, nodes: int) -> None:
     """QoS node and time limits of the hardware option (what sbatch would refuse)."""
     hw, slurm = cfg.hardware, cfg.hardware.slurm
-    limits = slurm.qos_limits.get(slurm.qos) if slurm.qos else None
+    if not slurm.qos:
+        return
+    from llamantino.cluster import qos_limits
+
+    live = qos_limits() if cfg.launcher.submit else None  # sacctmgr's limits, where it answers, win over the YAML's
+    limits = (live or {}).get(slurm.qos) or slurm.qos_limits.get(slurm.qos)
     if not limits:
         return
     if not limits.min_nodes <= nodes <= limits.max_nodes:
@@ -45,9 +50,11 @@ def check_queue(cfg: LlamantinoConfig, nodes: int) -> None:
 
 def check_account(cfg: LlamantinoConfig) -> None:
     slurm = cfg.hardware.slurm
-    if slurm.account_required and not slurm.account and not os.environ.get("SLURM_ACCOUNT"):
+    # sbatch takes the account from --account or $SBATCH_ACCOUNT; $SLURM_ACCOUNT is srun's and salloc's only.
+    if slurm.account_required and not slurm.account and not os.environ.get("SBATCH_ACCOUNT"):
+        hint = " ($SLURM_ACCOUNT is set, but sbatch does not read it)" if os.environ.get("SLURM_ACCOUNT") else ""
         raise ConfigError(f"{cfg.hardware.name} bills every job to a project: set hardware.slurm.account=<PROJECT> "
-                          "or export SLURM_ACCOUNT (`saldo -b` lists yours)")
+                          f"or export SBATCH_ACCOUNT{hint} (`saldo -b` lists yours)")
 
 
 def check_corpus_download(run: PreparedRun) -> None:
@@ -108,7 +115,23 @@ def sbatch(script: Path, *, dependency: str | None = None) -> str:
 
 
 def slurm_job(job_id: str) -> dict:
-    """``scontrol show job -o`` as a dict ({} when SLURM does not know the job)."""
+    """SLURM's record of a job: ``scontrol show job`` while it knows the job (reason, restarts, run
+    time), then the accounting database's (``sacct``), which keeps the final state after scontrol
+    forgets it (MinJobAge, 300 s by default). {} when neither knows it."""
+    record = _scontrol_job(job_id)
+    if record:
+        return record
+    from llamantino.accounting import job_states
+
+    rows = job_states(str(job_id))
+    row = next((r for r in rows if r["JobID"] == str(job_id)), rows[0] if len(rows) == 1 else None)
+    if row is None:
+        return {}
+    return {"JobId": row["JobID"], "JobState": row["State"], "ExitCode": row["ExitCode"], "RunTime": row["Elapsed"],
+            "NumNodes": row["NNodes"], "EndTime": row["End"], "MaxRSS": row["MaxRSS"], "Source": "sacct"}
+
+
+def _scontrol_job(job_id: str) -> dict:
     if shutil.which("scontrol") is None:
         return {}
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
@@ -143,6 +166,7 @@ class SlurmLauncher(Launcher):
                 )
         for run in submitting:
             check_corpus_download(run)
+            check_storage(run)
         if submitting:
             check_sbatch()
 

@@ -76,7 +76,10 @@ def _fsdp(model) -> dict:
         "fsdp_config": {
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "transformer_layer_cls_to_wrap": model.decoder_layer,
-            "state_dict_type": "FULL_STATE_DICT",
+            # Intermediate checkpoints sharded (every rank writes its part, nothing gathered on one);
+            # the final model gathered in full, so merge, eval and sharing read one folder.
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "final_state_dict_type": "FULL_STATE_DICT",
             "reshard_after_forward": True,
             "offload_params": False,
             "cpu_ram_efficient_loading": True,

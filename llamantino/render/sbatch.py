@@ -104,7 +104,7 @@ def directives(cfg: LlamantinoConfig, shape: JobShape, array: str | None = None)
     lines.append("--output=logs/%x-%A_%a.out" if array else "--output=logs/%x-%j.out")
     lines.append("--open-mode=append")
     if shape.requeue:
-        lines += ["--requeue", f"--signal=B:USR1@{int(launcher.signal_lead_s)}"]
+        lines += ["--requeue", f"--signal=B:USR1@{int(shape.signal_lead_s)}"]
     if array:
         lines.append(f"--array={array}")
     for extra in slurm.extra_directives:
@@ -135,9 +135,22 @@ def script_context(cfg: LlamantinoConfig, command: list[str], shape: JobShape, *
         "nproc_per_node": int(shape.processes_per_node),
         "rdzv_port": int(slurm.rdzv_port),
         "requeue": shape.requeue,
-        "signal_lead_s": int(cfg.launcher.signal_lead_s),
+        "signal_lead_s": int(shape.signal_lead_s),
         "run_dirs": run_dirs,
+        "container": container_command(cfg),
     }
+
+
+def container_command(cfg: LlamantinoConfig) -> Shell | None:
+    """``apptainer exec [--nv] [--bind ...] <image>``, each word quoted with ``$VAR``s kept live
+    (``$WORK/images/x.sif``), or None without ``hardware.container``."""
+    container = cfg.hardware.container
+    if container is None:
+        return None
+    argv = [str(container.runtime), "exec"] + (["--nv"] if cfg.hardware.gpu else [])
+    for bind in container.binds:
+        argv += ["--bind", bind]
+    return Shell(" ".join(shell_value(word) for word in argv + [container.image]))
 
 
 def render_sbatch(template: str, context: dict) -> str:

@@ -37,6 +37,7 @@ class JobShape:
     mem: str | None
     distributed: bool  # torchrun across the allocation's nodes, rather than one plain process
     requeue: bool  # checkpoint and requeue at the time limit (training only)
+    signal_lead_s: int = 0  # requeue: USR1 this long before the time limit
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,27 @@ class Stage:
         hw = cfg.hardware
         return JobShape(nodes=1, processes_per_node=1, gpus_per_node=hw.gpus_per_node if hw.gpu else 0,
                         cpus_per_node=hw.cpus_per_node, mem=hw.slurm.mem, distributed=False, requeue=False)
+
+    def sized_shape(self, cfg: LlamantinoConfig, gpus: int, ram_gb: int) -> JobShape:
+        """One process asking for ``gpus`` GPUs (0: host memory only), their share of the node's CPUs,
+        and ``ram_gb`` of host memory: not the whole node (merge and eval use a part of one)."""
+        from llamantino.errors import ConfigError
+        from llamantino.method import mem_gb
+
+        hw = cfg.hardware
+        if not hw.gpu:
+            return self.shape(cfg, None)
+        if gpus > hw.gpus_per_node:
+            raise ConfigError(f"model {cfg.model.name} ({cfg.model.params_b:g}B) needs {gpus} GPUs of "
+                              f"{hw.gpu_memory_gb:g} GB, more than one node of {hw.name} has ({hw.gpus_per_node})")
+        node_gb = mem_gb(hw.slurm.mem)
+        if node_gb is not None and ram_gb > node_gb:
+            raise ConfigError(f"model {cfg.model.name} needs {ram_gb} GB of host memory, more than a node of "
+                              f"{hw.name} has ({hw.slurm.mem})")
+        share = max(gpus, 1) / hw.gpus_per_node
+        return JobShape(nodes=1, processes_per_node=1, gpus_per_node=gpus,
+                        cpus_per_node=max(1, int(hw.cpus_per_node * share)) if gpus else hw.cpus_per_node,
+                        mem=f"{ram_gb}G", distributed=False, requeue=False)
 
     def hub_reads(self, cfg: LlamantinoConfig, inputs: Inputs) -> list[HubRead]:
         """What the stage's job would download from the hub (an offline cluster must fetch it first)."""

@@ -16,7 +16,7 @@ import yaml
 
 from llamantino.errors import ConfigError
 from llamantino.inputs import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
-from llamantino.method import Method
+from llamantino.method import Method, model_gpus, model_ram_gb
 from llamantino.paths import PROJECT_ROOT
 from llamantino.rundir import RunDir
 from llamantino.schema import EvalConfig, LlamantinoConfig, Task
@@ -41,6 +41,13 @@ class EvalStage(Stage):
         files = materialise_tasks(cfg.eval, inputs)
         files[RunDir.EVAL_PLAN] = json.dumps(eval_plan(cfg, inputs), indent=2) + "\n"
         return None, files
+
+    def shape(self, cfg, method):
+        """The GPUs the model needs in bf16 (7B: one; 70B: the GPUs that hold it, model-sharded)."""
+        if not cfg.hardware.gpu:
+            return super().shape(cfg, method)
+        return self.sized_shape(cfg, model_gpus(cfg.model.params_b, cfg.hardware.gpu_memory_gb),
+                                model_ram_gb(cfg.model.params_b))
 
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)
@@ -128,6 +135,8 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     gpu = cfg.hardware.gpu
     if gpu:
         model_args.append("dtype=bfloat16" if cfg.hardware.bf16 else "dtype=float16")
+        if model_gpus(cfg.model.params_b, cfg.hardware.gpu_memory_gb) > 1:
+            model_args.append("parallelize=True")  # layers spread over the job's GPUs (accelerate device_map)
     groups: dict[int, list[str]] = {}
     for task in cfg.eval.tasks:
         groups.setdefault(int(task.num_fewshot), []).append(task.name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from llamantino.errors import ConfigError
 from llamantino.inputs import Inputs, from_adapter_output, read_run
-from llamantino.method import Method
+from llamantino.method import Method, model_gpus, model_ram_gb
 from llamantino.rundir import RunDir
 from llamantino.schema import LlamantinoConfig, Task
 from llamantino.stages.base import Stage
@@ -38,6 +38,10 @@ class MergeStage(Stage):
         from llamantino.render.axolotl import render_merge_recipe
 
         recipe = render_merge_recipe(cfg, inputs)
+        if on_host(cfg):
+            recipe["lora_on_cpu"] = True
+            notices.append(f"{cfg.model.name} in bf16 does not fit one {cfg.hardware.gpu_memory_gb:g} GB GPU: the "
+                           f"merge runs in host memory ({model_ram_gb(cfg.model.params_b)} GB, no GPU)")
         if validate:
             from llamantino.validate import validate_recipe
 
@@ -46,3 +50,16 @@ class MergeStage(Stage):
 
     def output(self, cfg, method, inputs, recipe):
         return {"kind": "model", "path": f"{RunDir.OUTPUT}/merged", "precision": precision(cfg)}
+
+    def shape(self, cfg, method):
+        """One GPU when the bf16 model fits it, else host memory only (``lora_on_cpu``): never the whole node."""
+        hw = cfg.hardware
+        on_cpu = on_host(cfg)
+        return self.sized_shape(cfg, 0 if on_cpu else 1, model_ram_gb(cfg.model.params_b)) if hw.gpu else \
+            super().shape(cfg, method)
+
+
+def on_host(cfg: LlamantinoConfig) -> bool:
+    """A merge in host memory: the bf16 model does not fit one GPU of the hardware (70B on 64 GB A100s)."""
+    hw = cfg.hardware
+    return hw.gpu and model_gpus(cfg.model.params_b, hw.gpu_memory_gb) > 1

@@ -6,9 +6,9 @@ import dataclasses
 
 from llamantino.errors import ConfigError
 from llamantino.inputs import MODEL_LINK, Inputs, base_model, with_data
-from llamantino.method import Method, choose_method
+from llamantino.method import Method, choose_method, signal_lead_s
 from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, StageConfig, Task, from_plain, to_plain
+from llamantino.schema import LlamantinoConfig, StageConfig, Task, from_plain, time_seconds, to_plain
 from llamantino.stages.base import HubRead, JobShape, Stage
 
 
@@ -70,9 +70,14 @@ class TrainStage(Stage):
 
     def shape(self, cfg, method) -> JobShape:
         hw = cfg.hardware
+        lead = cfg.launcher.signal_lead_s or signal_lead_s(cfg.model.params_b, method.adapter, cfg.stage.lora_r,
+                                                             hw.storage.write_gbps)
+        if cfg.launcher.requeue and lead >= time_seconds(cfg.time_limit):
+            raise ConfigError(f"the checkpoint lead of {lead} s (launcher.signal_lead_s, or the time to write this "
+                              f"model's checkpoint) does not fit the time limit {cfg.time_limit}: raise launcher.time")
         return JobShape(nodes=method.nodes, processes_per_node=max(method.processes_per_node, 1),
                         gpus_per_node=hw.gpus_per_node if hw.gpu else 0, cpus_per_node=hw.cpus_per_node,
-                        mem=hw.slurm.mem, distributed=True, requeue=cfg.launcher.requeue)
+                        mem=hw.slurm.mem, distributed=True, requeue=cfg.launcher.requeue, signal_lead_s=lead)
 
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)

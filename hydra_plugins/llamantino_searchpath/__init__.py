@@ -1,0 +1,1 @@
+"""Site config folders for every Hydra composition: ``$LLAMANTINO_CONFIG_PATH``."""
