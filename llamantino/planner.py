@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from llamantino.errors import ConfigError
-from llamantino.method import choose_method, memory_per_gpu_gb
+from llamantino.method import checkpoint_gb, choose_method, memory_per_gpu_gb, signal_lead_s
 from llamantino.schema import RL, LlamantinoConfig, time_seconds
 from llamantino.stages import stage_for
 
@@ -69,6 +69,10 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
         "budget_hours": node_hours * hw.cpus_per_node, "budget_unit": f"core hours ({hw.cpus_per_node} per node hour)",
         "time_limit": limit_text, "qos": qos, "jobs": jobs, "requeues": jobs - 1,
         "notices": method.notices, "corpus": _corpus(cfg, method.world_size),
+        "checkpoint_gb": checkpoint_gb(model.params_b, method.adapter, stage.lora_r),
+        "signal_lead_s": cfg.launcher.signal_lead_s or signal_lead_s(model.params_b, method.adapter, stage.lora_r,
+                                                                     hw.storage.write_gbps),
+        "write_gbps": hw.storage.write_gbps,
     }
 
 
@@ -99,6 +103,8 @@ def format_plan(p: dict) -> str:
         f"  time limit    {p['time_limit']} (QoS {p['qos'] or '-'}): "
         + ("fits in one job" if p["jobs"] == 1 else f"needs {p['jobs']} jobs: {p['requeues']} requeues, resuming from checkpoints"),
     ]
+    lines.append(f"  checkpoint    ~{p['checkpoint_gb']:,.0f} GB each; USR1 {p['signal_lead_s']} s before the time limit "
+                 f"(written at {p['write_gbps']:g} GB/s + 60 s; launcher.signal_lead_s overrides)")
     corpus = p.get("corpus")
     if corpus:
         lines.append(f"  data          {corpus['summary']}")

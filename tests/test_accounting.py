@@ -108,3 +108,26 @@ def test_time_limit(jobs):
 def test_unknown_job_and_state_names():
     assert job_states("999999999") == [] and true_state("999999999") is None
     assert normalise_state("CANCELLED by 0") == "CANCELLED" and normalise_state("RUNNING") == "RUNNING"
+
+
+def test_qos_limits_are_read_live_from_sacctmgr(tmp_path):
+    from conftest import cli
+
+    qos = "llamantino_test_qos"
+    subprocess.run(["sacctmgr", "-i", "add", "qos", qos, "MaxWall=00:10:00", "MaxTRESPerJob=node=1"],
+                   capture_output=True, timeout=30)
+    try:
+        from llamantino.cluster import qos_limits
+
+        limits = qos_limits()[qos]
+        assert (limits.max_nodes, limits.max_time) == (1, "00:10:00")
+        # the YAML knows nothing of this QoS: the refusal comes from the database's limits
+        proc = cli("hardware=local_slurm", "hardware.nodes=1", "launcher=slurm", f"hardware.slurm.qos={qos}",
+                   "launcher.time=01:00:00",
+                   cwd=tmp_path)
+        assert proc.returncode == 2 and f"exceeds QoS {qos}'s 00:10:00" in proc.stderr, proc.stderr
+        proc = cli("hardware=local_slurm", "launcher=slurm", f"hardware.slurm.qos={qos}", cwd=tmp_path)
+        assert proc.returncode == 2 and "allows 1-1 nodes" in proc.stderr, proc.stderr
+        assert not (tmp_path / "runs").exists()
+    finally:
+        subprocess.run(["sacctmgr", "-i", "delete", "qos", qos], capture_output=True, timeout=30)

@@ -132,3 +132,11 @@ def test_the_job_environment_check_names_what_differs(tmp_path):
     (run / "provenance.json").write_text(json.dumps(provenance))
     proc = fails(cli(str(run), module="llamantino.jobcheck", cwd=tmp_path))
     assert "axolotl 0.19.0 (validated 0.0.1)" in proc.stderr and "Python 3.11 (validated 3.9)" in proc.stderr
+
+
+def test_the_planner_prints_the_checkpoint_lead(tmp_path):
+    from llamantino.method import signal_lead_s
+
+    out = ok(cli("model=llama2_13b", "stage=sft", "hardware=leonardo_booster", "hardware.nodes=2",
+                 "hardware.storage.write_gbps=2", module="llamantino.plan", cwd=tmp_path)).stdout
+    assert f"USR1 {signal_lead_s(13, None, 64, 2.0)} s before the time limit (written at 2 GB/s" in out

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import TESTS, cli, ok, read_json, run_dir_of
 
-# SLURM tests run in two xdist groups (two workers) that share the two-node cluster: "slurm" holds
-# the tests that use both nodes or the jobs of ended_long_ago; "slurm_b" the single-node ones.
+# SLURM tests run in xdist groups that share the two-node cluster: "slurm" holds the tests that use
+# both nodes, "slurm_b" single-node ones; test_slurm_truth.py waits minutes in a group of its own.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 SLURM = ("hardware=local_slurm", "launcher=slurm")
@@ -29,28 +29,6 @@ QUICK_SFT = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.micro_batch
 def cluster():
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         pytest.fail("no SLURM cluster answers: run `slurm/local-cluster.sh up` (as root) first")
-
-
-@pytest.fixture(scope="module")
-def ended_long_ago(tmp_path_factory):
-    """Jobs that end badly, submitted before the other tests so that, by the last test, SLURM's
-    scontrol has forgotten them (MinJobAge: 300 s) and only the accounting database knows."""
-    work = tmp_path_factory.mktemp("ended")
-    long_run = ("hardware.nodes=1", "stage=adapt", "stage.max_steps=100000", "stage.sequence_len=64",
-                "stage.micro_batch_size=1", "stage.save_steps=null")
-    timeout = run_dir_of(ok(cli(*SLURM, *long_run, "launcher.requeue=false", "launcher.time=00:01:00",
-                                "run.name=times-out", cwd=work)))
-    cancelled = run_dir_of(ok(cli(*SLURM, *long_run, "run.name=cancelled", cwd=work)))
-    good, bad = work / "good.jsonl", work / "bad.jsonl"
-    source = (TESTS.parent / "datasets_ita" / "samples").glob("*ultrachat*.jsonl")
-    text = next(iter(source)).read_text()
-    good.write_text(text)
-    bad.write_text(text)
-    sweep = run_dir_of(ok(cli("-m", f"data.path={good},{bad}", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=work)))
-    bad.write_text("{ not json\n" * 3)  # after the checks, before the task reads it: task 1 fails
-    wait(job_id_of(cancelled), timeout=300, until={"RUNNING"})
-    subprocess.run(["scancel", job_id_of(cancelled)], check=True)
-    return {"timeout": timeout, "cancelled": cancelled, "sweep": sweep, "submitted": time.time()}
 
 
 def job(job_id: str) -> dict:
@@ -73,7 +51,7 @@ def job_id_of(run_dir: Path) -> str:
     return read_json(run_dir / "job.json")["job_id"]
 
 
-def test_two_nodes_train_data_parallel(tmp_path, ended_long_ago):  # the first test starts those jobs
+def test_two_nodes_train_data_parallel(tmp_path):
     proc = ok(cli(*SLURM, *QUICK_SFT, cwd=tmp_path))
     assert "submitted job" in proc.stdout
     run_dir = run_dir_of(proc)
@@ -252,8 +230,8 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
 
     mirror = build_mirror(tmp_path / "mirror")
     store = (f"hardware.storage.hub_mirror={mirror}", f"hardware.storage.cache={tmp_path / 'cache'}")
-    proc = ok(cli(f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=tiny_corpus", *SLURM, *store,
-                  "run.name=corpus", cwd=tmp_path))
+    ok(cli(f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=tiny_corpus", *SLURM, *store, "run.name=corpus",
+           cwd=tmp_path))
     entries = list((tmp_path / "cache" / "prepared").iterdir())
     assert len(entries) == 1
     entry = entries[0]
@@ -336,27 +314,3 @@ def test_a_job_in_another_environment_fails_in_seconds_and_says_why(tmp_path):
     assert info["JobState"] == "FAILED" and "torch" in log and "(validated 1.0.0)" in log
     assert read_json(run_dir / "status.json")["state"] == "FAILED"
     assert not (run_dir / "logs" / "train.log").exists()  # training never started
-
-
-
-def test_status_shows_the_true_end_of_jobs_scontrol_has_forgotten(ended_long_ago):
-    from llamantino.launchers.slurm import _scontrol_job
-
-    runs = ended_long_ago
-    timeout_job, cancelled_job = job_id_of(runs["timeout"]), job_id_of(runs["cancelled"])
-    array = read_json(runs["sweep"] / "sweep.json")["job_id"]
-    for job_id in (timeout_job, cancelled_job, f"{array}_0", f"{array}_1"):
-        wait(job_id, timeout=600)
-    # until scontrol forgets them (MinJobAge 300 s after the end; SLURM purges every few minutes)
-    deadline = time.time() + 900
-    while time.time() < deadline and any(_scontrol_job(j) for j in (timeout_job, cancelled_job, f"{array}_1")):
-        time.sleep(10)
-    assert not _scontrol_job(timeout_job) and not _scontrol_job(f"{array}_1")
-    assert not (runs["timeout"] / "status.json").exists()  # killed at the limit: its last step never ran
-    out = ok(cli(str(runs["timeout"]), module="llamantino.status", cwd=runs["timeout"])).stdout
-    assert "TIMEOUT" in out and read_json(runs["timeout"] / "status.json")["state"] == "TIMEOUT"
-    out = ok(cli(str(runs["cancelled"]), module="llamantino.status", cwd=runs["cancelled"])).stdout
-    assert "CANCELLED" in out
-    out = ok(cli(str(runs["sweep"]), module="llamantino.status", cwd=runs["sweep"])).stdout
-    rows = {line.split()[0]: line for line in out.splitlines() if line[:3].isdigit()}
-    assert "COMPLETED" in rows["000"] and "FAILED" in rows["001"], out
