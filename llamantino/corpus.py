@@ -71,6 +71,7 @@ class CorpusPlan:
     tasks: int
     min_chars: int
     dedup: bool
+    pack: bool  # documents concatenated into full blocks; False: one document per row, cut at sequence_len
     hf_home: str | None
     hub_mirror: str | None
     notes: list[str] = field(default_factory=list)
@@ -94,6 +95,8 @@ class CorpusPlan:
         else:
             budget = (f"{self.budget_tokens:,} tokens = {self.blocks:,} blocks of {self.sequence_len}, "
                       f"+{self.margin:.0%} margin = {self.blocks_with_margin:,} blocks")
+        if not self.pack:
+            budget += " (one document per block, cut at the sequence length: stage.sample_packing=false)"
         shares = ", ".join(f"{s.name} {s.weight:.2g}" + (f" ({s.blocks:,} blocks)" if s.blocks else "")
                            for s in self.sources)
         return f"corpus {self.key[:12]}: {budget}; {shares}; seed {self.seed}, {self.tasks} prepare tasks"
@@ -211,7 +214,7 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: dict, world_size: int) -> C
                      "blocks": s.blocks, "files": _file_identity(s)} for s in sources],
         "tokenizer": tokenizer_id, "sequence_len": stage.sequence_len, "seed": data.sample_seed,
         "tasks": prepare.tasks, "min_chars": stage.text_min_chars, "dedup": stage.text_dedup,
-        "format": PREPARE_FORMAT,
+        "format": PREPARE_FORMAT, **({} if stage.sample_packing else {"pack": False}),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     notes = [f"data {s.name}: approx_tokens/file_count unknown, so every matching file is downloaded"
@@ -220,6 +223,7 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: dict, world_size: int) -> C
                       tokenizer_revision=revision, sequence_len=stage.sequence_len, budget_tokens=budget, blocks=blocks,
                       blocks_with_margin=with_margin, margin=data.budget_margin, seed=data.sample_seed,
                       tasks=prepare.tasks, min_chars=stage.text_min_chars, dedup=stage.text_dedup,
+                      pack=bool(stage.sample_packing),
                       hf_home=storage.hf_home, hub_mirror=storage.hub_mirror, notes=notes)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from llamantino.errors import LaunchError
+from llamantino.errors import ConfigError, LaunchError
 from llamantino.paths import DATASETS_DIR
 from llamantino.rundir import RunDir, read_json, write_json
 
@@ -28,6 +28,8 @@ def leaderboard() -> dict:
 
 
 def lm_eval_argv(plan: dict, group: dict) -> list[str]:
+    """The command of one few-shot group; with several processes, under ``accelerate launch``
+    (one copy of the model per GPU, lm-eval splitting the requests between them)."""
     argv = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", plan["model_args"],
             "--tasks", ",".join(group["tasks"]), "--num_fewshot", str(group["num_fewshot"]),
             "--batch_size", plan["batch_size"], "--device", plan["device"],
@@ -36,24 +38,80 @@ def lm_eval_argv(plan: dict, group: dict) -> list[str]:
         argv += ["--include_path", plan["include_path"]]
     if plan["limit"] is not None:
         argv += ["--limit", str(plan["limit"])]
+    processes = plan.get("processes", 1)
+    if processes > 1:
+        argv[1:2] = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
     return argv
 
 
-def read_scores(run_dir: Path, plan: dict) -> dict[str, float]:
-    """Task -> score (the metric the eval group names) from lm-eval's result files."""
-    scores = {}
+def parse_eval_argv(argv: list[str]) -> None:
+    """Parse a command from ``lm_eval_argv`` with the installed harness's (and accelerate's) own
+    parsers; a ConfigError names what they refuse."""
+    import contextlib
+    import io
+
+    from lm_eval._cli.harness import HarnessCLI
+
+    args = argv[1:]
+    parsers = []
+    if args[:2] == ["-m", "accelerate.commands.launch"]:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch = args[2:]
+        split = launch.index("lm_eval")
+        parsers.append(("accelerate launch", launch_command_parser(), launch))
+        args = ["-m", "lm_eval", *launch[split + 1:]]
+    parsers.append(("lm-eval", HarnessCLI()._parser, ["run", *args[2:]]))
+    for name, parser, parsed in parsers:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                parser.parse_args(parsed)
+        except SystemExit:
+            last = (err.getvalue().strip().splitlines() or ["refused"])[-1]
+            raise ConfigError(f"the eval job's {name} command does not parse: {last}") from None
+
+
+def read_scores(run_dir: Path, plan: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """Task -> score (the metric the eval group names), and task -> the version lm-eval reports,
+    from lm-eval's result files."""
+    scores, versions = {}, {}
     for path in sorted((Path(run_dir) / RunDir.EVAL_RESULTS).rglob("results_*.json")):
-        results = json.loads(path.read_text())["results"]
+        written = json.loads(path.read_text())
+        results = written["results"]
         for task, metric in plan["metrics"].items():
             if task in results and f"{metric},none" in results[task]:
                 scores[task] = float(results[task][f"{metric},none"])
+                versions[task] = str((written.get("versions") or {}).get(task, "unknown"))
     missing = sorted(set(plan["metrics"]) - set(scores))
     if missing:
         raise LaunchError(f"lm-eval produced no score for {', '.join(missing)}")
-    return scores
+    return scores, versions
 
 
-def results_table(name: str, scores: dict, plan: dict) -> str:
+def harness_record(plan: dict, versions: dict[str, str]) -> dict:
+    """What a result depends on besides model and tasks: written beside every score."""
+    from importlib.metadata import version
+
+    harness = dict(plan.get("harness") or {"mode": "unrecorded"})
+    harness["lm_eval"] = version("lm_eval")
+    harness["task_versions"] = versions
+    harness["processes"] = plan.get("processes", 1)
+    return harness
+
+
+def harness_line(harness: dict) -> str:
+    bos = {False: "no BOS", True: "BOS", None: "BOS as the tokenizer adds it"}[harness.get("add_bos_token")]
+    tasks = ", ".join(f"{task} v{v}" for task, v in harness.get("task_versions", {}).items())
+    vendored = harness.get("vendored_tasks") or []
+    return (f"Harness: lm-eval {harness.get('lm_eval')}, mode **{harness.get('mode')}** ({bos}, dtype "
+            f"{harness.get('dtype')}, batch size {harness.get('batch_size')}; tasks {tasks}"
+            + (f"; {', '.join(vendored)} as the leaderboard ran {'it' if len(vendored) == 1 else 'them'}" if vendored else "")
+            + ").")
+
+
+def results_table(name: str, scores: dict, plan: dict, harness: dict | None = None) -> str:
     """Markdown: this model, its target, and the published LLaMAntino and base-model scores."""
     tasks = list(plan["metrics"])
     board = leaderboard()
@@ -71,9 +129,14 @@ def results_table(name: str, scores: dict, plan: dict) -> str:
                         + ([f"{sum(values) / len(values):.4f}"] if average and None not in values else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    note = f"Published scores: {board['source']}." if comparable else \
-        "These tasks are not on the Open Italian LLM Leaderboard: no published scores to compare with."
-    return "\n".join(lines) + f"\n\n{note}\n"
+    if not comparable:
+        note = "These tasks are not on the Open Italian LLM Leaderboard: no published scores to compare with."
+    else:
+        note = f"Published scores: {board['source']}."
+        if (harness or {}).get("mode") != "leaderboard":
+            note += (" This run did not use eval.mode=leaderboard: its harness settings differ from the published"
+                     " ones (task versions, BOS, dtype), so the rows are not directly comparable.")
+    return "\n".join(lines) + f"\n\n{note}\n" + (f"\n{harness_line(harness)}\n" if harness else "")
 
 
 def run_evaluation(run_dir: Path) -> dict:
@@ -86,9 +149,10 @@ def run_evaluation(run_dir: Path) -> dict:
         rc = subprocess.run(lm_eval_argv(plan, group), cwd=run_dir, env=os.environ).returncode
         if rc != 0:
             raise LaunchError(f"lm-eval failed with exit code {rc} on {', '.join(group['tasks'])}")
-    scores = read_scores(run_dir, plan)
-    table = results_table(run.config().run.name, scores, plan)
-    result = {"eval": plan["eval"], "scores": scores, "model": plan["model"]}
+    scores, versions = read_scores(run_dir, plan)
+    harness = harness_record(plan, versions)
+    table = results_table(run.config().run.name, scores, plan, harness)
+    result = {"eval": plan["eval"], "scores": scores, "model": plan["model"], "harness": harness}
     if plan["leaderboard"] and len(scores) == 3:
         result["average"] = sum(scores.values()) / 3
     write_json(run / RunDir.RESULTS_JSON, result)

@@ -38,8 +38,11 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
         rows = cfg.data.num_rows
         if not rows:
             raise ConfigError(f"data {cfg.data.name} has no num_rows: set data.num_rows=<rows> to plan an epoch-based stage")
+        held_out = stage.val_set_size if stage.val_set_size < 1 else stage.val_set_size / rows
+        rows = round(rows * (1 - held_out))  # the evaluation split is not trained on
         tokens = rows * stage.num_epochs * per_row
-        how = f"{rows} rows x {stage.num_epochs:g} epochs x {per_row} tokens"
+        how = (f"{rows} rows x {stage.num_epochs:g} epochs x {per_row} tokens"
+               + (f" ({stage.val_set_size:g} held out for evaluation)" if held_out else ""))
     params = model.params_b * 1e9
     factor = 6 if kind == "full" else 4
     factor += 2 if stage.gradient_checkpointing else 0

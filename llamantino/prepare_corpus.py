@@ -97,7 +97,7 @@ class SourceSlice:
         self.buffer: list[int] = []
         self.seen: set[bytes] = set()
         self.counts = {"files": 0, "rows": 0, "invalid": 0, "normalised": 0, "duplicates": 0, "too_short": 0,
-                       "kept": 0, "tokens": 0, "blocks": 0, "leftover_tokens": 0}
+                       "kept": 0, "tokens": 0, "blocks": 0, "block_tokens": 0, "cut_tokens": 0, "leftover_tokens": 0}
         self.files: list[str] = []
         self.tokenised = 0  # documents tokenised so far
 
@@ -148,6 +148,8 @@ class SourceSlice:
         document), so a task reads only a little past its share."""
         if self.quota is None:
             return BATCH_DOCS
+        if not self.request.get("pack", True):  # one block per document
+            return max(1, min(BATCH_DOCS, self.quota - self.counts["blocks"]))
         missing = (self.quota - self.counts["blocks"]) * self.request["sequence_len"] - len(self.buffer)
         if not self.tokenised:
             return 1
@@ -155,19 +157,28 @@ class SourceSlice:
         return max(1, min(BATCH_DOCS, math.ceil(missing / per_doc)))
 
     def blocks(self, texts: list[str]) -> list[list[int]]:
-        """BOS + text + EOS of each document appended to the buffer; full blocks cut off it."""
+        """BOS + text + EOS of each document appended to the buffer; full blocks cut off it.
+        Unpacked (``request["pack"]`` false): each document is a block of its own, cut at
+        ``sequence_len`` (the rest dropped and counted), as a trainer without packing reads it."""
         length = self.request["sequence_len"]
         out = []
         self.tokenised += len(texts)
         for ids in self.tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]:
             ids.append(self.tokenizer.eos_token_id)
             self.counts["tokens"] += len(ids)
+            if not self.request.get("pack", True):
+                if self.quota is not None and self.counts["blocks"] + len(out) >= self.quota:
+                    break
+                self.counts["cut_tokens"] += max(0, len(ids) - length)
+                out.append(ids[:length])
+                continue
             self.buffer.extend(ids)
             while len(self.buffer) >= length and not (self.quota is not None and
                                                      self.counts["blocks"] + len(out) >= self.quota):
                 out.append(self.buffer[:length])
                 del self.buffer[:length]
         self.counts["blocks"] += len(out)
+        self.counts["block_tokens"] += sum(map(len, out))
         return out
 
 
@@ -182,8 +193,12 @@ def _batch(blocks: list[list[int]], source_index: int, length: int):
     import numpy as np
     import pyarrow as pa
 
-    flat = np.asarray(blocks, dtype=np.int32).reshape(-1)
-    offsets = pa.array(np.arange(0, len(blocks) * length + 1, length, dtype=np.int32))
+    if all(len(block) == length for block in blocks):
+        flat = np.asarray(blocks, dtype=np.int32).reshape(-1)
+        offsets = pa.array(np.arange(0, len(blocks) * length + 1, length, dtype=np.int32))
+    else:  # unpacked documents: rows of their own lengths
+        flat = np.fromiter((token for block in blocks for token in block), dtype=np.int32)
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(block) for block in blocks])]).astype(np.int32))
     ids = pa.ListArray.from_arrays(offsets, pa.array(flat))
     ones = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(flat), dtype=np.int8)))
     return pa.record_batch([ids, ones, ids, pa.array(np.full(len(blocks), source_index, dtype=np.int16))],
@@ -269,7 +284,7 @@ def finish(entry_dir: PreparedDir) -> dict:
                           for name, s in sources.items())
         raise DataError(f"the sample has {blocks} blocks but the budget needs {needed} ({short}); the sources hold "
                         "too little text: raise data.approx_tokens' accuracy, add sources, or lower stage.max_steps")
-    manifest = {"key": request["key"], "blocks": blocks, "tokens": blocks * request["sequence_len"],
+    manifest = {"key": request["key"], "blocks": blocks, "tokens": sum(s["block_tokens"] for s in sources.values()),
                 "budget_tokens": request["budget_tokens"], "needed_blocks": needed,
                 "sequence_len": request["sequence_len"], "seed": request["seed"], "tokenizer": request["tokenizer"],
                 "files": [entry_dir.slice(i).name for i in range(request["tasks"])], "sources": sources,

@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from llamantino.accounting import TERMINAL_FAILURES
-from llamantino.errors import RunDirError
+from llamantino.errors import ConfigError, RunDirError
 from llamantino.launchers.slurm import slurm_job
 from llamantino.curves import loss_curve, plot_curves, pyplot
 from llamantino.rundir import RunDir, SweepDir, read_json, runs_under
@@ -120,9 +120,13 @@ def find_results(targets: list[Path]) -> list[RunDir]:
     return found
 
 
-def comparison(runs: list[RunDir]) -> tuple[list[str], list[dict]]:
-    """(task columns, one row per eval run with each task's score and the average)."""
-    rows, tasks = [], []
+def comparison(runs: list[RunDir], mixed_modes: bool = False) -> tuple[list[str], list[dict]]:
+    """(task columns, one row per eval run with each task's score and the average).
+
+    Scores from different evaluation modes (``eval.mode``: leaderboard, current) are not comparable;
+    they are refused side by side unless ``mixed_modes``, and then each row names its mode.
+    """
+    rows, tasks, modes = [], [], {}
     for run in runs:
         result = read_json(run / RunDir.RESULTS_JSON, "not an eval run")
         for task in result["scores"]:
@@ -133,8 +137,15 @@ def comparison(runs: list[RunDir]) -> tuple[list[str], list[dict]]:
                **{t: f"{v:.4f}" for t, v in result["scores"].items()}}
         if "average" in result:
             row["average"] = f"{result['average']:.4f}"
+        row["mode"] = str((result.get("harness") or {}).get("mode", "unrecorded"))
+        modes.setdefault(row["mode"], row["run"])
         rows.append(row)
-    columns = tasks + (["average"] if any("average" in r for r in rows) else [])
+    if len(modes) > 1 and not mixed_modes:
+        raise ConfigError("these results come from different evaluation modes ("
+                          + ", ".join(f"{mode}: {run}" for mode, run in modes.items())
+                          + "); their scores are not comparable. Re-evaluate with one eval.mode, or pass "
+                          "--mixed-modes to show them side by side, each row labelled with its mode")
+    columns = tasks + (["average"] if any("average" in r for r in rows) else []) + ["mode"]
     for row in rows:
         for column in columns:
             row.setdefault(column, "-")

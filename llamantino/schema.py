@@ -81,6 +81,11 @@ class TrackerMode(StrEnum):
     offline = "offline"
 
 
+class EvalMode(StrEnum):
+    leaderboard = "leaderboard"  # the harness behaviour behind the published scores (llamantino/evaluation.py)
+    current = "current"  # the installed harness as it is
+
+
 class LauncherName(StrEnum):
     dry = "dry"
     local = "local"
@@ -470,6 +475,9 @@ class PromptConfig(Checked):
     MULTILINE = ('system_prompt',)
     template: Optional[str] = None  # None: the model's template
     system_prompt: Optional[str] = None  # None: the template's published default; "": none
+    # The ANITA SFT script's text quirks: " <|eot_id|> " and "<|begin_of_text|> " with spaces, and
+    # "<|end_of_text|>" appended (marcopoli/LLaMAntino-3-ANITA finetune_llama3.py); Llama-3 templates only.
+    anita_script_quirks: bool = False
 
 
 @dataclass
@@ -492,6 +500,8 @@ class EvalConfig(Checked):
     include_path: Optional[str] = None  # folder with local task YAMLs (relative to the project)
     limit: Optional[float] = None  # lm-eval --limit, for smoke tests
     leaderboard: bool = False  # average the tasks like the Open Italian LLM Leaderboard
+    mode: EvalMode = EvalMode.current  # leaderboard: reproduce the published scores' harness behaviour
+    data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
 
 
 @dataclass

@@ -117,6 +117,47 @@ def _build(target: Path) -> None:
     )
 
 
+def build_sentencepiece_tokenizer(target: Path, vocab_size: int = 1000) -> Path:
+    """A Llama-2-style tokenizer trained on the Italian samples: a real SentencePiece BPE model with
+    byte fallback and a dummy prefix (every encoded string starts with "▁"), saved as the fast
+    tokenizer Llama-2 ships (``tokenizer.model`` beside ``tokenizer.json``). Tests use it to check that
+    prompts and responses tokenise as the whole rendered text does; the tiny model keeps its
+    byte-level BPE, which has no dummy prefix.
+    """
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [text for text in _iter_sample_texts() if text.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        split_digits=True, remove_extra_whitespaces=False, normalization_rule_name="identity", minloglevel=2,
+        num_threads=1)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_file=str(target / "tokenizer.model"))
+    # The fast form, as transformers converts Llama-2's: BPE merges recovered from the pieces' ranks.
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = []
+    for piece, index in sorted(vocab.items(), key=lambda item: -sp.get_score(item[1])):
+        pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(left, right, sp.get_score(index)) for left, right in sorted(pairs, key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))]
+    merges = [(left, right) for left, right, _ in sorted(merges, key=lambda merge: merge[2], reverse=True)]
+    fast = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    fast.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    fast.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
+    fast.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        model_max_length=4096)
+    tokenizer.save_pretrained(target)
+    return target
+
+
 def ensure_tiny_model() -> Path:
     """Build the tiny model once (atomically) and return its directory."""
     target = tiny_model_dir()

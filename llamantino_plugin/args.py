@@ -29,7 +29,7 @@ class LlamantinoArgs(BaseModel):
 
     llamantino_template: str | None = Field(
         default=None,
-        json_schema_extra={"description": "prompt template: llamantino2_chat, anita, llama3, alpaca_it"},
+        json_schema_extra={"description": "prompt template: llamantino2_chat, llamantino2_chat_70b, anita, llama3, alpaca_it"},
     )
     llamantino_system_prompt: str | None = Field(
         default=None,
@@ -45,6 +45,11 @@ class LlamantinoArgs(BaseModel):
         json_schema_extra={"description": "a prepared corpus (<cache>/prepared/<key>); trained on memory-mapped"},
     )
     llamantino_text_dedup: bool | None = None
+    llamantino_anita_script_quirks: bool | None = Field(
+        default=None,
+        json_schema_extra={"description": "the ANITA SFT script's text: ' <|eot_id|> ', '<|begin_of_text|> ', "
+                                          "'<|end_of_text|>' appended (Llama-3 chat templates only)"},
+    )
 
     @field_validator("llamantino_template")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 from llamantino_plugin.formats import READERS, RowError
-from llamantino_plugin.templates import compiled_template, render_chat, template_info
+from llamantino_plugin.templates import compiled_template, render_chat, template_info, with_anita_script_quirks
 
 IGNORE = -100
 
@@ -81,25 +81,39 @@ def tokenise_text(batch, *, tokenizer, sequence_len: int, per_document: bool = F
 
 
 def tokenise_instructions(batch, *, tokenizer, template: str, train_on_inputs: bool) -> dict:
-    """Alpaca-style prompt (masked) + response + EOS (trained)."""
+    """Alpaca-style prompt (masked) + response + EOS (trained).
+
+    Prompt and response are tokenised as one string, so the ids are those of the whole text: a
+    SentencePiece tokenizer (Llama-2) would give a separately tokenised response a dummy-prefix
+    space (``'▁Marco'`` instead of ``'Mar', 'co'`` after a newline). A token is trained when it
+    holds response characters.
+    """
     env = compiled_template(template)
     prompts = [env.render(instruction=i, input=x) for i, x in zip(batch["instruction"], batch["input"])]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-    answer_ids = tokenizer(batch["output"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    encoded = tokenizer([prompt + output for prompt, output in zip(prompts, batch["output"])], add_special_tokens=True,
+                        return_offsets_mapping=True, return_attention_mask=False)
     out = {"input_ids": [], "attention_mask": [], "labels": []}
-    for prompt, answer in zip(prompt_ids, answer_ids):
-        ids = prompt + answer + [tokenizer.eos_token_id]
+    for prompt, ids, offsets in zip(prompts, encoded["input_ids"], encoded["offset_mapping"]):
+        ids = ids + [tokenizer.eos_token_id]
+        if train_on_inputs:
+            labels = list(ids)
+        else:
+            boundary = len(prompt)
+            labels = [token if end > boundary else IGNORE for token, (_, end) in zip(ids, offsets)] + [ids[-1]]
         out["input_ids"].append(ids)
         out["attention_mask"].append([1] * len(ids))
-        out["labels"].append(list(ids) if train_on_inputs else [IGNORE] * len(prompt) + ids[len(prompt):])
+        out["labels"].append(labels)
     return out
 
 
-def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None, train_on_inputs: bool) -> dict:
+def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None, train_on_inputs: bool,
+                  anita_script_quirks: bool = False) -> dict:
     """A conversation through the chat template; only the assistant spans are trained."""
     out = {"input_ids": [], "attention_mask": [], "labels": []}
     for messages in batch["messages"]:
         text, spans = assistant_spans(template, system_prompt, messages)
+        if anita_script_quirks:
+            text, spans = with_anita_script_quirks(text, spans)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         ids = encoded["input_ids"]
         if train_on_inputs:
@@ -174,11 +188,11 @@ def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encod
 
 
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
-              train_on_inputs: bool):
+              train_on_inputs: bool, anita_script_quirks: bool = False):
     """The batched tokenise function of a format and template."""
     if fmt == "text":
         return partial(tokenise_text, tokenizer=tokenizer, sequence_len=sequence_len)
     if fmt == "instructions" and template_info(template).kind != "chat":
         return partial(tokenise_instructions, tokenizer=tokenizer, template=template, train_on_inputs=train_on_inputs)
     return partial(tokenise_chat, tokenizer=tokenizer, template=template, system_prompt=system_prompt,
-                   train_on_inputs=train_on_inputs)
+                   train_on_inputs=train_on_inputs, anita_script_quirks=anita_script_quirks)

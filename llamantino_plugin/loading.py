@@ -75,7 +75,8 @@ class ItalianDataset(DatasetWrappingStrategy):
                              encode=tokeniser(self.fmt, self.template, tokenizer=self.tokenizer,
                                               sequence_len=cfg.sequence_len,
                                               system_prompt=cfg.get("llamantino_system_prompt"),
-                                              train_on_inputs=bool(cfg.train_on_inputs)))
+                                              train_on_inputs=bool(cfg.train_on_inputs),
+                                              anita_script_quirks=bool(cfg.get("llamantino_anita_script_quirks"))))
         dataset = dataset.map(partial(_encode_to_arrow, encode=encode), batched=True, with_indices=True,
                               remove_columns=dataset.column_names,
                               desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)

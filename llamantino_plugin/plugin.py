@@ -134,7 +134,8 @@ def _load_preferences(cfg):
                            f"at least {detail.get('shortest_pair_tokens', '?')} tokens")
         raise PreferenceError(
             "every preference pair would be dropped (" + "; ".join(reasons) + f") but sequence_len is "
-            f"{cfg.sequence_len}; raise sequence_len or set excess_length_strategy: truncate"
+            f"{cfg.sequence_len}; raise sequence_len, set max_prompt_len (over-long prompts keep their last tokens) "
+            "or excess_length_strategy: truncate"
         )
     return meta
 

@@ -42,9 +42,44 @@ def pair_strings(pair: dict, template: str, system_prompt: str | None, bos: str 
     return out
 
 
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _keep_tokens(tokenizer, text: str, limit: int, last: bool) -> str:
+    """``text`` cut to at most ``limit`` tokens, keeping its last (or first) ones; a leading special
+    token (BOS) stays at the head of a prompt. Cuts fall on token boundaries of the whole text."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    if len(ids) <= limit:
+        return text
+    head = text[:offsets[0][1]] if last and ids[0] in tokenizer.all_special_ids else ""
+    for keep in range(limit - bool(head), 0, -1):  # re-tokenised pieces may merge differently: shrink until it fits
+        cut = head + text[offsets[len(ids) - keep][0]:] if last else text[:offsets[keep - 1][1]]
+        if _count(tokenizer, cut) <= limit:
+            return cut
+    return head
+
+
+def truncate_pair(strings: dict, tokenizer, max_length: int, max_prompt: int) -> dict:
+    """TRL's DPO truncation before 0.13 (ANITA trained with TRL 0.8.5; its default ``keep_end``): when
+    prompt + the longer answer exceed ``max_length``, the prompt keeps its last ``max_prompt`` tokens;
+    if that is still too long, each answer keeps its first ``max_length - max_prompt``. TRL 1.9 has no
+    prompt limit (Axolotl 0.19 declares ``max_prompt_len`` and ignores it), so it happens here."""
+    prompt, chosen, rejected = strings["prompt"], strings["chosen"], strings["rejected"]
+    longer = max(_count(tokenizer, chosen), _count(tokenizer, rejected))
+    if _count(tokenizer, prompt) + longer > max_length:
+        prompt = _keep_tokens(tokenizer, prompt, max_prompt, last=True)
+        if _count(tokenizer, prompt) + longer > max_length:
+            budget = max(max_length - max_prompt, 1)
+            chosen, rejected = (_keep_tokens(tokenizer, text, budget, last=False) for text in (chosen, rejected))
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
 def transform(batch, *, columns: dict, template: str, system_prompt: str | None, policy: str,
-              path: str, tokenizer=None) -> dict:
-    """Batched map: bad rows fail (strict) or are dropped (skip); good rows become DPO strings."""
+              path: str, tokenizer=None, max_length: int | None = None, max_prompt: int | None = None) -> dict:
+    """Batched map: bad rows fail (strict) or are dropped (skip); good rows become DPO strings, with
+    over-long prompts truncated when ``max_prompt`` is set."""
     out = {"prompt": [], "chosen": [], "rejected": []}
     names = list(batch)
     bos = tokenizer.bos_token if tokenizer is not None and tokenizer.bos_token else ""
@@ -58,6 +93,8 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
                     f"dataset {path!r} [{exc.column}]: {exc.message} (set llamantino_bad_rows: skip to drop such rows)"
                 ) from None
             continue
+        if max_prompt and max_length and tokenizer is not None:
+            strings = truncate_pair(strings, tokenizer, max_length, max_prompt)
         for key in out:
             out[key].append(strings[key])
     return out
@@ -69,7 +106,8 @@ def load(cfg, dataset_idx: int = 0, **kwargs):
     template = cfg.get("llamantino_template") or default_template("preferences")
     fn = partial(transform, columns=spec["columns"], template=template,
                  system_prompt=cfg.get("llamantino_system_prompt"),
-                 policy=cfg.get("llamantino_bad_rows") or "strict", path=spec["path"])
+                 policy=cfg.get("llamantino_bad_rows") or "strict", path=spec["path"],
+                 max_length=cfg.get("sequence_len"), max_prompt=cfg.get("max_prompt_len"))
 
     def transform_fn(batch, tokenizer=None):
         return fn(batch, tokenizer=tokenizer)

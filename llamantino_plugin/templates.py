@@ -30,6 +30,7 @@ class TemplateInfo:
     eot_tokens: tuple[str, ...]
     source: str
     system_prompt: str
+    variables: tuple[tuple[str, str], ...] = ()  # __NAME__ placeholders of the Jinja file, by value
 
 
 @lru_cache(maxsize=None)
@@ -39,7 +40,8 @@ def templates() -> dict[str, TemplateInfo]:
     return {
         name: TemplateInfo(name=name, kind=meta["kind"], file=meta["file"], family=meta["family"],
                            eot_tokens=tuple(meta["eot_tokens"]), source=meta["source"],
-                           system_prompt=meta["system_prompt"])
+                           system_prompt=meta["system_prompt"],
+                           variables=tuple((meta.get("variables") or {}).items()))
         for name, meta in index.items()
     }
 
@@ -70,6 +72,8 @@ def template_source(name: str, system_prompt: str | None = None) -> str:
     """
     info = template_info(name)
     text = (TEMPLATES_DIR / info.file).read_text(encoding="utf-8")
+    for variable, value in info.variables:  # one Jinja file serves variants that differ in a string
+        text = text.replace(f"__{variable}__", json.dumps(value, ensure_ascii=False))
     if info.kind != "chat":
         if system_prompt:
             raise ValueError(f"template {name!r} is not a chat template: it takes no system prompt")
@@ -108,3 +112,28 @@ def render_instruction(name: str, instruction: str, input: str = "") -> str:  # 
     if template_info(name).kind != "instruction":
         raise ValueError(f"template {name!r} is a chat template, not an instruction template")
     return compiled_template(name).render(instruction=instruction, input=input)
+
+
+#: The ANITA SFT script's text quirks (marcopoli/LLaMAntino-3-ANITA, model_adaptation/finetune_llama3.py):
+#: ``apply_chat_template(messages) + "<|end_of_text|>"``, then spaces around ``<|eot_id|>`` and after
+#: ``<|begin_of_text|>``. Off by default: the model card's inference format has no such spaces.
+ANITA_SCRIPT_REPLACEMENTS = {"<|begin_of_text|>": "<|begin_of_text|> ", "<|eot_id|>": " <|eot_id|> "}
+ANITA_SCRIPT_SUFFIX = "<|end_of_text|>"
+
+
+def with_anita_script_quirks(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """The text as the ANITA SFT script trained on it, and the assistant spans moved with it (a span
+    that ended at a turn terminator keeps the terminator and its spaces; the last one, the suffix)."""
+    import re
+
+    matches = list(re.finditer("|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)), text))
+
+    def moved(offset: int) -> int:
+        return offset + sum(len(ANITA_SCRIPT_REPLACEMENTS[m.group()]) - len(m.group()) for m in matches
+                            if m.start() < offset)
+
+    quirky = "".join(ANITA_SCRIPT_REPLACEMENTS.get(part, part)
+                     for part in re.split("(" + "|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)) + ")", text))
+    quirky += ANITA_SCRIPT_SUFFIX
+    new_spans = [(moved(start), len(quirky) if end == len(text) else moved(end)) for start, end in spans]
+    return quirky, new_spans

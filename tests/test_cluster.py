@@ -22,15 +22,20 @@ def directives(run_dir) -> list[str]:
             if line.startswith("#SBATCH ")]
 
 
-@pytest.mark.parametrize("model, gpus, sharded", [("llama3_8b", 1, False), ("llama2_70b", 3, True)])
-def test_eval_jobs_ask_for_the_gpus_the_model_needs_not_the_node(tmp_path, model, gpus, sharded):
-    run = run_dir_of(ok(cli("stage=eval", "eval=ita_leaderboard", f"model={model}", *LEONARDO,
+@pytest.mark.parametrize("model, extra, gpus, processes, sharded", [
+    ("llama3_8b", [], 4, 4, False),  # fits one A100: a copy on each of the node's four, data-parallel
+    ("llama3_8b", ["eval.data_parallel=false"], 1, 1, False),
+    ("llama2_70b", [], 3, 1, True),  # ~140 GB in bf16: one copy over three 64 GB A100s
+])
+def test_eval_jobs_ask_for_the_gpus_they_use(tmp_path, model, extra, gpus, processes, sharded):
+    run = run_dir_of(ok(cli("stage=eval", "eval=ita_leaderboard", f"model={model}", *extra, *LEONARDO,
                             f"run.output_root={tmp_path / 'runs'}", cwd=tmp_path)))
     lines = directives(run)
     assert f"--gres=gpu:{gpus}" in lines  # of the 4 A100s of a Leonardo node
     assert not any(line.startswith("--mem=494000M") for line in lines) and "--exclusive" not in lines
     assert f"--cpus-per-task={32 * gpus // 4}" in lines
-    assert ("parallelize=True" in json.loads((run / "eval.json").read_text())["model_args"]) == sharded
+    plan = json.loads((run / "eval.json").read_text())
+    assert ("parallelize=True" in plan["model_args"]) == sharded and plan["processes"] == processes
 
 
 @pytest.mark.parametrize("model, gpus, on_cpu", [("llama2_7b", 1, False), ("llama2_70b", 0, True)])

@@ -118,6 +118,35 @@ def test_training_reads_the_prepared_blocks_memory_mapped(mirror, tmp_path):
     assert meta.total_num_steps == 3
 
 
+def test_without_packing_each_document_is_one_row_cut_at_the_sequence_length(mirror, tmp_path):
+    """stage.sample_packing=false (the ANITA adaptation script trained unpacked): rows are documents,
+    BOS first, never longer than sequence_len; the prepared entry is a different one from the packed."""
+    from axolotl.utils.dict import DictDefault
+
+    from llamantino_plugin.plugin import _load_prepared
+
+    runs = {}
+    for packing in ("true", "false"):
+        proc = ok(cli("data=clean_mc4_it", *TINY_ADAPT, f"stage.sample_packing={packing}", *storage(mirror, tmp_path),
+                      "launcher=local", cwd=tmp_path))
+        runs[packing] = yaml.safe_load((run_dir_of(proc) / "axolotl.yaml").read_text())["llamantino_prepared"]
+    assert runs["true"] != runs["false"]
+    entry = str(tmp_path / "cache" / "prepared" / runs["false"].rsplit("/", 1)[1])
+    cfg = DictDefault({"llamantino_prepared": entry, "sequence_len": 64, "micro_batch_size": 2,
+                       "gradient_accumulation_steps": 1, "num_epochs": 1, "max_steps": 3})
+    rows = _load_prepared(cfg).train_dataset["input_ids"]
+    from transformers import AutoTokenizer
+
+    from llamantino.tiny import ensure_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_tiny_model()))
+    assert all(row[0] == tokenizer.bos_token_id and len(row) <= 64 for row in rows)
+    assert tokenizer.bos_token_id not in [token for row in rows for token in row[1:]]  # never two documents in a row
+    assert any(len(row) < 64 for row in rows) or all(row[-1] != tokenizer.eos_token_id for row in rows)
+    manifest = read_json(tmp_path / "cache" / "prepared" / runs["false"].rsplit("/", 1)[1] / "manifest.json")
+    assert manifest["tokens"] == sum(map(len, rows))
+
+
 def test_a_budget_larger_than_the_sources_fails_naming_the_shortfall(mirror, tmp_path):
     proc = fails(cli("data=clean_mc4_it", "stage=adapt", "stage.max_steps=5000", "stage.sequence_len=64",
                      "stage.micro_batch_size=8", *storage(mirror, tmp_path), "launcher=local", cwd=tmp_path))

@@ -34,8 +34,9 @@ def test_epoch_based_full_finetune_with_fsdp(compose):
 
 def test_dpo_counts_both_answers_and_the_reference(compose):
     p = plan(compose("experiment=anita_8b_dpo"), mfu=0.5)
-    assert p["tokens"] == 44_200 * 1 * 2 * 1024
-    assert p["flops"] == pytest.approx((4 + 2 + 2) * 8.03e9 * 44_200 * 2048)
+    trained_rows = 44_200 - 442  # 1% held out for evaluation, as ANITA's train_test_split(test_size=0.01)
+    assert p["tokens"] == trained_rows * 2 * 2 * 1024  # rows x 2 epochs x (chosen + rejected) x sequence_len
+    assert p["flops"] == pytest.approx((4 + 2 + 2) * 8.03e9 * trained_rows * 2 * 2048)
     assert p["gpu_hours"] == pytest.approx(p["flops"] / (312e12 * 0.5) / 3600)
     assert p["time_limit"] == "4-00:00:00" and p["jobs"] == 1
 

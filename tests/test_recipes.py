@@ -53,9 +53,16 @@ def test_published_settings(compose):
                 sft.hardware.nodes, sft.prompt.template) == (None, 16, epochs, 2, "llamantino2_chat")
     dpo = compose("experiment=anita_8b_dpo").stage
     assert (dpo.lora_r, dpo.lora_alpha, dpo.use_rslora, dpo.rl_beta, dpo.learning_rate, dpo.num_epochs,
-            dpo.sequence_len, dpo.max_prompt_len) == (64, 16, True, 0.1, 5e-5, 1, 1024, 512)
-    sft = compose("experiment=anita_8b_sft").stage
-    assert (sft.lora_r, sft.lora_alpha, sft.learning_rate, sft.num_epochs) == (16, 8, 2e-4, 1)
+            dpo.sequence_len, dpo.max_prompt_len, dpo.adapter, dpo.val_set_size) == \
+        (64, 16, True, 0.1, 5e-6, 2, 1024, 512, "qlora", 0.01)  # f5919e2, the commit run on Llama-3-8B-Instruct
+    anita = compose("experiment=anita_8b_sft")
+    sft = anita.stage
+    assert (sft.adapter, sft.lora_r, sft.lora_alpha, sft.learning_rate, sft.num_epochs, sft.optimizer,
+            sft.train_on_inputs, sft.sample_packing) == ("lora", 16, 8, 8e-6, 1, "paged_adamw_32bit", True, False)
+    assert anita.prompt.system_prompt.startswith("You are an intelligent assistant named LLaMAntino-3 ANITA")
+    assert not compose("experiment=anita_8b_adapt").stage.sample_packing  # the script did not pack
+    big = compose("experiment=llamantino2_70b_sft")
+    assert (big.prompt.template, big.stage.lora_dropout) == ("llamantino2_chat_70b", 0.1)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from llamantino.errors import ConfigError
 from llamantino.inputs import Inputs
 from llamantino.method import Method
 from llamantino.rundir import RunDir
@@ -101,6 +102,17 @@ def _corpus_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
             "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry}
 
 
+def _anita_script_quirks(cfg: LlamantinoConfig, fmt: str) -> bool:
+    """The quirks are the ANITA SFT script's: a Llama-3 chat template over conversations or instructions."""
+    from llamantino_plugin.templates import template_info
+
+    info = template_info(cfg.template) if cfg.template else None
+    if fmt in ("text", "preferences") or info is None or info.kind != "chat" or info.family != "llama3":
+        raise ConfigError(f"prompt.anita_script_quirks=true applies to supervised fine-tuning with a Llama-3 chat "
+                          f"template (anita, llama3); this stage has {fmt} data and template {cfg.template!r}")
+    return True
+
+
 def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     if inputs.corpus is not None:
         return _corpus_keys(cfg, inputs)
@@ -126,6 +138,8 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     }
     if cfg.prompt.system_prompt is not None:
         keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
+    if cfg.prompt.anita_script_quirks:
+        keys["llamantino_anita_script_quirks"] = _anita_script_quirks(cfg, data["format"])
     if data["format"] == "text":
         keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
     keys.update(llamantino_datasets=[spec], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import yaml
 from llamantino.errors import ConfigError
 from llamantino.inputs import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
 from llamantino.method import Method, model_gpus, model_ram_gb
-from llamantino.paths import PROJECT_ROOT
+from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
 from llamantino.rundir import RunDir
-from llamantino.schema import EvalConfig, LlamantinoConfig, Task
+from llamantino.schema import EvalConfig, EvalMode, LlamantinoConfig, Task
 from llamantino.stages.base import HubRead, Stage
 
 
@@ -39,23 +40,49 @@ class EvalStage(Stage):
         if validate:
             check_tasks(cfg.eval)
         files = materialise_tasks(cfg.eval, inputs)
-        files[RunDir.EVAL_PLAN] = json.dumps(eval_plan(cfg, inputs), indent=2) + "\n"
+        plan = eval_plan(cfg, inputs)
+        if validate:
+            check_commands(plan)
+        files[RunDir.EVAL_PLAN] = json.dumps(plan, indent=2) + "\n"
         return None, files
 
     def shape(self, cfg, method):
-        """The GPUs the model needs in bf16 (7B: one; 70B: the GPUs that hold it, model-sharded)."""
+        """A model that fits one GPU: one copy per GPU of a node (data-parallel); a larger one: the GPUs
+        that hold it, model-sharded (70B in bf16 on 64 GB A100s: three)."""
         if not cfg.hardware.gpu:
             return super().shape(cfg, method)
-        return self.sized_shape(cfg, model_gpus(cfg.model.params_b, cfg.hardware.gpu_memory_gb),
-                                model_ram_gb(cfg.model.params_b))
+        layout = eval_layout(cfg)
+        return self.sized_shape(cfg, layout.gpus, model_ram_gb(cfg.model.params_b) * layout.processes)
 
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)
-        local = local_task_files(cfg.eval)
-        hub_tasks = [task.name for task in cfg.eval.tasks if task.name not in local]
+        hub_tasks = [task.name for task in cfg.eval.tasks if task.name not in tasks_with_local_data(cfg.eval)]
         if hub_tasks:
             reads.append(HubRead("eval_tasks", tasks=tuple(hub_tasks)))
         return reads
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """How an eval job spreads over GPUs: ``processes`` copies of the model (data-parallel, launched
+    with ``accelerate launch``), each over ``gpus // processes`` GPUs (model-sharded when more than one)."""
+
+    processes: int
+    gpus: int
+
+    @property
+    def sharded(self) -> bool:
+        return self.gpus > self.processes
+
+
+def eval_layout(cfg: LlamantinoConfig) -> EvalLayout:
+    hw = cfg.hardware
+    if not hw.gpu:
+        return EvalLayout(processes=1, gpus=0)
+    per_copy = model_gpus(cfg.model.params_b, hw.gpu_memory_gb)
+    if per_copy > 1 or not cfg.eval.data_parallel:
+        return EvalLayout(processes=1, gpus=per_copy)
+    return EvalLayout(processes=hw.gpus_per_node, gpus=hw.gpus_per_node)
 
 
 def run_output(path: Path, known_runs: dict) -> Inputs:
@@ -74,14 +101,28 @@ def run_output(path: Path, known_runs: dict) -> Inputs:
     return from_adapter_output(output, source, str((path / output["path"]).resolve()))
 
 
+#: Task definitions as the leaderboard's harness had them, used in place of the installed ones in
+#: eval.mode=leaderboard (datasets_ita/eval/leaderboard/arc_it.yaml says what changed).
+LEADERBOARD_TASKS = DATASETS_DIR / "eval" / "leaderboard"
+
+
 def local_task_files(eval_cfg: EvalConfig) -> dict[str, Path]:
-    """Task name -> YAML file of the eval group's local tasks (its include_path)."""
+    """Task name -> YAML file of the tasks the run defines itself: the eval group's include_path and,
+    in leaderboard mode, the vendored definitions of the tasks it names."""
+    tasks = {}
+    if eval_cfg.mode == EvalMode.leaderboard:
+        named = {task.name for task in eval_cfg.tasks}
+        tasks.update({name: path for name, path in _tasks_in(LEADERBOARD_TASKS).items() if name in named})
     include = eval_cfg.include_path
-    if not include:
-        return {}
-    folder = Path(include) if Path(include).is_absolute() else PROJECT_ROOT / include
-    if not folder.is_dir():
-        raise ConfigError(f"eval.include_path={include!r} is not a folder")
+    if include:
+        folder = Path(include) if Path(include).is_absolute() else PROJECT_ROOT / include
+        if not folder.is_dir():
+            raise ConfigError(f"eval.include_path={include!r} is not a folder")
+        tasks.update(_tasks_in(folder))
+    return tasks
+
+
+def _tasks_in(folder: Path) -> dict[str, Path]:
     tasks = {}
     for path in sorted(folder.glob("*.yaml")):
         task = (yaml.safe_load(path.read_text()) or {}).get("task")
@@ -90,22 +131,37 @@ def local_task_files(eval_cfg: EvalConfig) -> dict[str, Path]:
     return tasks
 
 
+def tasks_with_local_data(eval_cfg: EvalConfig) -> set[str]:
+    """Local tasks whose data ships with the project (``dataset_kwargs.data_files``); the others,
+    vendored definitions included, read their dataset from the hub."""
+    return {name for name, path in local_task_files(eval_cfg).items()
+            if (yaml.safe_load(path.read_text()).get("dataset_kwargs") or {}).get("data_files")}
+
+
 @lru_cache(maxsize=None)
-def _known_tasks(include: str | None) -> frozenset:
+def _known_tasks(include: tuple[str, ...]) -> frozenset:
     from lm_eval.tasks import TaskManager
 
-    return frozenset(TaskManager(include_path=include).all_tasks)
+    return frozenset(TaskManager(include_path=list(include) or None).all_tasks)
 
 
 def check_tasks(eval_cfg: EvalConfig) -> None:
     """Unknown task names fail here, before anything is written or submitted."""
-    local = local_task_files(eval_cfg)
-    known = _known_tasks(str(next(iter(local.values())).parent) if local else None)
+    known = _known_tasks(tuple(sorted({str(path.parent) for path in local_task_files(eval_cfg).values()})))
     for task in eval_cfg.tasks:
         if task.name not in known:
             close = difflib.get_close_matches(task.name, sorted(known), n=5)
             raise ConfigError(f"eval {eval_cfg.name}: lm-eval has no task {task.name!r}"
                               + (f"; close: {', '.join(close)}" if close else ""))
+
+
+def check_commands(plan: dict) -> None:
+    """The job's commands parse with the installed lm-eval (and accelerate, data-parallel), so a
+    rendered eval job cannot fail on its own command line."""
+    from llamantino.evaluation import lm_eval_argv, parse_eval_argv
+
+    for group in plan["groups"]:
+        parse_eval_argv(lm_eval_argv(plan, group))
 
 
 def materialise_tasks(eval_cfg: EvalConfig, inputs: Inputs) -> dict[str, str]:
@@ -125,18 +181,36 @@ def materialise_tasks(eval_cfg: EvalConfig, inputs: Inputs) -> dict[str, str]:
     return files
 
 
+def harness_settings(cfg: LlamantinoConfig) -> dict:
+    """What the scores depend on besides the model and the tasks, by mode.
+
+    leaderboard: the harness the published scores came from (lm-eval at f64e72f, the commit the ANITA
+    authors pinned, and the leaderboard's own commands): no BOS token for causal models, no dtype
+    (the checkpoint's own), the leaderboard's batch size, and its task definitions (vendored where
+    the installed harness changed them). current: the installed harness's behaviour, bf16 on GPUs.
+    """
+    gpu = cfg.hardware.gpu
+    if cfg.eval.mode == EvalMode.leaderboard:
+        return {"mode": "leaderboard", "add_bos_token": False, "dtype": "auto"}
+    dtype = ("bfloat16" if cfg.hardware.bf16 else "float16") if gpu else "auto"
+    return {"mode": "current", "add_bos_token": None, "dtype": dtype}
+
+
 def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     """What the eval job runs: one lm-eval call per few-shot count, on the resolved model."""
+    settings = harness_settings(cfg)
+    layout = eval_layout(cfg)
     model_args = [f"pretrained={inputs.base_model}"]
     if inputs.base_model_revision:
         model_args.append(f"revision={inputs.base_model_revision}")
     if inputs.adapter:
         model_args.append(f"peft={inputs.adapter}")
-    gpu = cfg.hardware.gpu
-    if gpu:
-        model_args.append("dtype=bfloat16" if cfg.hardware.bf16 else "dtype=float16")
-        if model_gpus(cfg.model.params_b, cfg.hardware.gpu_memory_gb) > 1:
-            model_args.append("parallelize=True")  # layers spread over the job's GPUs (accelerate device_map)
+    if settings["dtype"] != "auto":
+        model_args.append(f"dtype={settings['dtype']}")
+    if settings["add_bos_token"] is not None:
+        model_args.append(f"add_bos_token={settings['add_bos_token']}")
+    if layout.sharded:
+        model_args.append("parallelize=True")  # layers spread over the job's GPUs (accelerate device_map)
     groups: dict[int, list[str]] = {}
     for task in cfg.eval.tasks:
         groups.setdefault(int(task.num_fewshot), []).append(task.name)
@@ -145,10 +219,14 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         "eval": cfg.eval.name,
         "model": inputs.model_source,
         "model_args": ",".join(model_args),
-        "device": "cuda:0" if gpu else "cpu",
+        "device": ("cuda" if layout.processes > 1 else "cuda:0") if cfg.hardware.gpu else "cpu",
+        "processes": layout.processes,
+        "gpus": layout.gpus,
         "batch_size": str(cfg.eval.batch_size),
         "limit": cfg.eval.limit,
         "include_path": RunDir.EVAL_TASKS if local else None,
+        "harness": {**settings, "batch_size": str(cfg.eval.batch_size),
+                    "vendored_tasks": sorted(name for name, path in local.items() if path.parent == LEADERBOARD_TASKS)},
         "groups": [{"num_fewshot": shots, "tasks": tasks} for shots, tasks in sorted(groups.items())],
         "metrics": {task.name: task.metric for task in cfg.eval.tasks},
         "leaderboard": bool(cfg.eval.leaderboard),
