@@ -161,11 +161,16 @@ class CheckpointComplete(_callback_base()):
 
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
             dist.barrier()  # every rank has written its shard
+        # Global rank 0 only, asked of torch.distributed itself: on the two-node test cluster a rank
+        # whose trainer state said "world process zero" wrote too, and two writers raced on one file
+        # (the state is a dataclass defaulting to True and is restored from checkpoints).
+        rank = dist.get_rank() if distributed else 0
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
-            tmp = folder / f".{COMPLETE}.tmp"
+        if rank == 0 and folder.is_dir():
+            tmp = folder / f".{COMPLETE}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"step": state.global_step, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}))
             os.replace(tmp, folder / COMPLETE)
         return control

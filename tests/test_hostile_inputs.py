@@ -79,6 +79,13 @@ ROWS = [
     ("offline hub eval", "llamantino", [*LEONARDO, "stage=eval", "eval=ita_leaderboard", "model=llama3_8b",
                                          "hardware.prepare.download_partition=null"],
      "eval tasks hellaswag_it"),
+    ("eval mode choice", "llamantino", ["stage=eval", "eval=local_smoke", "eval.mode=latest", *DRY],
+     "[leaderboard, current]"),
+    ("anita quirks on alpaca", "llamantino", ["stage=sft", "prompt.template=alpaca_it", "prompt.anita_script_quirks=true",
+                                              *DRY],
+     "prompt.anita_script_quirks=true applies to supervised fine-tuning with a Llama-3 chat template"),
+    ("anita quirks on dpo", "llamantino", ["stage=dpo", "prompt.template=anita", "prompt.anita_script_quirks=true",
+                                           *DRY], "this stage has preferences data"),
     ("local multi-node", "llamantino", ["hardware=local_slurm", "launcher=local"], "multi-node"),
     ("local without gpus", "llamantino", ["hardware=a100_80gb_x1", "launcher=local"], "0 CUDA GPU(s)"),
     # data

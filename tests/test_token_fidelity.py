@@ -113,3 +113,14 @@ def test_anita_script_quirks_render_the_scripts_text_and_train_the_answers(tiny_
                         train_on_inputs=False, anita_script_quirks=True)({"messages": [messages]})
     assert encoded["input_ids"][0] == tiny_tokenizer(expected, add_special_tokens=False)["input_ids"]
     assert encoded["labels"][0][-1] == encoded["input_ids"][0][-1]  # <|end_of_text|> is trained
+
+
+def test_the_quirks_option_reaches_a_recipe_axolotl_validates(tmp_path):
+    from conftest import cli, ok, run_dir_of
+
+    import yaml
+
+    run_dir = run_dir_of(ok(cli("stage=sft", "data=it_messages_sample", "prompt.template=anita",
+                                "prompt.anita_script_quirks=true", "launcher=dry", cwd=tmp_path)))
+    recipe = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
+    assert recipe["llamantino_anita_script_quirks"] is True and recipe["llamantino_template"] == "anita"
