@@ -23,7 +23,8 @@ def directives(run_dir) -> list[str]:
 
 
 @pytest.mark.parametrize("model, extra, gpus, processes, sharded", [
-    ("llama3_8b", [], 4, 4, False),  # fits one A100: a copy on each of the node's four, data-parallel
+    ("llama2_7b", [], 4, 4, False),  # fits one A100: a copy on each of the node's four, data-parallel
+    ("llama3_8b", [], 4, 4, False),
     ("llama3_8b", ["eval.data_parallel=false"], 1, 1, False),
     ("llama2_70b", [], 3, 1, True),  # ~140 GB in bf16: one copy over three 64 GB A100s
 ])
