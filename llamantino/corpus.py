@@ -214,6 +214,7 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: dict, world_size: int) -> C
                      "blocks": s.blocks, "files": _file_identity(s)} for s in sources],
         "tokenizer": tokenizer_id, "sequence_len": stage.sequence_len, "seed": data.sample_seed,
         "tasks": prepare.tasks, "min_chars": stage.text_min_chars, "dedup": stage.text_dedup,
+        # "pack" only when off, so the keys of packed corpora prepared before it existed stay the same
         "format": PREPARE_FORMAT, **({} if stage.sample_packing else {"pack": False}),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]

@@ -61,19 +61,32 @@ def _keep_tokens(tokenizer, text: str, limit: int, last: bool) -> str:
     return head
 
 
-def truncate_pair(strings: dict, tokenizer, max_length: int, max_prompt: int) -> dict:
+def truncate_pair(strings: dict, tokenizer, max_length: int, max_prompt: int, lengths: tuple[int, int, int]) -> dict:
     """TRL's DPO truncation before 0.13 (ANITA trained with TRL 0.8.5; its default ``keep_end``): when
     prompt + the longer answer exceed ``max_length``, the prompt keeps its last ``max_prompt`` tokens;
     if that is still too long, each answer keeps its first ``max_length - max_prompt``. TRL 1.9 has no
-    prompt limit (Axolotl 0.19 declares ``max_prompt_len`` and ignores it), so it happens here."""
+    prompt limit (Axolotl 0.19 declares ``max_prompt_len`` and ignores it), so it happens here.
+    ``lengths``: the token counts of prompt, chosen and rejected, measured by the caller."""
     prompt, chosen, rejected = strings["prompt"], strings["chosen"], strings["rejected"]
-    longer = max(_count(tokenizer, chosen), _count(tokenizer, rejected))
-    if _count(tokenizer, prompt) + longer > max_length:
+    prompt_tokens, longer = lengths[0], max(lengths[1:])
+    if prompt_tokens + longer > max_length:
         prompt = _keep_tokens(tokenizer, prompt, max_prompt, last=True)
         if _count(tokenizer, prompt) + longer > max_length:
             budget = max(max_length - max_prompt, 1)
             chosen, rejected = (_keep_tokens(tokenizer, text, budget, last=False) for text in (chosen, rejected))
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _truncate_batch(out: dict, tokenizer, max_length: int, max_prompt: int) -> dict:
+    """Every pair of a batch measured in one tokenizer call per column; only over-long ones are cut."""
+    counts = [[len(ids) for ids in tokenizer(out[key], add_special_tokens=False)["input_ids"]]
+              for key in ("prompt", "chosen", "rejected")] if out["prompt"] else [[], [], []]
+    for index, lengths in enumerate(zip(*counts)):
+        if lengths[0] + max(lengths[1:]) > max_length:
+            cut = truncate_pair({key: out[key][index] for key in out}, tokenizer, max_length, max_prompt, lengths)
+            for key in out:
+                out[key][index] = cut[key]
+    return out
 
 
 def transform(batch, *, columns: dict, template: str, system_prompt: str | None, policy: str,
@@ -93,10 +106,10 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
                     f"dataset {path!r} [{exc.column}]: {exc.message} (set llamantino_bad_rows: skip to drop such rows)"
                 ) from None
             continue
-        if max_prompt and max_length and tokenizer is not None:
-            strings = truncate_pair(strings, tokenizer, max_length, max_prompt)
         for key in out:
             out[key].append(strings[key])
+    if max_prompt and max_length and tokenizer is not None:
+        out = _truncate_batch(out, tokenizer, max_length, max_prompt)
     return out
 
 

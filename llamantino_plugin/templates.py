@@ -9,6 +9,7 @@ renderer, so a template cannot reach Python objects.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -121,19 +122,18 @@ ANITA_SCRIPT_REPLACEMENTS = {"<|begin_of_text|>": "<|begin_of_text|> ", "<|eot_i
 ANITA_SCRIPT_SUFFIX = "<|end_of_text|>"
 
 
+_ANITA_SCRIPT_TOKENS = re.compile("|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)))
+
+
 def with_anita_script_quirks(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
     """The text as the ANITA SFT script trained on it, and the assistant spans moved with it (a span
     that ended at a turn terminator keeps the terminator and its spaces; the last one, the suffix)."""
-    import re
-
-    matches = list(re.finditer("|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)), text))
+    matches = list(_ANITA_SCRIPT_TOKENS.finditer(text))
 
     def moved(offset: int) -> int:
         return offset + sum(len(ANITA_SCRIPT_REPLACEMENTS[m.group()]) - len(m.group()) for m in matches
                             if m.start() < offset)
 
-    quirky = "".join(ANITA_SCRIPT_REPLACEMENTS.get(part, part)
-                     for part in re.split("(" + "|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)) + ")", text))
-    quirky += ANITA_SCRIPT_SUFFIX
+    quirky = _ANITA_SCRIPT_TOKENS.sub(lambda m: ANITA_SCRIPT_REPLACEMENTS[m.group()], text) + ANITA_SCRIPT_SUFFIX
     new_spans = [(moved(start), len(quirky) if end == len(text) else moved(end)) for start, end in spans]
     return quirky, new_spans
