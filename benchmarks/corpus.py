@@ -44,19 +44,19 @@ def mirror(work: Path, name: str, files: int, docs: int) -> Path:
     return root
 
 
-def corpus_args(root: Path, cache: Path, steps: str = "null") -> list[str]:
+def corpus_args(root: Path, cache: Path, steps: str = "null", packing: bool = True) -> list[str]:
     return ["stage=adapt", "data=clean_mc4_it", f"hardware.storage.hub_mirror={root}", f"hardware.storage.cache={cache}",
             f"stage.max_steps={steps}", f"stage.sequence_len={SEQ}", "stage.micro_batch_size=2",
-            "hardware.prepare.tasks=1"]
+            "hardware.prepare.tasks=1", f"stage.sample_packing={str(packing).lower()}"]
 
 
-def prepare_entry(work: Path, root: Path, cache: Path) -> Path:
+def prepare_entry(work: Path, root: Path, cache: Path, packing: bool = True) -> Path:
     """Render a whole-corpus run (epochs: no budget cut) and write its request; returns the entry."""
     sys.path.insert(0, str(ROOT))
     from llamantino.compose import compose_config
     from llamantino.runs import build
 
-    cfg = compose_config(corpus_args(root, cache) + ["launcher=dry", f"run.output_root={work}"])
+    cfg = compose_config(corpus_args(root, cache, packing=packing) + ["launcher=dry", f"run.output_root={work}"])
     plan = build(cfg, work / f"plan-{time.time_ns()}", overrides=[]).inputs.corpus
     entry = plan.entry_dir()
     shutil.rmtree(entry.path, ignore_errors=True)
@@ -95,11 +95,14 @@ def bench_throughput(work: Path, root: Path, repeats: int) -> dict:
             "ours_tokens": ours[0]["tokens"], "axolotl_tokens": base[0]["tokens"], "docs": ours[0]["docs"]}
 
 
-def bench_memory(work: Path, files: int, docs: int) -> dict:
-    small = mirror(work, "mirror-1x", files, docs)
-    large = mirror(work, "mirror-8x", files * 8, docs)
-    one = task_measure(prepare_entry(work, small, work / "cache-mem-1x"))
-    eight = task_measure(prepare_entry(work, large, work / "cache-mem-8x"))
+def bench_memory(work: Path, files: int, docs: int, packing: bool = True) -> dict:
+    """Peak RSS of one prepare task over the whole corpus at 1x and 8x; ``packing=False`` is the
+    one-document-per-row layout (stage.sample_packing=false)."""
+    small = work / "mirror-1x" if (work / "mirror-1x").exists() else mirror(work, "mirror-1x", files, docs)
+    large = work / "mirror-8x" if (work / "mirror-8x").exists() else mirror(work, "mirror-8x", files * 8, docs)
+    layout = "packed" if packing else "unpacked"
+    one = task_measure(prepare_entry(work, small, work / f"cache-mem-1x-{layout}", packing))
+    eight = task_measure(prepare_entry(work, large, work / f"cache-mem-8x-{layout}", packing))
     return {"rss_1x_mb": one["rss_mb"], "rss_8x_mb": eight["rss_mb"], "ratio": eight["rss_mb"] / one["rss_mb"],
             "tokens_1x": one["tokens"], "tokens_8x": eight["tokens"]}
 
@@ -154,6 +157,7 @@ def bench_first_step(work: Path, root: Path) -> dict:
 
 def write_section(path: Path, results: dict, args) -> None:
     t, m, s, f = results["throughput"], results["memory"], results["sweep"], results["first_step"]
+    u = results["memory_unpacked"]
     ok = lambda good: "met" if good else "**missed**"  # noqa: E731
     lines = [MARK_START, "## Corpus preparation (`benchmarks/corpus.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; command: "
@@ -166,6 +170,8 @@ def write_section(path: Path, results: dict, args) -> None:
              f"| peak RSS of one prepare task, whole corpus 8x vs 1x | {m['rss_8x_mb']:.0f} MB "
              f"({m['tokens_8x']:,} tokens) | {m['rss_1x_mb']:.0f} MB ({m['tokens_1x']:,} tokens) | {m['ratio']:.2f} | "
              f"<= 1.1: {ok(m['ratio'] <= 1.1)} |",
+             f"| the same, one document per row (`stage.sample_packing=false`) | {u['rss_8x_mb']:.0f} MB | "
+             f"{u['rss_1x_mb']:.0f} MB | {u['ratio']:.2f} | <= 1.1: {ok(u['ratio'] <= 1.1)} |",
              f"| 8-point sweep: preparation time / one preparation | {s['eight_s']:.1f} s ({s['entries']} cache entry) | "
              f"{s['one_s']:.1f} s | {s['ratio']:.2f} | <= 1.1: {ok(s['ratio'] <= 1.1)} |",
              f"| time to the first training step, warm cache / cold | {f['warm_s']:.1f} s | {f['cold_s']:.1f} s | "
@@ -200,6 +206,7 @@ def main() -> int:
         results["throughput"] = bench_throughput(work, root, repeats)
         print("corpus benchmark 2: memory", flush=True)
         results["memory"] = bench_memory(work, args.files, args.docs)
+        results["memory_unpacked"] = bench_memory(work, args.files, args.docs, packing=False)
         print("corpus benchmark 3: sweep sharing", flush=True)
         results["sweep"] = bench_sweep(work, root)
         print("corpus benchmark 4: time to first step", flush=True)
