@@ -53,8 +53,8 @@ def corpus_args(root: Path, cache: Path, steps: str = "null", packing: bool = Tr
 def prepare_entry(work: Path, root: Path, cache: Path, packing: bool = True) -> Path:
     """Render a whole-corpus run (epochs: no budget cut) and write its request; returns the entry."""
     sys.path.insert(0, str(ROOT))
-    from llamantino.compose import compose_config
-    from llamantino.runs import build
+    from llamantino.config.compose import compose_config
+    from llamantino.orchestrate.runs import build
 
     cfg = compose_config(corpus_args(root, cache, packing=packing) + ["launcher=dry", f"run.output_root={work}"])
     plan = build(cfg, work / f"plan-{time.time_ns()}", overrides=[]).inputs.corpus
@@ -67,7 +67,7 @@ def prepare_entry(work: Path, root: Path, cache: Path, packing: bool = True) -> 
 def task_measure(entry: Path) -> dict:
     """One prepare task in a fresh process: wall seconds, peak RSS, its tokens and its own seconds."""
     shutil.rmtree(entry / "slices", ignore_errors=True)
-    seconds, rss, _ = run([PY, "-m", "llamantino.prepare_corpus", "task", str(entry), "--index", "0"], cwd=entry)
+    seconds, rss, _ = run([PY, "-m", "llamantino.job.prepare", "task", str(entry), "--index", "0"], cwd=entry)
     report = json.loads((entry / "slices" / "000.json").read_text())
     counts = report["sources"]["clean_mc4_it"]
     return {"wall_s": seconds, "rss_mb": rss, "task_s": report["seconds"], "tokens": counts["tokens"],
@@ -109,9 +109,9 @@ def bench_memory(work: Path, files: int, docs: int, packing: bool = True) -> dic
 
 def bench_sweep(work: Path, root: Path) -> dict:
     """The sweep's own path (build every point, then one prepare_inputs call) against one point."""
-    from llamantino.compose import compose_config
+    from llamantino.config.compose import compose_config
     from llamantino.launchers.local import LocalLauncher
-    from llamantino.runs import build
+    from llamantino.orchestrate.runs import build
 
     def points(count: int, cache: Path):
         return [build(compose_config(corpus_args(root, cache) +

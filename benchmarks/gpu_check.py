@@ -7,7 +7,7 @@ Llama (22 layers, hidden 2048, the tiny tokenizer), renders llamantino recipes f
 matching hardware option (a100_80gb_x1, or h100_80gb_x1 on Hopper), trains each with Axolotl for a
 few steps, and reports tokens/s from Axolotl's own log and MFU = (FLOPs per token x tokens/s) /
 peak bf16 FLOP/s, with FLOPs per token 6N (full), 4N (LoRA/QLoRA), +2N with gradient checkpointing
-(the planner's formulas, llamantino/plan.py). Without flash-attn installed it uses sdpa and says so.
+(the planner's formulas, llamantino/cli/plan.py). Without flash-attn installed it uses sdpa and says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build_one_b(target: Path) -> tuple[Path, float]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llamantino.tiny import ensure_tiny_model
+    from llamantino.inputs.tiny import ensure_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_tiny_model()))
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def main() -> int:
         return 2
     gpu = torch.cuda.get_device_name(0)
     hardware = "h100_80gb_x1" if any(k in gpu for k in ("H100", "H200", "GH200")) else "a100_80gb_x1"
-    from llamantino.compose import compose_config
+    from llamantino.config.compose import compose_config
 
     peak = compose_config([f"hardware={hardware}"]).hardware.peak_tflops * 1e12
     extra = [] if importlib.util.find_spec("flash_attn") else ["hardware.attn_implementation=sdpa"]

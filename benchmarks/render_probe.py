@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llamantino.compose import compose_config  # noqa: E402
+from llamantino.config.compose import compose_config  # noqa: E402
 from llamantino.stages import stage_for  # noqa: E402
 
 validate = "--no-validate" not in sys.argv

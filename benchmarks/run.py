@@ -256,7 +256,7 @@ def bench_train(work: Path, files: dict, repeats: int, steps: int) -> list[dict]
         ("sft", "alpaca", ["data=it_instructions_sample", f"data.path={files['instructions']}", "data.columns.instruction=instruction", "data.columns.input=input", "data.columns.output=output",
                            "prompt.template=alpaca_it"], lambda r: set_dataset(r, type="alpaca")),
     ]
-    from llamantino.tiny import ensure_tiny_model
+    from llamantino.inputs.tiny import ensure_tiny_model
 
     ensure_tiny_model()
     results = []
@@ -382,7 +382,7 @@ def main() -> int:
     parser.add_argument("--profile-text", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_text:
-        from llamantino.tiny import ensure_tiny_model
+        from llamantino.inputs.tiny import ensure_tiny_model
 
         print(json.dumps(profile_text_work(args.profile_text, ensure_tiny_model())))
         return 0

@@ -1,5 +1,5 @@
-"""``python -m llamantino``: see llamantino/app.py."""
+"""``python -m llamantino``: the one command (llamantino/cli/main.py)."""
 
-from llamantino.app import main
+from llamantino.cli.main import main
 
 main()

@@ -25,31 +25,46 @@ class DatasetSpec(BaseModel):
 
 
 class LlamantinoArgs(BaseModel):
-    """Top-level keys of an Axolotl recipe that the llamantino plugin reads."""
+    """Top-level keys of an Axolotl recipe that the llamantino plugin reads, with their defaults: the
+    plugin reads them by attribute, through ``plugin_args(cfg)``, and never restates a default."""
 
     llamantino_template: str | None = Field(
         default=None,
-        json_schema_extra={"description": "prompt template: llamantino2_chat, llamantino2_chat_70b, anita, llama3, alpaca_it"},
+        json_schema_extra={"description": "prompt template: llamantino2_chat, llamantino2_chat_70b, anita, llama3, "
+                                          "alpaca_it; unset = the data format's default"},
     )
     llamantino_system_prompt: str | None = Field(
         default=None,
         json_schema_extra={"description": "system prompt of chat templates; unset = published default, '' = none"},
     )
     llamantino_datasets: list[DatasetSpec] | None = None
-    llamantino_bad_rows: Literal["strict", "skip"] | None = Field(
-        default=None, json_schema_extra={"description": "strict: fail on a bad row; skip: drop and count it"}
+    llamantino_bad_rows: Literal["strict", "skip"] = Field(
+        default="strict", json_schema_extra={"description": "strict: fail on a bad row; skip: drop and count it"}
     )
-    llamantino_text_min_chars: int | None = Field(default=None, ge=0)
+    llamantino_text_min_chars: int = Field(
+        default=20, ge=0, json_schema_extra={"description": "text documents shorter than this (normalised) are dropped"}
+    )
     llamantino_prepared: str | None = Field(
         default=None,
         json_schema_extra={"description": "a prepared corpus (<cache>/prepared/<key>); trained on memory-mapped"},
     )
-    llamantino_text_dedup: bool | None = None
-    llamantino_anita_script_quirks: bool | None = Field(
-        default=None,
+    llamantino_text_dedup: bool = Field(
+        default=True, json_schema_extra={"description": "drop exact duplicate text documents (after normalisation)"}
+    )
+    llamantino_anita_script_quirks: bool = Field(
+        default=False,
         json_schema_extra={"description": "the ANITA SFT script's text: ' <|eot_id|> ', '<|begin_of_text|> ', "
                                           "'<|end_of_text|>' appended (Llama-3 chat templates only)"},
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data):
+        """A key given as null means the same as a key left out: its default."""
+        if not isinstance(data, dict):
+            return data
+        own = LlamantinoArgs.model_fields  # in Axolotl's merged config model too, only the plugin's keys
+        return {key: value for key, value in data.items() if not (key in own and value is None)}
 
     @field_validator("llamantino_template")
     @classmethod
@@ -85,3 +100,9 @@ def find_spec(cfg, dataset):
             return spec
     return None
 
+
+def plugin_args(cfg) -> LlamantinoArgs:
+    """The plugin's keys of a config (Axolotl's ``DictDefault`` or a plain dict), parsed once, defaults applied."""
+    if isinstance(cfg, LlamantinoArgs):
+        return cfg
+    return LlamantinoArgs.model_validate({name: cfg.get(name) for name in LlamantinoArgs.model_fields})

@@ -1,7 +1,7 @@
 """Encoding rows into training examples: canonical rows, prompt rendering, tokens and labels.
 
 Pure functions on plain Python batches (dict of lists), shared by the Axolotl loader
-(``loading.py``, inside ``datasets.map``) and by ``python -m llamantino.data preview``, so the
+(``loading.py``, inside ``datasets.map``) and by ``python -m llamantino data preview``, so the
 preview shows exactly what the model trains on. No Axolotl import here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from llamantino_plugin.formats import READERS, RowError
+from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, RowError, format_spec
 from llamantino_plugin.templates import compiled_template, render_chat, template_info, with_anita_script_quirks
 
 IGNORE = -100
@@ -44,24 +44,24 @@ def assistant_spans(name: str, system_prompt: str | None, messages: list) -> tup
 # --- per-row functions (module level so datasets can pickle them for worker processes) ---------
 
 
+def encoding_of(fmt: str, template: str | None) -> Encoding:
+    """How the rows of ``fmt`` are encoded with ``template`` (None: no template)."""
+    return format_spec(fmt).encoding_with(template_info(template).kind if template else None)
+
+
 def canonical_row(row: dict, index: int, *, fmt: str, columns: dict, as_chat: bool) -> dict:
-    """One row in canonical form, or an ``_error`` saying why it is bad."""
+    """One row in canonical form (the fields its spec's ``to_row`` fills; ``as_chat``: rendered by a
+    chat template), or an ``_error`` saying why it is bad."""
+    spec = format_spec(fmt)
+    if spec.to_row is None:
+        raise ValueError(f"{fmt} rows are {spec.encoding} data, not rows of a supervised example")
     out = {"text": "", "messages": [], "instruction": "", "input": "", "output": "", "_error": ""}
     try:
-        value = READERS[fmt](row, columns)
+        value = spec.reader(row, columns)
     except RowError as exc:
         out["_error"] = f"row {index + 1} [{exc.column}]: {exc.message}"
         return out
-    if fmt == "text":
-        out["text"] = value
-    elif fmt == "conversations":
-        out["messages"] = value
-    elif as_chat:  # instructions rendered with a chat template
-        user = value["instruction"] + (f"\n\n{value['input']}" if value["input"].strip() else "")
-        system = [{"role": "system", "content": value["system"]}] if value["system"].strip() else []
-        out["messages"] = system + [{"role": "user", "content": user}, {"role": "assistant", "content": value["output"]}]
-    else:
-        out.update({key: value[key] for key in ("instruction", "input", "output")})
+    out.update(spec.to_row(value, as_chat))
     return out
 
 
@@ -129,9 +129,9 @@ def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None,
     return out
 
 
-def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) -> dict:
-    """Raw text in one pass: check, normalise, hash and tokenise each document into
-    ``sequence_len`` chunks. Every chunk carries its document's index, digest, length and whether
+def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int, fmt: str = CORPUS_FORMAT) -> dict:
+    """Raw text (the documents of a corpus format) in one pass: check, normalise, hash and tokenise
+    each document into ``sequence_len`` chunks. Every chunk carries its document's index, digest, length and whether
     normalising changed it, so duplicates and too-short documents are dropped afterwards without
     a second pass; a bad document becomes one empty row with its ``_error``."""
     import hashlib
@@ -141,7 +141,7 @@ def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) 
     names = list(batch)
     docs = []
     for values, index in zip(zip(*batch.values()), indices):
-        row = canonical_row(dict(zip(names, values)), index, fmt="text", columns=columns, as_chat=False)
+        row = canonical_row(dict(zip(names, values)), index, fmt=fmt, columns=columns, as_chat=False)
         text = "" if row["_error"] else normalise_text(row["text"])
         docs.append((index, row["_error"], text, text != row["text"] and not row["_error"]))
     good = [doc[2] for doc in docs if not doc[1]]
@@ -166,8 +166,8 @@ def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int) 
 
 
 def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encode) -> dict:
-    """Instructions and conversations in one pass, one row out per row in: check, render, tokenise,
-    mask. A bad row comes out with no tokens and its ``_error``."""
+    """Supervised rows (instructions, conversations) in one pass, one row out per row in: check,
+    render, tokenise, mask. A bad row comes out with no tokens and its ``_error``."""
     names = list(batch)
     rows = [canonical_row(dict(zip(names, values)), index, fmt=fmt, columns=columns, as_chat=as_chat)
             for values, index in zip(zip(*batch.values()), indices)]
@@ -189,10 +189,13 @@ def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encod
 
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
               train_on_inputs: bool, anita_script_quirks: bool = False):
-    """The batched tokenise function of a format and template."""
-    if fmt == "text":
+    """The batched tokenise function of a format and template (its ``encoding_of``)."""
+    encoding = encoding_of(fmt, template)
+    if encoding is Encoding.document:
         return partial(tokenise_text, tokenizer=tokenizer, sequence_len=sequence_len)
-    if fmt == "instructions" and template_info(template).kind != "chat":
+    if encoding is Encoding.prompt_response:
         return partial(tokenise_instructions, tokenizer=tokenizer, template=template, train_on_inputs=train_on_inputs)
-    return partial(tokenise_chat, tokenizer=tokenizer, template=template, system_prompt=system_prompt,
-                   train_on_inputs=train_on_inputs, anita_script_quirks=anita_script_quirks)
+    if encoding is Encoding.chat:
+        return partial(tokenise_chat, tokenizer=tokenizer, template=template, system_prompt=system_prompt,
+                       train_on_inputs=train_on_inputs, anita_script_quirks=anita_script_quirks)
+    raise ValueError(f"{fmt} rows are {encoding} data: preferences.pair_strings renders them, no tokeniser")

@@ -1,7 +1,12 @@
-"""The four Italian data formats: reading, checking and normalising rows.
+"""The Italian data formats: what each one is, and reading, checking and normalising its rows.
 
 Pure Python (no torch, no datasets), shared by the Axolotl loaders in this plugin and by
-``python -m llamantino.data``, so a file that passes the check is read the same way in training.
+``python -m llamantino data``, so a file that passes the check is read the same way in training.
+
+Every fact about a format lives in its ``FormatSpec`` in ``FORMAT_SPECS``: its columns, its row
+reader, its default prompt template, the Axolotl loader that reads it and how its rows are trained
+on. Code elsewhere asks the spec and never branches on a format's name, so a new format is one new
+entry there (plus its reader and row functions).
 
 Formats and the columns each one reads (``columns`` maps a logical name to a column):
 
@@ -21,14 +26,17 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 
 class DataFormat(StrEnum):
-    """The four formats, the one list of them (llamantino's schema and CLI read it from here)."""
+    """The four formats, the one list of them (llamantino's schema and CLI read it from here);
+    what each one is lives in its ``FormatSpec`` (``FORMAT_SPECS``)."""
 
     text = "text"
     instructions = "instructions"
@@ -38,19 +46,56 @@ class DataFormat(StrEnum):
 
 FORMATS = tuple(DataFormat)
 
-DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
-    "text": {"text": "text"},
-    "instructions": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"},
-    "conversations": {"messages": "messages"},
-    "preferences": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-}
-#: Columns a format cannot do without; the others are optional.
-REQUIRED_COLUMNS = {
-    "text": ("text",),
-    "instructions": ("instruction", "output"),
-    "conversations": ("messages",),
-    "preferences": ("chosen", "rejected"),
-}
+
+class Encoding(StrEnum):
+    """How the rows of a format become training data."""
+
+    document = "document"  # BOS + text + EOS chunked to sequence_len, all trained (encode.tokenise_text)
+    prompt_response = "prompt_response"  # instruction template prompt masked, response trained (tokenise_instructions)
+    chat = "chat"  # a conversation through a chat template, the assistant turns trained (tokenise_chat)
+    pair = "pair"  # DPO prompt / chosen / rejected strings (preferences.pair_strings)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """Everything the code knows about one data format."""
+
+    format: DataFormat
+    columns: Mapping[str, str]  # logical column -> the column read when the recipe maps none, in reading order
+    required: tuple[str, ...]  # the logical columns a row cannot do without; the others are optional
+    reader: Callable[[dict, dict[str, str]], Any]  # (row, columns) -> the canonical value, or RowError
+    encoding: Encoding  # how its rows are trained on (see encoding_with for the template's say)
+    loader_type: str  # the Axolotl ``datasets[].type`` of the plugin's loader for it
+    default_template: str | None  # the prompt template when a recipe names none; None: no template
+    # (canonical value, rendered by a chat template) -> the encoder's fields: text, messages, or
+    # instruction/input/output; None for pairs, which preferences.pair_strings renders.
+    to_row: Callable[[Any, bool], dict] | None = None
+    prompt: Callable[[Any], list[dict]] | None = None  # the prompt turns of a canonical value (a sample's prompt)
+
+    @property
+    def corpus(self) -> bool:
+        """Raw documents for language adaptation: cleaned (normalised, deduplicated, too-short ones
+        dropped), chunked to ``sequence_len``, every token trained; the data of prepared corpora."""
+        return self.encoding is Encoding.document
+
+    @property
+    def pairs(self) -> bool:
+        """Preference pairs for DPO, loaded by Axolotl's preference pipeline (no ``ds_type``)."""
+        return self.encoding is Encoding.pair
+
+    @property
+    def needs_chat_template(self) -> bool:
+        """Its rows are conversations: only a chat template renders them."""
+        return self.encoding is Encoding.chat
+
+    def encoding_with(self, template_kind: str | None) -> Encoding:
+        """The encoding under a template of ``template_kind`` (``chat``, ``instruction``, None):
+        a prompt and its response become a user/assistant exchange under a chat template."""
+        if self.encoding is Encoding.prompt_response and template_kind == "chat":
+            return Encoding.chat
+        return self.encoding
+
+
 #: Role names seen in the wild, mapped to the chat-template roles.
 ROLE_ALIASES = {
     "system": "system",
@@ -67,20 +112,6 @@ class RowError(ValueError):
         super().__init__(message)
         self.column = column
         self.message = message
-
-
-def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The column mapping of a format with user overrides applied; unknown names are refused."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    columns = dict(DEFAULT_COLUMNS[fmt])
-    for logical, column in (overrides or {}).items():
-        if logical not in columns:
-            raise ValueError(
-                f"format {fmt!r} has no column {logical!r}; it reads: {', '.join(columns)}"
-            )
-        columns[logical] = column
-    return columns
 
 
 # --- Italian-aware text normalisation -----------------------------------------------------------
@@ -261,12 +292,86 @@ def read_preference(row: dict, columns: dict[str, str]) -> dict:
     return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text}
 
 
-READERS = {
-    "text": read_text,
-    "instructions": read_instruction,
-    "conversations": read_conversation,
-    "preferences": read_preference,
-}
+# --- per format: a canonical value as the encoders' fields (to_row) and as a prompt (prompt) ------
+
+
+def _text_row(text: str, as_chat: bool) -> dict:
+    return {"text": text}
+
+
+def _instruction_row(value: dict, as_chat: bool) -> dict:
+    if not as_chat:
+        return {key: value[key] for key in ("instruction", "input", "output")}
+    user = value["instruction"] + (f"\n\n{value['input']}" if value["input"].strip() else "")
+    system = [{"role": "system", "content": value["system"]}] if value["system"].strip() else []
+    return {"messages": system + [{"role": "user", "content": user}, {"role": "assistant", "content": value["output"]}]}
+
+
+def _instruction_prompt(value: dict) -> list[dict]:
+    return [{"role": "user", "content": value["instruction"] + (f"\n\n{value['input']}" if value["input"] else "")}]
+
+
+def _conversation_row(messages: list, as_chat: bool) -> dict:
+    return {"messages": messages}
+
+
+def _conversation_prompt(messages: list) -> list[dict]:
+    return messages[: next(i for i, m in enumerate(messages) if m["role"] == "user") + 1]
+
+
+def _preference_prompt(pair: dict) -> list[dict]:
+    return pair["prompt"]
+
+
+def _columns(*names: str) -> Mapping[str, str]:
+    return MappingProxyType({name: name for name in names})
+
+
+#: The one table of formats: a new format is one entry here (and its functions above).
+FORMAT_SPECS: dict[DataFormat, FormatSpec] = {spec.format: spec for spec in (
+    FormatSpec(format=DataFormat.text, columns=_columns("text"), required=("text",), reader=read_text,
+               encoding=Encoding.document, loader_type="llamantino_plugin.text", default_template=None,
+               to_row=_text_row),
+    FormatSpec(format=DataFormat.instructions, columns=_columns("instruction", "input", "output", "system"),
+               required=("instruction", "output"), reader=read_instruction, encoding=Encoding.prompt_response,
+               loader_type="llamantino_plugin.instructions", default_template="alpaca_it",
+               to_row=_instruction_row, prompt=_instruction_prompt),
+    FormatSpec(format=DataFormat.conversations, columns=_columns("messages"), required=("messages",),
+               reader=read_conversation, encoding=Encoding.chat, loader_type="llamantino_plugin.conversations",
+               default_template="llama3", to_row=_conversation_row, prompt=_conversation_prompt),
+    # Axolotl resolves external DPO strategies from top-level names only, hence ``llamantino_plugin.dpo``.
+    FormatSpec(format=DataFormat.preferences, columns=_columns("prompt", "chosen", "rejected"),
+               required=("chosen", "rejected"), reader=read_preference, encoding=Encoding.pair,
+               loader_type="llamantino_plugin.dpo", default_template="llama3", prompt=_preference_prompt),
+)}
+
+
+def format_spec(fmt: str) -> FormatSpec:
+    """The spec of a format by name; unknown names are refused, listing the valid ones."""
+    if fmt not in FORMAT_SPECS:
+        raise ValueError(f"unknown data format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return FORMAT_SPECS[fmt]
+
+
+def loader_spec(loader_type: str) -> FormatSpec | None:
+    """The spec of the format an Axolotl ``datasets[].type`` loads; None for a loader not the plugin's."""
+    return next((spec for spec in FORMAT_SPECS.values() if spec.loader_type == loader_type), None)
+
+
+#: The format of prepared corpora (token-budgeted text for language adaptation): the one corpus format.
+(CORPUS_FORMAT,) = (spec.format for spec in FORMAT_SPECS.values() if spec.corpus)
+
+
+def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The column mapping of a format with user overrides applied; unknown names are refused."""
+    columns = dict(format_spec(fmt).columns)
+    for logical, column in (overrides or {}).items():
+        if logical not in columns:
+            raise ValueError(
+                f"format {fmt!r} has no column {logical!r}; it reads: {', '.join(columns)}"
+            )
+        columns[logical] = column
+    return columns
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -362,7 +467,7 @@ def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str 
     if path.suffix not in (".jsonl", ".json"):
         raise DataFileError(path, "unsupported file type; local data files must be JSON Lines (.jsonl)")
     report = FileReport(str(path), fmt)
-    reader = READERS[fmt]
+    reader = format_spec(fmt).reader
     missing_reported = False
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):

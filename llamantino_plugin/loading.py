@@ -25,21 +25,21 @@ import pyarrow as pa
 from axolotl.prompt_tokenizers import DatasetWrappingStrategy
 
 from llamantino_plugin import report
-from llamantino_plugin.encode import IGNORE, LlamantinoDataError, encode_rows, encode_text, tokeniser
-from llamantino_plugin.formats import columns_for
-from llamantino_plugin.args import find_spec
+from llamantino_plugin.args import LlamantinoArgs, find_spec, plugin_args
+from llamantino_plugin.encode import IGNORE, LlamantinoDataError, encode_rows, encode_text, encoding_of, tokeniser
+from llamantino_plugin.formats import Encoding, columns_for, format_spec
 from llamantino_plugin.templates import default_template, template_info
 
 
-def spec_of(cfg, ds_cfg, fmt: str) -> dict:
+def spec_of(args: LlamantinoArgs, ds_cfg, fmt: str) -> dict:
     """Format and columns of ``ds_cfg`` from its ``llamantino_datasets`` entry."""
-    spec = find_spec(cfg, ds_cfg)
+    spec = find_spec(args, ds_cfg)
     if spec is None:
         return {"format": fmt, "columns": columns_for(fmt)}
-    if spec.get("format") != fmt:
-        raise LlamantinoDataError(f"dataset {ds_cfg.get('path')!r} is described as format {spec.get('format')!r} "
+    if spec.format != fmt:
+        raise LlamantinoDataError(f"dataset {ds_cfg.get('path')!r} is described as format {spec.format!r} "
                                   f"but its type loads {fmt!r}")
-    return {"format": fmt, "columns": columns_for(fmt, spec.get("columns"))}
+    return {"format": fmt, "columns": columns_for(fmt, spec.columns)}
 
 
 class ItalianDataset(DatasetWrappingStrategy):
@@ -48,17 +48,20 @@ class ItalianDataset(DatasetWrappingStrategy):
     def __init__(self, tokenizer, cfg, ds_cfg, fmt: str):
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.args = plugin_args(cfg)
         self.ds_cfg = ds_cfg
-        self.spec = spec_of(cfg, ds_cfg, fmt)
+        self.spec = spec_of(self.args, ds_cfg, fmt)
         self.fmt = fmt
-        self.template = cfg.get("llamantino_template") or default_template(fmt)
-        if fmt == "conversations" and (self.template is None or template_info(self.template).kind != "chat"):
+        self.format_spec = format_spec(fmt)
+        self.template = self.args.llamantino_template or default_template(fmt)
+        chat_template = self.template is not None and template_info(self.template).kind == "chat"
+        if self.format_spec.needs_chat_template and not chat_template:
             raise LlamantinoDataError(
-                f"dataset {ds_cfg.get('path')!r}: conversations need a chat template "
+                f"dataset {ds_cfg.get('path')!r}: {fmt} need a chat template "
                 "(llamantino_template: llamantino2_chat, anita or llama3)"
             )
-        self.as_chat = fmt == "instructions" and template_info(self.template).kind == "chat"
-        self.policy = cfg.get("llamantino_bad_rows") or "strict"
+        self.as_chat = encoding_of(fmt, self.template) is Encoding.chat
+        self.policy = self.args.llamantino_bad_rows
 
     @property
     def name(self) -> str:
@@ -67,21 +70,22 @@ class ItalianDataset(DatasetWrappingStrategy):
     def wrap_dataset(self, dataset, process_count=None, keep_in_memory=False, **kwargs):
         counts = {"rows": len(dataset)}
         map_kwargs = {"num_proc": process_count, "keep_in_memory": keep_in_memory}
-        columns, cfg = self.spec["columns"], self.cfg
-        if self.fmt == "text":
-            encode = partial(encode_text, columns=columns, tokenizer=self.tokenizer, sequence_len=cfg.sequence_len)
+        columns, cfg, args = self.spec["columns"], self.cfg, self.args
+        if self.format_spec.corpus:
+            encode = partial(encode_text, columns=columns, tokenizer=self.tokenizer, sequence_len=cfg.sequence_len,
+                             fmt=self.fmt)
         else:
             encode = partial(encode_rows, fmt=self.fmt, columns=columns, as_chat=self.as_chat,
                              encode=tokeniser(self.fmt, self.template, tokenizer=self.tokenizer,
                                               sequence_len=cfg.sequence_len,
-                                              system_prompt=cfg.get("llamantino_system_prompt"),
+                                              system_prompt=args.llamantino_system_prompt,
                                               train_on_inputs=bool(cfg.train_on_inputs),
-                                              anita_script_quirks=bool(cfg.get("llamantino_anita_script_quirks"))))
+                                              anita_script_quirks=args.llamantino_anita_script_quirks))
         dataset = dataset.map(partial(_encode_to_arrow, encode=encode), batched=True, with_indices=True,
                               remove_columns=dataset.column_names,
                               desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
         keep = self._valid(dataset, counts)
-        if self.fmt == "text":
+        if self.format_spec.corpus:
             keep = self._clean_text(dataset, keep, counts)
         dataset, keep = self._fit_length(dataset, keep, counts, map_kwargs)
         counts["kept"] = int(keep.sum())
@@ -112,13 +116,12 @@ class ItalianDataset(DatasetWrappingStrategy):
         docs = _column(dataset, "_doc")
         counts["normalised"] = int((_column(dataset, "_changed") & first).sum())
         kept_docs = docs[first]
-        if self.cfg.get("llamantino_text_dedup", True) is not False:
+        if self.args.llamantino_text_dedup:
             table = pa.table({"d": pa.array(_column(dataset, "_digest")[first], type=pa.binary(16)), "i": kept_docs})
             unique = table.group_by("d").aggregate([("i", "min")]).column("i_min").to_numpy()
             counts["duplicates"] = len(kept_docs) - len(unique)
             kept_docs = unique
-        min_chars = self.cfg.get("llamantino_text_min_chars")
-        long_enough = _column(dataset, "_chars") >= (20 if min_chars is None else min_chars)
+        long_enough = _column(dataset, "_chars") >= self.args.llamantino_text_min_chars
         keep = keep & np.isin(docs, kept_docs)
         counts["too_short"] = int((keep & first & ~long_enough).sum())
         return keep & long_enough

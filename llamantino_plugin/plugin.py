@@ -7,6 +7,8 @@ import socket
 
 from axolotl.integrations.base import BasePlugin
 
+from llamantino_plugin.args import plugin_args
+from llamantino_plugin.formats import loader_spec
 from llamantino_plugin.templates import template_info, template_source
 
 
@@ -26,7 +28,8 @@ class LlamantinoPlugin(BasePlugin):
         return "llamantino_plugin.args.LlamantinoArgs"
 
     def register(self, cfg: dict) -> None:
-        name = cfg.get("llamantino_template")
+        args = plugin_args(cfg)
+        name = args.llamantino_template
         if not name:
             return
         info = template_info(name)
@@ -37,7 +40,7 @@ class LlamantinoPlugin(BasePlugin):
                 "llamantino_template sets the chat template; remove chat_template/chat_template_jinja from the recipe"
             )
         cfg["chat_template"] = "jinja"
-        cfg["chat_template_jinja"] = template_source(name, cfg.get("llamantino_system_prompt"))
+        cfg["chat_template_jinja"] = template_source(name, args.llamantino_system_prompt)
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [CheckpointComplete()]
@@ -51,15 +54,22 @@ class LlamantinoPlugin(BasePlugin):
 
             if not torch.cuda.is_available():
                 cfg.device_map = {"": "cpu"}
-        if cfg.get("llamantino_prepared"):
-            return _load_prepared(cfg)
-        if cfg.rl and any(str(d.get("type") or "") == "llamantino_plugin.dpo" for d in cfg.datasets or []):
-            return _load_preferences(cfg)
+        args = plugin_args(cfg)
+        if args.llamantino_prepared:
+            return _load_prepared(cfg, args)
+        pairs = sorted({str(spec.format) for spec in map(_loader_spec, cfg.datasets or []) if spec and spec.pairs})
+        if cfg.rl and pairs:
+            return _load_preferences(cfg, "/".join(pairs))
         return None
 
 
-def _load_prepared(cfg):
-    """A prepared corpus (``llamantino.prepare_corpus``), memory-mapped: nothing is tokenised here.
+def _loader_spec(dataset):
+    """The spec of the format a ``datasets`` entry's loader reads; None for a loader not the plugin's."""
+    return loader_spec(str(dataset.get("type") or ""))
+
+
+def _load_prepared(cfg, args=None):
+    """A prepared corpus (``llamantino.job.prepare``), memory-mapped: nothing is tokenised here.
 
     The entry must be complete (its manifest written) and hold the key the recipe names, so a
     recipe never trains on a corpus prepared for other settings.
@@ -72,7 +82,8 @@ def _load_prepared(cfg):
 
     from llamantino_plugin import report
 
-    location = Path(os.path.expandvars(os.path.expanduser(str(cfg.llamantino_prepared))))
+    prepared = (args or plugin_args(cfg)).llamantino_prepared
+    location = Path(os.path.expandvars(os.path.expanduser(prepared)))
     manifest_path = location / "manifest.json"
     if not manifest_path.is_file():
         raise ValueError(f"llamantino_prepared: {location} is not a complete prepared corpus (no manifest.json); "
@@ -102,12 +113,13 @@ def _dataset_meta(dataset, steps):
     return TrainDatasetMeta(train_dataset=dataset, eval_dataset=None, total_num_steps=steps)
 
 
-def _load_preferences(cfg):
+def _load_preferences(cfg, fmt: str):
     """Axolotl's own preference loading, plus the accounting Axolotl leaves out.
 
     Axolotl drops pairs longer than ``sequence_len`` with a log line and, when it drops them all,
     TRL later fails with a bare ``StopIteration``. Here the rows before and after are counted and,
-    when none is left, each dataset is examined to say why before any model is loaded.
+    when none is left, each dataset is examined to say why before any model is loaded. ``fmt``
+    names the pair format(s) in the data report.
     """
     from axolotl.common.datasets import load_preference_datasets
     from axolotl.loaders import load_tokenizer
@@ -124,7 +136,7 @@ def _load_preferences(cfg):
     kept = len(meta.train_dataset) + (len(meta.eval_dataset) if meta.eval_dataset is not None else 0)
     rows = sum(len(dataset) for dataset in raw)
     counts = {"rows": rows, "dropped_invalid_or_too_long": rows - kept, "kept": kept}
-    report.record(cfg, ", ".join(str(d.get("path")) for d in cfg.datasets), "preferences", counts)
+    report.record(cfg, ", ".join(str(d.get("path")) for d in cfg.datasets), fmt, counts)
     if kept == 0:
         tokenizer = load_tokenizer(cfg)
         reasons = []

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from functools import partial
 
-from llamantino_plugin.formats import RowError, columns_for, read_preference
-from llamantino_plugin.args import find_spec
+from llamantino_plugin.args import LlamantinoArgs, find_spec, plugin_args
+from llamantino_plugin.formats import DataFormat, RowError, columns_for, format_spec
 from llamantino_plugin.templates import default_template, render_chat, render_instruction, template_info
+
+FORMAT = DataFormat.preferences  # the format this loader reads
 
 
 class PreferenceError(ValueError):
     """A preference row or dataset that cannot be trained on."""
 
 
-def spec_for(cfg, dataset_index: int) -> dict:
+def spec_for(cfg, dataset_index: int, args: LlamantinoArgs | None = None) -> dict:
     """Columns of the ``dataset_index``-th dataset, from its llamantino_datasets entry."""
     dataset = (cfg.get("datasets") or [])[dataset_index]
-    spec = find_spec(cfg, dataset) or {}
-    return {"columns": columns_for("preferences", spec.get("columns")), "path": dataset.get("path")}
+    spec = find_spec(args or plugin_args(cfg), dataset)
+    return {"columns": columns_for(FORMAT, spec.columns if spec else None), "path": dataset.get("path")}
 
 
 def pair_strings(pair: dict, template: str, system_prompt: str | None, bos: str = "") -> dict:
@@ -94,12 +96,13 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
     """Batched map: bad rows fail (strict) or are dropped (skip); good rows become DPO strings, with
     over-long prompts truncated when ``max_prompt`` is set."""
     out = {"prompt": [], "chosen": [], "rejected": []}
+    read = format_spec(FORMAT).reader
     names = list(batch)
     bos = tokenizer.bos_token if tokenizer is not None and tokenizer.bos_token else ""
     for values in zip(*batch.values()):
         row = dict(zip(names, values))
         try:
-            strings = pair_strings(read_preference(row, columns), template, system_prompt, bos)
+            strings = pair_strings(read(row, columns), template, system_prompt, bos)
         except RowError as exc:
             if policy == "strict":
                 raise PreferenceError(
@@ -115,11 +118,10 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
 
 def load(cfg, dataset_idx: int = 0, **kwargs):
     """The DPO strategy: a batched transform that may drop rows, removing the original columns."""
-    spec = spec_for(cfg, dataset_idx)
-    template = cfg.get("llamantino_template") or default_template("preferences")
-    fn = partial(transform, columns=spec["columns"], template=template,
-                 system_prompt=cfg.get("llamantino_system_prompt"),
-                 policy=cfg.get("llamantino_bad_rows") or "strict", path=spec["path"],
+    args = plugin_args(cfg)
+    spec = spec_for(cfg, dataset_idx, args)
+    fn = partial(transform, columns=spec["columns"], template=args.llamantino_template or default_template(FORMAT),
+                 system_prompt=args.llamantino_system_prompt, policy=args.llamantino_bad_rows, path=spec["path"],
                  max_length=cfg.get("sequence_len"), max_prompt=cfg.get("max_prompt_len"))
 
     def transform_fn(batch, tokenizer=None):

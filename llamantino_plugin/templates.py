@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from llamantino_plugin.formats import format_spec
+
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _PLACEHOLDER = "__DEFAULT_SYSTEM__"
 
@@ -47,12 +49,9 @@ def templates() -> dict[str, TemplateInfo]:
     }
 
 
-#: The template a format uses when a recipe names none: the one default, for training and previews.
-DEFAULT_TEMPLATES = {"text": None, "instructions": "alpaca_it", "conversations": "llama3", "preferences": "llama3"}
-
-
 def default_template(fmt: str) -> str | None:
-    return DEFAULT_TEMPLATES[str(fmt)]
+    """The template a format uses when a recipe names none (its spec's): the one default, for training and previews."""
+    return format_spec(fmt).default_template
 
 
 def template_info(name: str) -> TemplateInfo:

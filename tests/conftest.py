@@ -23,9 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 PYTHON = sys.executable
-ENTRY_POINTS = {"llamantino": "llamantino.app:run", **{f"llamantino.{name}": f"llamantino.{name}:main" for name in
-                ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync", "site",
-                 "jobcheck", "prepare_corpus", "hub_fetch")}}
+# What jobs run on compute nodes (module -> function); everything a user types goes through the one command.
+from llamantino.job import JOB_COMMANDS  # noqa: E402
+ENTRY_POINTS = {"llamantino": "llamantino.cli.main:run",
+                **{f"llamantino.job.{name}": f"llamantino.job.{name}:main" for name in JOB_COMMANDS}}
 
 
 @contextlib.contextmanager
@@ -41,9 +42,11 @@ def _environment(cwd: Path, env: dict | None):
         os.environ.update(saved_env)
 
 
-def cli(*args: str, cwd: Path, module: str = "llamantino", timeout: int = 900, env: dict | None = None,
-        subprocess: bool = False):
-    """Run ``python -m <module> <args>``; returns a CompletedProcess (returncode, stdout, stderr)."""
+def cli(*args: str, cwd: Path, verb: str | None = None, module: str = "llamantino", timeout: int = 900,
+        env: dict | None = None, subprocess: bool = False):
+    """Run ``python -m <module> [<verb>] <args>``; returns a CompletedProcess (returncode, stdout, stderr)."""
+    if verb is not None:
+        args = (verb, *args)
     if subprocess or (env and "PYTHONPATH" in env):
         return _subprocess.run([PYTHON, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                                timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -58,6 +61,14 @@ def cli(*args: str, cwd: Path, module: str = "llamantino", timeout: int = 900, e
         except SystemExit as exc:  # argparse's usage errors and --help
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     return _subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def command(name: str) -> dict:
+    """cli() keywords for a name in a test table: a verb of the one command, or a module (the main
+    command ``llamantino``, a job module)."""
+    from llamantino.cli.main import VERBS
+
+    return {"verb": name} if name in VERBS else {"module": name}
 
 
 def run_dir_of(proc) -> Path:
@@ -78,7 +89,7 @@ def read_json(path: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from llamantino.tiny import ensure_tiny_model
+    from llamantino.inputs.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 
@@ -93,7 +104,7 @@ def tiny_tokenizer(tiny_model):
 @pytest.fixture
 def compose():
     """Compose conf/ in-process: ``compose("stage=dpo", "model=llama3_8b")`` -> the typed config."""
-    from llamantino.compose import compose_config
+    from llamantino.config.compose import compose_config
 
     return lambda *overrides: compose_config(list(overrides))
 

@@ -1,4 +1,4 @@
-"""llamantino.accounting against the real cluster's accounting (slurmdbd + MariaDB, slurm/local-cluster.sh up).
+"""llamantino.launchers.accounting against the real cluster's accounting (slurmdbd + MariaDB, slurm/local-cluster.sh up).
 
 All jobs are submitted at once (module fixture) and run side by side; each test then waits for
 its own. The longest is the time-limit job (one minute, then SLURM's next limit check and
@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from llamantino.accounting import TERMINAL_FAILURES, job_states, normalise_state, sacct_available, true_state
+from llamantino.launchers.accounting import job_states, sacct_available, true_state
+from llamantino.records.jobstate import FAILED, JobState
 
 # One xdist worker takes every SLURM test, in order: they share the two-node cluster.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm_b")]
-DONE = TERMINAL_FAILURES | {"COMPLETED"}
+DONE = FAILED | {JobState.COMPLETED}
 # Holds ~500 MB, resident (bytes are written, not just reserved), past two 5 s samples of jobacct_gather.
 HOG = f"{sys.executable} -c 'import time; b = b\"x\" * (500 << 20); time.sleep(12)'"
 
@@ -72,7 +73,7 @@ def test_cancelled(jobs):
     subprocess.run(["scancel", jobs["cancelled"]], check=True, timeout=30)
     [row] = wait(jobs["cancelled"])
     assert row["State"] == "CANCELLED"  # sacct says "CANCELLED by 0"
-    assert true_state(jobs["cancelled"]) == "CANCELLED" and "CANCELLED" in TERMINAL_FAILURES
+    assert true_state(jobs["cancelled"]) == "CANCELLED" and JobState.CANCELLED.failed
 
 
 def test_array_task_failure_fails_the_array(jobs):
@@ -107,7 +108,8 @@ def test_time_limit(jobs):
 
 def test_unknown_job_and_state_names():
     assert job_states("999999999") == [] and true_state("999999999") is None
-    assert normalise_state("CANCELLED by 0") == "CANCELLED" and normalise_state("RUNNING") == "RUNNING"
+    assert JobState.parse("CANCELLED by 0") == "CANCELLED" and JobState.parse("RUNNING") == "RUNNING"
+    assert JobState.parse("CANCELLED+") == "CANCELLED" and JobState.parse("SOMETHING_NEW") == JobState.UNKNOWN
 
 
 def test_qos_limits_are_read_live_from_sacctmgr(tmp_path):
@@ -117,7 +119,7 @@ def test_qos_limits_are_read_live_from_sacctmgr(tmp_path):
     subprocess.run(["sacctmgr", "-i", "add", "qos", qos, "MaxWall=00:10:00", "MaxTRESPerJob=node=1"],
                    capture_output=True, timeout=30)
     try:
-        from llamantino.cluster import qos_limits
+        from llamantino.launchers.cluster import qos_limits
 
         limits = qos_limits()[qos]
         assert (limits.max_nodes, limits.max_time) == (1, "00:10:00")

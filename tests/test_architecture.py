@@ -89,8 +89,42 @@ def test_the_checker_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "llamantino.launchers.slurm" in graph["llamantino.sweep"] or "llamantino.launchers" in graph["llamantino.sweep"]
+    assert "llamantino.launchers" in graph["llamantino.orchestrate.sweep"]  # the graph sees real imports
     assert cycles(graph) == []
+
+
+def package_of(module: str) -> str:
+    """The layer a module belongs to: a package under llamantino/ (llamantino.stages), a top-level module
+    of llamantino (llamantino.errors), or a whole other package (llamantino_plugin, hydra_plugins)."""
+    parts = module.split(".")
+    if parts[0] != "llamantino" or len(parts) == 1:
+        return parts[0]
+    return ".".join(parts[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        graph.setdefault(package_of(module), set()).update(
+            package_of(target) for target in targets if package_of(target) != package_of(module))
+    return graph
+
+
+def test_no_package_cycles():
+    graph = package_graph()
+    assert "llamantino.render" in graph["llamantino.stages"]  # the graph sees packages
+    assert cycles(graph) == []
+
+
+def test_the_layers_point_one_way():
+    """The job side never reaches up into orchestration, launchers, stages or the commands; nothing
+    imports the commands."""
+    graph = package_graph()
+    assert not graph["llamantino.job"] & {"llamantino.orchestrate", "llamantino.launchers", "llamantino.stages",
+                                          "llamantino.cli", "llamantino.reports"}, graph["llamantino.job"]
+    assert [package for package, targets in graph.items()
+            if "llamantino.cli" in targets and package != "llamantino.__main__"] == [], graph
+    assert not graph["llamantino.records"] & {"llamantino.stages", "llamantino.launchers", "llamantino.orchestrate"}
 
 
 def source(path: str) -> str:
@@ -103,10 +137,10 @@ def library_files():
             yield path.relative_to(ROOT).as_posix(), path.read_text()
 
 
-def test_task_branches_live_only_in_the_stage_types():
-    pattern = re.compile(r"\bTask\.\w+|\btask\s*[!=]=|[\"'](train|merge|eval)[\"']\s*[!=]=|[!=]=\s*[\"'](train|merge|eval)[\"']")
-    offenders = [path for path, text in library_files()
-                 if pattern.search(text) and not path.startswith("llamantino/stages/") and path != "llamantino/schema.py"]
+def test_stage_branches_live_only_in_the_stage_types():
+    pattern = re.compile(r"\btask\s*[!=]=|\.task\s*[!=]=|[\"'](train|merge|eval)[\"']\s*[!=]=|[!=]=\s*[\"'](train|merge|eval)[\"']"
+                         r"|\bstage_type\s*[!=]=")
+    offenders = [path for path, text in library_files() if pattern.search(text) and not path.startswith("llamantino/stages/")]
     assert offenders == []
 
 
@@ -125,18 +159,76 @@ def test_the_composed_config_is_read_by_attribute():
     assert offenders == []
 
 
+def test_run_records_are_read_by_attribute():
+    """provenance.json and status.json are read through their types (llamantino/records), never by key."""
+    pattern = re.compile(r"\b(provenance|status|output|model_source)(\.get\(|\[[\"'])")
+    offenders = [f"{path}: {match.group(0)}" for path, text in library_files() for match in pattern.finditer(text)]
+    assert offenders == []
+
+
 @pytest.mark.parametrize("name", ["provenance.json", "status.json", "job.json", "axolotl.yaml", "eval.json",
-                                  "config.yaml", "sweep.json", "pipeline.json", "job.sbatch"])
+                                  "config.yaml", "sweep.json", "pipeline.json", "job.sbatch", "results.json"])
 def test_run_directory_file_names_are_spelt_once(name):
     places = [path for path, text in library_files() if f'"{name}"' in text]
-    assert places == ["llamantino/rundir.py"], places
+    assert places == ["llamantino/records/rundir.py"], places
+
+
+def test_no_run_file_is_tested_for_outside_the_run_directory_and_stage_types():
+    """What kind of run a directory holds is its record's to say (stage_for(run)), not a file's presence."""
+    pattern = re.compile(r"RunDir\.[A-Z_]+\)?\s*\.(is_file|exists|is_dir)\(|\.(is_file|exists)\(\)\s*for\s+\w+\s+in\s+\(RunDir")
+    offenders = [path for path, text in library_files() if pattern.search(text)
+                 and not path.startswith(("llamantino/records/", "llamantino/stages/"))]
+    assert offenders == []
+
+
+JOB_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETED",
+              "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "CANCELLED",
+              "WRITTEN", "UNKNOWN", "MISSING", "NEW")
+
+
+def test_job_states_are_spelt_only_in_the_job_state_enum():
+    from llamantino.records.jobstate import JobState
+
+    assert set(JOB_STATES) == {state.value for state in JobState}
+    pattern = re.compile(r"[\"'](" + "|".join(JOB_STATES) + r")[\"']")
+    offenders = [f"{path}: {match.group(0)}" for path, text in library_files() for match in pattern.finditer(text)
+                 if path != "llamantino/records/jobstate.py"]
+    assert offenders == []
+
+
+def defines_main(text: str) -> bool:
+    return any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in ast.parse(text).body)
+
+
+def test_every_command_comes_from_the_one_table():
+    """A module with a main() is a verb of the one command (llamantino/cli/main.py's VERBS) or a job
+    command (llamantino/job's JOB_COMMANDS); the table names nothing that does not exist."""
+    from llamantino.cli.main import VERBS
+    from llamantino.job import JOB_COMMANDS
+
+    entry_points = {f"llamantino.cli.{name}" for name in VERBS} | {f"llamantino.job.{name}" for name in JOB_COMMANDS}
+    entry_points.add("llamantino.cli.main")  # the dispatcher itself
+    found = {path.removesuffix(".py").replace("/", ".") for path, text in library_files()
+             if path.startswith("llamantino/") and defines_main(text)}
+    assert found == entry_points, (found - entry_points, entry_points - found)
+    assert {verb.module for verb in VERBS.values()} == {f"llamantino.cli.{name}" for name in VERBS}
+
+
+def test_the_readme_lists_every_verb():
+    from llamantino.cli.main import VERBS
+
+    readme = (ROOT / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `llamantino ")]
+    listed = [line.split("`")[1].split()[1] for line in table]
+    assert listed == list(VERBS), "README's command table must list llamantino/cli/main.py's VERBS, in order"
 
 
 def test_cli_modules_only_parse_arguments():
     """A command module holds argparse and calls into the library; nothing else is defined there."""
-    for command in ("data", "recipe", "plan", "status", "collect", "compare", "launch", "evaluate", "finish", "sync",
-                    "site"):
-        tree = ast.parse(source(f"llamantino/{command}.py"))
+    from llamantino.cli.main import VERBS
+
+    for command in VERBS:
+        tree = ast.parse(source(f"llamantino/cli/{command}.py"))
         defined = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         assert all(name == "main" or name.startswith("cmd_") for name in defined), (command, defined)
         for node in ast.walk(tree):

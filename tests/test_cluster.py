@@ -41,8 +41,8 @@ def test_eval_jobs_ask_for_the_gpus_they_use(tmp_path, model, extra, gpus, proce
 
 @pytest.mark.parametrize("model, gpus, on_cpu", [("llama2_7b", 1, False), ("llama2_70b", 0, True)])
 def test_merge_runs_on_one_gpu_or_in_host_memory_and_says_so(model, gpus, on_cpu):
-    from llamantino.compose import compose_config
-    from llamantino.method import model_ram_gb
+    from llamantino.config.compose import compose_config
+    from llamantino.config.method import model_ram_gb
     from llamantino.stages.merge import MergeStage, on_host
 
     cfg = compose_config(["stage=merge", f"model={model}", "hardware=leonardo_booster"])
@@ -52,7 +52,7 @@ def test_merge_runs_on_one_gpu_or_in_host_memory_and_says_so(model, gpus, on_cpu
 
 
 def test_the_checkpoint_lead_follows_the_checkpoint_size(tmp_path):
-    from llamantino.method import checkpoint_gb
+    from llamantino.config.method import checkpoint_gb
 
     big = run_dir_of(ok(cli("model=llama2_13b", "stage=sft", *LEONARDO, "hardware.nodes=2",
                             f"run.output_root={tmp_path / 'runs'}", cwd=tmp_path)))
@@ -121,7 +121,7 @@ def test_a_container_runs_every_python_of_the_job(tmp_path):
     assert ('PY=(singularity exec --nv --bind "${WORK}" --bind "${FAST}" "${WORK}"\'/images/llamantino x.sif\' '
             '"$PYTHON")') in script
     assert 'srun --nodes="$SLURM_NNODES"' in script and '"${PY[@]}" -m torch.distributed.run' in script
-    assert '"${PY[@]}" -m llamantino.jobcheck .' in script and '"${PY[@]}" -m llamantino.finish .' in script
+    assert '"${PY[@]}" -m llamantino.job.envcheck .' in script and '"${PY[@]}" -m llamantino.job.finish .' in script
     assert subprocess.run(["bash", "-n", str(run / "job.sbatch")]).returncode == 0
     plain = run_dir_of(ok(cli("hardware=local_slurm", "launcher=slurm", "launcher.submit=false",
                               f"run.output_root={tmp_path / 'plain'}", cwd=tmp_path)))
@@ -131,18 +131,18 @@ def test_a_container_runs_every_python_of_the_job(tmp_path):
 
 def test_the_job_environment_check_names_what_differs(tmp_path):
     run = run_dir_of(ok(cli("launcher=dry", cwd=tmp_path)))
-    ok(cli(str(run), module="llamantino.jobcheck", cwd=tmp_path))
+    ok(cli(str(run), module="llamantino.job.envcheck", cwd=tmp_path))
     provenance = json.loads((run / "provenance.json").read_text())
     provenance["packages"]["axolotl"] = "0.0.1"
     provenance["python"] = "3.9.0"
     (run / "provenance.json").write_text(json.dumps(provenance))
-    proc = fails(cli(str(run), module="llamantino.jobcheck", cwd=tmp_path))
+    proc = fails(cli(str(run), module="llamantino.job.envcheck", cwd=tmp_path))
     assert "axolotl 0.19.0 (validated 0.0.1)" in proc.stderr and "Python 3.11 (validated 3.9)" in proc.stderr
 
 
 def test_the_planner_prints_the_checkpoint_lead(tmp_path):
-    from llamantino.method import signal_lead_s
+    from llamantino.config.method import signal_lead_s
 
     out = ok(cli("model=llama2_13b", "stage=sft", "hardware=leonardo_booster", "hardware.nodes=2",
-                 "hardware.storage.write_gbps=2", module="llamantino.plan", cwd=tmp_path)).stdout
+                 "hardware.storage.write_gbps=2", verb="plan", cwd=tmp_path)).stdout
     assert f"USR1 {signal_lead_s(13, None, 64, 2.0)} s before the time limit (written at 2 GB/s" in out

@@ -28,8 +28,8 @@ def storage(mirror, tmp_path):
 
 
 def test_token_budget_is_steps_times_global_batch_times_sequence():
-    from llamantino.compose import compose_config
-    from llamantino.corpus import token_budget
+    from llamantino.config.compose import compose_config
+    from llamantino.inputs.corpus import token_budget
 
     cfg = compose_config(["experiment=llamantino2_7b_adapt"])
     stage = cfg.stage
@@ -40,11 +40,13 @@ def test_token_budget_is_steps_times_global_batch_times_sequence():
 
 
 def test_hub_download_is_sized_to_the_budget_not_the_corpus():
-    from llamantino.compose import compose_config
-    from llamantino.corpus import plan_corpus
+    from llamantino.config.compose import compose_config
+    from llamantino.inputs.corpus import plan_corpus
 
     cfg = compose_config(["experiment=llamantino2_7b_adapt"])
-    source = {"kind": "hub", "hub_id": cfg.model.hub_id, "revision": None}
+    from llamantino.records.provenance import ModelSource, SourceKind
+
+    source = ModelSource(kind=SourceKind.hub, hub_id=cfg.model.hub_id)
     plan = plan_corpus(cfg, source, 12)
     mc4 = plan.sources[0]
     per_file = cfg.data.approx_tokens / cfg.data.file_count
@@ -59,7 +61,7 @@ def test_hub_download_is_sized_to_the_budget_not_the_corpus():
 
 
 def test_sampled_order_is_seeded_and_tasks_split_it_without_overlap():
-    from llamantino.prepare_corpus import sampled_order, task_files
+    from llamantino.job.prepare import sampled_order, task_files
 
     names = [f"f{i:03d}" for i in range(50)]
     order = sampled_order(names, 42, "clean_mc4_it")
@@ -137,7 +139,7 @@ def test_without_packing_each_document_is_one_row_cut_at_the_sequence_length(mir
     rows = _load_prepared(cfg).train_dataset["input_ids"]
     from transformers import AutoTokenizer
 
-    from llamantino.tiny import ensure_tiny_model
+    from llamantino.inputs.tiny import ensure_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_tiny_model()))
     assert all(row[0] == tokenizer.bos_token_id and len(row) <= 64 for row in rows)
@@ -185,7 +187,7 @@ def test_an_unset_cache_variable_is_named(tmp_path, monkeypatch):
 
 
 def test_prepare_scripts_quote_every_value(mirror, tmp_path):
-    from llamantino.compose import compose_config
+    from llamantino.config.compose import compose_config
     from llamantino.render.sbatch import prepare_script
 
     cfg = compose_config(["hardware=leonardo_booster", "hardware.slurm.account=PRJ"])
@@ -209,5 +211,5 @@ def fails(proc):
 
 def test_a_written_corpus_run_starts_only_once_its_corpus_is_prepared(mirror, tmp_path):
     run = run_dir_of(ok(cli("data=clean_mc4_it", *TINY_ADAPT, *storage(mirror, tmp_path), "launcher=dry", cwd=tmp_path)))
-    proc = fails(cli(str(run), "--local", module="llamantino.launch", cwd=tmp_path))
+    proc = fails(cli(str(run), "--launcher", "local", verb="launch", cwd=tmp_path))
     assert "not prepared" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -28,8 +28,8 @@ def trained(tiny_model, adapter_dir):
 
 
 def test_embedded_default_job_trains_the_tiny_model_and_visibly_learns(tmp_path, tiny_model):
-    from llamantino.curves import event_files, loss_curve
-    from llamantino.rundir import RunDir
+    from llamantino.records.curves import event_files, loss_curve
+    from llamantino.records.rundir import RunDir
 
     proc = ok(cli(cwd=tmp_path))
     run_dir = run_dir_of(proc)
@@ -122,7 +122,7 @@ def test_seeded_training_reproduces_its_first_losses(tmp_path):
     losses = [float(line.split("loss ")[1].split()[0]) for line in proc.stdout.splitlines() if "  step " in line]
     # CPU kernels may sum in another order from run to run (up to ~0.01 seen with two test workers busy)
     assert losses == pytest.approx([6.946, 6.878, 6.611], abs=3e-2)
-    from llamantino.curves import loss_curve
+    from llamantino.records.curves import loss_curve
 
     curve = loss_curve(run_dir_of(proc))  # the same, at full precision, from the trainer's event files
     assert [step for step, _ in curve] == [1, 2, 3]
@@ -139,5 +139,5 @@ def test_wandb_offline_run_is_written_without_network_and_sync_lists_it(tmp_path
     assert env["WANDB_MODE"] == "offline" and "model:tiny_llama" in env["WANDB_TAGS"].split(",")
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    listed = ok(cli(str(run_dir), "--dry-run", module="llamantino.sync", cwd=tmp_path)).stdout
+    listed = ok(cli(str(run_dir), "--dry-run", verb="sync", cwd=tmp_path)).stdout
     assert f"would sync {offline[0]}" in listed and "1 offline W&B run(s) (dry run)" in listed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import cli, ok, run_dir_of
+from conftest import cli, command, ok, run_dir_of
 
 
 def one_error_line(proc, *needles):
@@ -31,7 +31,7 @@ def test_main_command_reports_hydras_errors_as_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_console_script(tmp_path):
+def console(*args, cwd):
     import subprocess
     import sys
     from pathlib import Path
@@ -39,32 +39,63 @@ def test_console_script(tmp_path):
     script = Path(sys.executable).parent / "llamantino"
     if not script.is_file():
         pytest.fail(f"the llamantino console script is not installed beside {sys.executable} (pip install -e .)")
+    return subprocess.run([script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
-    proc = subprocess.run([script, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "llamantino" in proc.stdout
+
+def test_console_script_help_lists_every_verb_and_every_group(tmp_path):
+    from llamantino.cli.main import VERBS
+
+    proc = console("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    verbs = [line.split()[0] for line in proc.stdout.split("verbs:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+    assert verbs == list(VERBS)
+    for group in ("model", "data", "stage", "hardware", "launcher", "eval", "pipeline", "experiment", "tracking"):
+        assert f"  {group}: " in proc.stdout, group
+
+
+def test_console_script_version_is_llamantinos_and_the_stacks(tmp_path):
+    from importlib.metadata import version
+
+    proc = console("--version", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(f"llamantino {version('llamantino')} (Python ") and f"axolotl {version('axolotl')}" in line
+    assert "Hydra" not in line and "hydra-core 1.4" in line
+
+
+def test_console_script_runs_a_verb(tmp_path):
+    run = run_dir_of(ok(cli("launcher=dry", cwd=tmp_path)))
+    proc = console("status", str(run), cwd=tmp_path)
+    assert proc.returncode == 0 and "WRITTEN" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_bare_word_that_is_no_verb_names_the_verbs(tmp_path):
+    one_error_line(console("statu", str(tmp_path), cwd=tmp_path), "'statu' is not a verb (status, launch,", "--help")
+    one_error_line(cli("train", cwd=tmp_path), "'train' is not a verb", "key=value")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("module, args, needle", [
-    ("llamantino.data", ["list"], "clean_mc4_it"),
-    ("llamantino.recipe", ["list"], "llamantino2_7b_adapt"),
-    ("llamantino.plan", ["experiment=llamantino2_7b_adapt"], "GPU hours"),
+    ("data", ["list"], "clean_mc4_it"),
+    ("recipe", ["list"], "llamantino2_7b_adapt"),
+    ("plan", ["experiment=llamantino2_7b_adapt"], "GPU hours"),
 ])
 def test_commands_answer(tmp_path, module, args, needle):
-    assert needle in ok(cli(*args, module=module, cwd=tmp_path, subprocess=True)).stdout
+    assert needle in ok(cli(*args, **command(module), cwd=tmp_path, subprocess=True)).stdout
 
 
 @pytest.mark.parametrize("module, args, needle", [
-    ("llamantino.status", ["nowhere"], "nowhere is not a llamantino run, pipeline or sweep directory"),
-    ("llamantino.collect", ["."], "sweep.json not found"),
-    ("llamantino.compare", ["."], "no results.json found"),
-    ("llamantino.launch", ["nowhere"], "nowhere is not a llamantino run directory"),
-    ("llamantino.evaluate", ["."], "eval.json not found"),
-    ("llamantino.finish", [".", "--rc", "0"], "provenance.json not found"),
-    ("llamantino.plan", ["stage=merge"], "does not train"),
-    ("llamantino.jobcheck", ["."], "provenance.json not found"),
-    ("llamantino.prepare_corpus", ["finish", "."], "request.json not found"),
-    ("llamantino.hub_fetch", ["."], "request.json not found"),
-    ("llamantino.site", ["init", "--name", "x", "--out", ".", "--partition", "nope"], "--partition 'nope'"),
+    ("status", ["nowhere"], "nowhere is not a llamantino run, pipeline or sweep directory"),
+    ("collect", ["."], "sweep.json not found"),
+    ("compare", ["."], "no results.json found"),
+    ("launch", ["nowhere"], "nowhere is not a llamantino run directory"),
+    ("llamantino.job.evaluate", ["."], "eval.json not found"),
+    ("llamantino.job.finish", [".", "--rc", "0"], "provenance.json not found"),
+    ("plan", ["stage=merge"], "does not train"),
+    ("llamantino.job.envcheck", ["."], "provenance.json not found"),
+    ("llamantino.job.prepare", ["finish", "."], "request.json not found"),
+    ("llamantino.job.download", ["."], "request.json not found"),
+    ("site", ["init", "--name", "x", "--out", ".", "--partition", "nope"], "--partition 'nope'"),
 ])
 def test_commands_end_user_errors_in_one_line(tmp_path, module, args, needle):
-    one_error_line(cli(*args, module=module, cwd=tmp_path, subprocess=True), needle)
+    one_error_line(cli(*args, **command(module), cwd=tmp_path, subprocess=True), needle)

@@ -28,14 +28,14 @@ def test_leaderboard_job_uses_the_leaderboards_tasks_shots_metrics_and_harness_s
     assert vendored["task"] == "arc_it" and vendored["metadata"]["version"] == 1.0
     # an 8B model fits one A100: one copy per GPU of the node, data-parallel under accelerate launch
     assert plan["processes"] == 4 and plan["device"] == "cuda" and plan["leaderboard"]
-    from llamantino.evaluation import lm_eval_argv
+    from llamantino.render.lmeval import lm_eval_argv
 
     argv = lm_eval_argv(plan, plan["groups"][1])
     assert argv[1:6] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4"]
     assert argv[argv.index("lm_eval") - 1] == "-m"
     assert argv[argv.index("--tasks") + 1] == "m_mmlu_it" and argv[argv.index("--num_fewshot") + 1] == "5"
     script = (run_dir / "job.sbatch").read_text()
-    assert "-m llamantino.evaluate ." in script and "HF_DATASETS_OFFLINE=1" in script
+    assert "-m llamantino.job.evaluate ." in script and "HF_DATASETS_OFFLINE=1" in script
     assert "#SBATCH --gres=gpu:4" in script
 
 
@@ -48,7 +48,7 @@ def test_a_70b_model_is_evaluated_sharded_over_the_gpus_that_hold_it(tmp_path):
     assert plan["model_args"] == "pretrained=meta-llama/Llama-2-70b-hf,dtype=bfloat16,parallelize=True"
     assert plan["harness"]["mode"] == "current" and plan["harness"]["vendored_tasks"] == []
     assert not (run_dir / "eval_tasks").exists()  # the installed arc_it (version 2.0) in current mode
-    from llamantino.evaluation import lm_eval_argv
+    from llamantino.render.lmeval import lm_eval_argv
 
     assert lm_eval_argv(plan, plan["groups"][0])[1:3] == ["-m", "lm_eval"]
     assert "#SBATCH --gres=gpu:3" in (run_dir / "job.sbatch").read_text()
@@ -83,7 +83,7 @@ def test_eval_commands_are_parsed_by_the_installed_harness_and_accelerate():
     import sys
 
     from llamantino.errors import ConfigError
-    from llamantino.evaluation import parse_eval_argv
+    from llamantino.render.lmeval import parse_eval_argv
 
     parse_eval_argv([sys.executable, "-m", "lm_eval", "--model", "hf", "--tasks", "arc_it", "--batch_size", "auto:2"])
     with pytest.raises(ConfigError, match="lm-eval command does not parse: .*--no-such-flag"):
@@ -115,7 +115,7 @@ def test_a_run_without_finished_output_is_refused(tmp_path):
 
 
 def test_results_table_places_the_model_beside_published_scores():
-    from llamantino.evaluation import results_table
+    from llamantino.job.evaluate import results_table
 
     plan = {"metrics": {"m_mmlu_it": "acc", "arc_it": "acc_norm", "hellaswag_it": "acc_norm"}, "leaderboard": True,
             "target": {"model_id": "swap-uniba/LLaMAntino-3-ANITA-8B-Inst-DPO-ITA"}}
@@ -149,13 +149,13 @@ def test_local_smoke_evaluates_in_both_modes_and_compare_keeps_them_apart(tmp_pa
     assert written["config"]["model_args"]["add_bos_token"] is False
     assert "mode **leaderboard** (no BOS" in (base / "results.md").read_text()
 
-    refused = cli(str(tmp_path / "runs"), "--png", str(tmp_path / "compare.png"), module="llamantino.compare",
+    refused = cli(str(tmp_path / "runs"), "--png", str(tmp_path / "compare.png"), verb="compare",
                   cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "different evaluation modes" in refused.stderr and "--mixed-modes" in refused.stderr
     assert not (tmp_path / "compare.png").exists()
     out = ok(cli(str(tmp_path / "runs"), "--mixed-modes", "--png", str(tmp_path / "compare.png"),
-                 module="llamantino.compare", cwd=tmp_path)).stdout
+                 verb="compare", cwd=tmp_path)).stdout
     assert "eval-base" in out and "eval-tiny_llama-local_smoke" in out
     assert "leaderboard" in out and "current" in out
     assert (tmp_path / "compare.png").stat().st_size > 5_000

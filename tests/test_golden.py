@@ -30,7 +30,7 @@ CASES = {
 
 
 def rendered(overrides):
-    from llamantino.compose import compose_config
+    from llamantino.config.compose import compose_config
 
     run = build(compose_config(overrides), GOLDEN / "unused", overrides)
     return {name: run.files[name] for name in ("axolotl.yaml", "job.sbatch") if name in run.files}

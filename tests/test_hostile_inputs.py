@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TESTS, cli, ok, run_dir_of
+from conftest import TESTS, cli, command, ok, run_dir_of
 
 LEONARDO = ["hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_X", "run.output_root=runs"]
 DRY = ["launcher=dry"]
@@ -111,63 +111,63 @@ ROWS = [
     ("pipeline lineage", "llamantino", [f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=no_merge", *DRY],
      "pipeline step dpo"),
     # the other commands
-    ("check missing file", "llamantino.data", ["check", "{w}/nope.jsonl", "--format", "text"], "file not found"),
-    ("check bad rows", "llamantino.data", ["check", "{w}/bad_rows.jsonl", "--format", "conversations"], "bad row(s)"),
-    ("check all bad", "llamantino.data", ["check", "{w}/all_bad.jsonl", "--format", "conversations"],
+    ("check missing file", "data", ["check", "{w}/nope.jsonl", "--format", "text"], "file not found"),
+    ("check bad rows", "data", ["check", "{w}/bad_rows.jsonl", "--format", "conversations"], "bad row(s)"),
+    ("check all bad", "data", ["check", "{w}/all_bad.jsonl", "--format", "conversations"],
      "no valid row left"),
-    ("check needs format", "llamantino.data", ["check", "{w}/bad_rows.jsonl"], "give --format"),
-    ("preview hub data", "llamantino.data", ["preview", "clean_mc4_it"], "lives on the hub"),
-    ("prepare no run", "llamantino.data", ["prepare", "{w}/nowhere"], "not a run directory"),
-    ("pin unknown", "llamantino.data", ["pin", "nope"], "unknown data 'nope'"),
-    ("status broken status", "llamantino.status", ["{w}/broken_status"], "status.json is not readable JSON"),
-    ("status broken pipeline", "llamantino.status", ["{w}/broken_pipeline"], "pipeline.json is not readable JSON"),
-    ("collect broken sweep", "llamantino.collect", ["{w}/broken_sweep"], "sweep.json is not readable JSON"),
-    ("compare nothing", "llamantino.compare", ["{w}/nowhere"], "neither an eval run nor a folder"),
-    ("launch nowhere", "llamantino.launch", ["{w}/nowhere"], "not a llamantino run directory"),
-    ("launch dry run", "llamantino.launch", ["{w}/dry_run"], "pass --local or --slurm"),
-    ("launch without script", "llamantino.launch", ["{w}/dry_run", "--slurm"], "has no job.sbatch"),
-    ("launch broken config", "llamantino.launch", ["{w}/broken_config"], "config.yaml is not readable YAML"),
-    ("finish nowhere", "llamantino.finish", ["{w}/nowhere", "--rc", "0"], "provenance.json not found"),
-    ("evaluate nowhere", "llamantino.evaluate", ["{w}/nowhere"], "eval.json not found"),
-    ("plan merge", "llamantino.plan", ["stage=merge"], "does not train"),
-    ("plan cpu", "llamantino.plan", [], "no GPU peak throughput"),
-    ("plan bad override", "llamantino.plan", ["stage.lora_r=0"], "stage.lora_r=0 must be at least 1"),
-    ("export nowhere", "llamantino.recipe", ["export", "{w}/nowhere", "-o", "{w}/out.yaml"], "not a llamantino run"),
-    ("export secret", "llamantino.recipe", ["export", "{w}/leaky_run", "-o", "{w}/out.yaml"], "look like secrets"),
-    ("diff unknown", "llamantino.recipe", ["diff", "{w}/dry_run", "nope"], "not a run directory, a recipe file or a preset"),
-    ("import missing file", "llamantino.recipe", ["import", "{w}/nope.yaml", "--dest", "{w}/dest"], "nope.yaml"),
-    ("import garbage", "llamantino.recipe", ["import", "{w}/garbage.yaml", "--dest", "{w}/dest"], "not a readable recipe"),
-    ("import truncated", "llamantino.recipe", ["import", "{w}/truncated.yaml", "--dest", "{w}/dest"], "truncated recipe"),
-    ("import checksum", "llamantino.recipe", ["import", "{w}/edited.yaml", "--dest", "{w}/dest"], "checksum mismatch"),
-    ("import target", "llamantino.recipe", ["import", "{w}/target.yaml", "--dest", "{w}/dest"], "instantiation keys"),
-    ("import input model", "llamantino.recipe", ["import", "{w}/input_model.yaml", "--dest", "{w}/dest"],
+    ("check needs format", "data", ["check", "{w}/bad_rows.jsonl"], "give --format"),
+    ("preview hub data", "data", ["preview", "clean_mc4_it"], "lives on the hub"),
+    ("prepare no run", "data", ["prepare", "{w}/nowhere"], "not a run directory"),
+    ("pin unknown", "data", ["pin", "nope"], "unknown data 'nope'"),
+    ("status broken status", "status", ["{w}/broken_status"], "status.json is not readable JSON"),
+    ("status broken pipeline", "status", ["{w}/broken_pipeline"], "pipeline.json is not readable JSON"),
+    ("collect broken sweep", "collect", ["{w}/broken_sweep"], "sweep.json is not readable JSON"),
+    ("compare nothing", "compare", ["{w}/nowhere"], "neither an eval run nor a folder"),
+    ("launch nowhere", "launch", ["{w}/nowhere"], "not a llamantino run directory"),
+    ("launch dry run", "launch", ["{w}/dry_run"], "pass --launcher local or --launcher slurm"),
+    ("launch without script", "launch", ["{w}/dry_run", "--launcher", "slurm"], "has no job.sbatch"),
+    ("launch broken config", "launch", ["{w}/broken_config"], "config.yaml is not readable YAML"),
+    ("finish nowhere", "llamantino.job.finish", ["{w}/nowhere", "--rc", "0"], "provenance.json not found"),
+    ("evaluate nowhere", "llamantino.job.evaluate", ["{w}/nowhere"], "eval.json not found"),
+    ("plan merge", "plan", ["stage=merge"], "does not train"),
+    ("plan cpu", "plan", [], "no GPU peak throughput"),
+    ("plan bad override", "plan", ["stage.lora_r=0"], "stage.lora_r=0 must be at least 1"),
+    ("export nowhere", "recipe", ["export", "{w}/nowhere", "-o", "{w}/out.yaml"], "not a llamantino run"),
+    ("export secret", "recipe", ["export", "{w}/leaky_run", "-o", "{w}/out.yaml"], "look like secrets"),
+    ("diff unknown", "recipe", ["diff", "{w}/dry_run", "nope"], "not a run directory, a recipe file or a preset"),
+    ("import missing file", "recipe", ["import", "{w}/nope.yaml", "--dest", "{w}/dest"], "nope.yaml"),
+    ("import garbage", "recipe", ["import", "{w}/garbage.yaml", "--dest", "{w}/dest"], "not a readable recipe"),
+    ("import truncated", "recipe", ["import", "{w}/truncated.yaml", "--dest", "{w}/dest"], "truncated recipe"),
+    ("import checksum", "recipe", ["import", "{w}/edited.yaml", "--dest", "{w}/dest"], "checksum mismatch"),
+    ("import target", "recipe", ["import", "{w}/target.yaml", "--dest", "{w}/dest"], "instantiation keys"),
+    ("import input model", "recipe", ["import", "{w}/input_model.yaml", "--dest", "{w}/dest"],
      "--allow run.input_model"),
-    ("import preload", "llamantino.recipe", ["import", "{w}/preload.yaml", "--dest", "{w}/dest"], "LD_PRELOAD"),
-    ("import directive", "llamantino.recipe", ["import", "{w}/chdir.yaml", "--dest", "{w}/dest"],
+    ("import preload", "recipe", ["import", "{w}/preload.yaml", "--dest", "{w}/dest"], "LD_PRELOAD"),
+    ("import directive", "recipe", ["import", "{w}/chdir.yaml", "--dest", "{w}/dest"],
      "is not a directive a shared recipe may add"),
-    ("import hub push", "llamantino.recipe", ["import", "{w}/hub_push.yaml", "--dest", "{w}/dest"],
+    ("import hub push", "recipe", ["import", "{w}/hub_push.yaml", "--dest", "{w}/dest"],
      "stage.axolotl.hub_model_id"),
-    ("import data path", "llamantino.recipe", ["import", "{w}/data_path.yaml", "--dest", "{w}/dest"],
+    ("import data path", "recipe", ["import", "{w}/data_path.yaml", "--dest", "{w}/dest"],
      "leaves datasets_ita"),
-    ("import include path", "llamantino.recipe", ["import", "{w}/include_path.yaml", "--dest", "{w}/dest"],
+    ("import include path", "recipe", ["import", "{w}/include_path.yaml", "--dest", "{w}/dest"],
      "eval.include_path"),
-    ("import name newline", "llamantino.recipe", ["import", "{w}/name_newline.yaml", "--dest", "{w}/dest"],
+    ("import name newline", "recipe", ["import", "{w}/name_newline.yaml", "--dest", "{w}/dest"],
      "line break"),
-    ("import overrides type", "llamantino.recipe", ["import", "{w}/overrides_type.yaml", "--dest", "{w}/dest"],
+    ("import overrides type", "recipe", ["import", "{w}/overrides_type.yaml", "--dest", "{w}/dest"],
      "wrong type"),
-    ("import without its yaml", "llamantino.recipe", ["import", "{w}/no_yaml.yaml", "--dest", "{w}/dest"],
+    ("import without its yaml", "recipe", ["import", "{w}/no_yaml.yaml", "--dest", "{w}/dest"],
      "the recipe has no axolotl.yaml to compare"),
     ("zero time limit", "llamantino", ["launcher.time=0", *DRY], "under a minute"),
-    ("planner mfu", "llamantino.plan", ["experiment=llamantino2_7b_adapt", "--mfu", "0"], "--mfu 0.0 must be a fraction"),
+    ("planner mfu", "plan", ["experiment=llamantino2_7b_adapt", "--mfu", "0"], "--mfu 0.0 must be a fraction"),
     ("tracking without uri", "llamantino", ["tracking=mlflow", *DRY], "tracking=mlflow needs tracking.uri"),
-    ("import remote tracking", "llamantino.recipe", ["import", "{w}/tracking.yaml", "--dest", "{w}/dest"],
+    ("import remote tracking", "recipe", ["import", "{w}/tracking.yaml", "--dest", "{w}/dest"],
      "--allow tracking"),
-    ("import version", "llamantino.recipe", ["import", "{w}/version.yaml", "--dest", "{w}/dest"], "made with axolotl"),
+    ("import version", "recipe", ["import", "{w}/version.yaml", "--dest", "{w}/dest"], "made with axolotl"),
 ]
 
 
 def _tampered(recipe: dict, edit) -> str:
-    from llamantino.sharing import checksum
+    from llamantino.orchestrate.sharing import checksum
 
     record = json.loads(json.dumps(recipe))
     edit(record)
@@ -210,7 +210,7 @@ def work(tmp_path_factory):
     config = yaml.safe_load((leaky / "config.yaml").read_text())
     config["hardware"]["slurm"]["env"]["WANDB_API_KEY"] = "0123456789abcdef"
     (leaky / "config.yaml").write_text(yaml.safe_dump(config))
-    ok(cli("export", str(w / "dry_run"), "-o", str(w / "good.yaml"), module="llamantino.recipe", cwd=w))
+    ok(cli("export", str(w / "dry_run"), "-o", str(w / "good.yaml"), verb="recipe", cwd=w))
     good = yaml.safe_load((w / "good.yaml").read_text())
     text = (w / "good.yaml").read_text()
     (w / "truncated.yaml").write_text(yaml.safe_dump({k: v for k, v in good.items() if k != "config"}))
@@ -252,7 +252,7 @@ def test_hostile_input_is_one_error_line_and_leaves_nothing(work, name, module, 
     before = snapshot(work)
     env = {"PATH": f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_ACCOUNT": "", "SBATCH_ACCOUNT": "",
            "HF_HUB_OFFLINE": "1"}
-    proc = cli(*[arg.replace("{w}", str(work)) for arg in args], module=module, cwd=work, env=env)
+    proc = cli(*[arg.replace("{w}", str(work)) for arg in args], **command(module), cwd=work, env=env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -266,10 +266,10 @@ def test_allow_names_the_one_setting_the_user_accepts(work, tmp_path):
     """The refusal names a flag; with it, that setting (and only it) is accepted."""
     dest = tmp_path / "dest"
     refused = cli("import", str(work / "preload.yaml"), "--dest", str(dest), "--allow", "run.input_model",
-                  module="llamantino.recipe", cwd=work)
+                  verb="recipe", cwd=work)
     assert refused.returncode == 2 and "LD_PRELOAD" in refused.stderr
     run_dir = run_dir_of(ok(cli("import", str(work / "preload.yaml"), "--dest", str(dest), "--allow",
-                                "hardware.slurm.env.LD_PRELOAD", module="llamantino.recipe", cwd=work)))
+                                "hardware.slurm.env.LD_PRELOAD", verb="recipe", cwd=work)))
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["hardware"]["slurm"]["env"]["LD_PRELOAD"] == "/tmp/x.so"
 
 
@@ -280,5 +280,5 @@ def test_mlflow_tracking_renders_and_validates(compose, tmp_path):
                 tmp_path / "run")
     assert (run.recipe["use_mlflow"], run.recipe["mlflow_tracking_uri"], run.recipe["mlflow_experiment_name"]) == (
         True, "file:./mlruns", "llamantino")
-    tags = json.loads(run.provenance["env"]["MLFLOW_TAGS"])
-    assert tags["model"] == "tiny_llama" and "baseline" in tags and run.provenance["env"]["WANDB_MODE"] == "disabled"
+    tags = json.loads(run.provenance.env["MLFLOW_TAGS"])
+    assert tags["model"] == "tiny_llama" and "baseline" in tags and run.provenance.env["WANDB_MODE"] == "disabled"

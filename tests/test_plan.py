@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cli
 
-from llamantino.planner import plan
+from llamantino.orchestrate.costs import plan
 
 
 def test_llamantino2_7b_adaptation(compose):
@@ -49,7 +49,7 @@ def test_unknown_dataset_size_is_asked_for(compose):
 
 
 def test_cli_prints_its_assumptions(tmp_path):
-    proc = cli("experiment=llamantino2_7b_adapt", module="llamantino.plan", cwd=tmp_path)
+    proc = cli("experiment=llamantino2_7b_adapt", verb="plan", cwd=tmp_path)
     assert proc.returncode == 0
     for needle in ("2.458e+09", "6·N·T", "25% model FLOPs utilisation", "GPU hours     354", "needs 2 jobs"):
         assert needle in proc.stdout

@@ -11,14 +11,14 @@ import yaml
 from conftest import ROOT, cli, ok, run_dir_of
 
 from llamantino.paths import RECIPES_DIR
-from llamantino.sharing import preset_names, render_preset
+from llamantino.orchestrate.sharing import preset_names, render_preset
 
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_renders_validates_and_matches_its_committed_recipe(name):
     for filename, text in render_preset(name).items():  # render_preset validates with Axolotl
         committed = RECIPES_DIR / name / filename
-        assert committed.is_file(), f"{committed} missing: python -m llamantino.recipe presets --write"
+        assert committed.is_file(), f"{committed} missing: python -m llamantino recipe presets --write"
         assert committed.read_text() == text, f"{committed} drifted: re-render and review"
     assert f"# preset: {name}" in (RECIPES_DIR / name / "axolotl.yaml").read_text()
     assert f"# re-create: python -m llamantino experiment={name}" in (RECIPES_DIR / name / "axolotl.yaml").read_text()
@@ -32,7 +32,7 @@ def test_every_committed_sbatch_is_valid_bash():
 
 
 def test_preset_targets_are_the_leaderboard_scores(compose):
-    from llamantino.evaluation import leaderboard
+    from llamantino.job.evaluate import leaderboard
 
     board = leaderboard()["models"]
     for name in preset_names():
@@ -90,24 +90,24 @@ def fresh_clone(tmp_path):
 def test_export_import_in_another_clone_renders_byte_identical_and_trains(trained_run, tmp_path):
     run_dir, work = trained_run
     recipe = tmp_path / "shared.llamantino.yaml"
-    ok(cli("export", str(run_dir), "-o", str(recipe), module="llamantino.recipe", cwd=work))
+    ok(cli("export", str(run_dir), "-o", str(recipe), verb="recipe", cwd=work))
     assert "HF_TOKEN" not in recipe.read_text()
     clone = fresh_clone(tmp_path)
     env = {"PYTHONPATH": str(clone)}
     imported = run_dir_of(ok(cli("import", str(recipe), "--dest", str(tmp_path / "imported"),
-                                 module="llamantino.recipe", cwd=tmp_path, env=env)))
+                                 verb="recipe", cwd=tmp_path, env=env)))
     assert (imported / "axolotl.yaml").read_bytes() == (run_dir / "axolotl.yaml").read_bytes()
     assert str(clone) in str((imported / "inputs" / "it_istruzioni.jsonl").resolve())  # the clone's own data
-    ok(cli(str(imported), "--local", module="llamantino.launch", cwd=tmp_path, env=env))
+    ok(cli(str(imported), "--launcher", "local", verb="launch", cwd=tmp_path, env=env))
     assert (imported / "output" / "adapter_model.safetensors").is_file()
-    diff = ok(cli("diff", str(run_dir), str(imported), module="llamantino.recipe", cwd=tmp_path)).stdout
+    diff = ok(cli("diff", str(run_dir), str(imported), verb="recipe", cwd=tmp_path)).stdout
     assert "stage." not in diff and "model." not in diff
 
 
 def _tamper(recipe, tmp_path, edit, name="bad.yaml"):
     record = yaml.safe_load(recipe.read_text())
     edit(record)
-    from llamantino.sharing import checksum
+    from llamantino.orchestrate.sharing import checksum
 
     record["checksum"] = checksum(record)  # a consistent checksum: the other checks must catch it
     path = tmp_path / name
@@ -120,7 +120,7 @@ def exported(trained_run):
     run_dir, work = trained_run
     recipe = work / "exported.llamantino.yaml"
     if not recipe.exists():
-        ok(cli("export", str(run_dir), "-o", str(recipe), module="llamantino.recipe", cwd=work))
+        ok(cli("export", str(run_dir), "-o", str(recipe), verb="recipe", cwd=work))
     return recipe
 
 
@@ -137,7 +137,7 @@ def exported(trained_run):
 ])
 def test_bad_recipes_are_refused_without_side_effects(exported, tmp_path, case, edit, message):
     path = _tamper(exported, tmp_path, edit)
-    proc = cli("import", str(path), "--dest", str(tmp_path / "dest"), module="llamantino.recipe", cwd=tmp_path)
+    proc = cli("import", str(path), "--dest", str(tmp_path / "dest"), verb="recipe", cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").rglob("config.yaml"))
     assert not list(tmp_path.rglob("pwned"))
@@ -147,7 +147,7 @@ def test_interpolations_in_a_recipe_stay_text(exported, tmp_path):
     import os
 
     path = _tamper(exported, tmp_path, lambda r: r["config"]["run"].update({"notes": "${oc.env:HOME}"}))
-    run_dir = run_dir_of(ok(cli("import", str(path), "--dest", str(tmp_path / "dest"), module="llamantino.recipe",
+    run_dir = run_dir_of(ok(cli("import", str(path), "--dest", str(tmp_path / "dest"), verb="recipe",
                                 cwd=tmp_path)))
     notes = yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["notes"]
     assert notes == "${oc.env:HOME}" and os.environ["HOME"] not in notes
@@ -157,11 +157,11 @@ def test_tampered_and_truncated_files_are_refused(exported, tmp_path):
     text = exported.read_text()
     tampered = tmp_path / "tampered.yaml"
     tampered.write_text(text.replace("lora_r: 64", "lora_r: 65", 1))
-    proc = cli("import", str(tampered), module="llamantino.recipe", cwd=tmp_path)
+    proc = cli("import", str(tampered), verb="recipe", cwd=tmp_path)
     assert proc.returncode == 2 and "checksum mismatch" in proc.stderr
     truncated = tmp_path / "truncated.yaml"
     truncated.write_text(text[: len(text) // 3].rsplit("\n", 1)[0] + "\n")
-    proc = cli("import", str(truncated), module="llamantino.recipe", cwd=tmp_path)
+    proc = cli("import", str(truncated), verb="recipe", cwd=tmp_path)
     assert proc.returncode == 2 and ("truncated" in proc.stderr or "not a readable recipe" in proc.stderr), proc.stderr
 
 
@@ -174,7 +174,7 @@ def test_secrets_are_never_exported(trained_run, tmp_path):
     config = yaml.safe_load((leaky / "config.yaml").read_text())
     config["hardware"]["slurm"]["env"]["HF_TOKEN"] = "hf_" + "a" * 30
     (leaky / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = cli("export", str(leaky), "-o", str(tmp_path / "x.yaml"), module="llamantino.recipe", cwd=tmp_path)
+    proc = cli("export", str(leaky), "-o", str(tmp_path / "x.yaml"), verb="recipe", cwd=tmp_path)
     assert proc.returncode == 2 and "hardware.slurm.env.HF_TOKEN" in proc.stderr
     assert not (tmp_path / "x.yaml").exists()
     assert "hf_" not in json.dumps(json.loads((run_dir / "provenance.json").read_text())["overrides"])

@@ -98,7 +98,7 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
 
     done = ok(cli(*args, cwd=tmp_path))
     assert done.stdout.count(" skip ") == 6 and "submitted job" not in done.stdout
-    status = ok(cli(str(pipeline_dir), module="llamantino.status", cwd=tmp_path)).stdout
+    status = ok(cli(str(pipeline_dir), verb="status", cwd=tmp_path)).stdout
     assert status.count("COMPLETED") == 6
 
 
@@ -113,7 +113,7 @@ def test_a_failing_step_cancels_the_steps_after_it(tmp_path):
         assert info["JobState"] == "CANCELLED", info
     assert read_json(pipeline_dir / "sft" / "status.json")["state"] == "FAILED"
     assert "no_such_proj" in (pipeline_dir / "sft" / "logs" / "train.log").read_text(errors="replace")
-    rows = {row["name"]: row for row in json.loads(ok(cli(str(pipeline_dir), "--json", module="llamantino.status",
+    rows = {row["name"]: row for row in json.loads(ok(cli(str(pipeline_dir), "--json", verb="status",
                                                           cwd=tmp_path)).stdout)}
     assert rows["adapt"]["state"] == "COMPLETED" and rows["sft"]["state"].startswith("FAILED")
     assert rows["dpo"]["state"].startswith("CANCELLED") and "Dependency" in rows["dpo"]["state"]
@@ -130,13 +130,13 @@ def test_sweep_is_one_job_array_and_collects(tmp_path):
         info = wait(f"{array_id}_{index}")
         assert info["JobState"] == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
         assert info["ArrayJobId"] == array_id
-    out = ok(cli(str(sweep_dir), module="llamantino.collect", cwd=tmp_path)).stdout
+    out = ok(cli(str(sweep_dir), verb="collect", cwd=tmp_path)).stdout
     assert "stage.learning_rate=0.001" in out and "stage.learning_rate=0.003" in out
     rows = (sweep_dir / "collect.csv").read_text(errors="replace").strip().splitlines()
     assert len(rows) == 3 and all(row.split(",")[3] for row in rows[1:])  # final losses present
     # the curves come from the trainer's TensorBoard event files, by global step
-    from llamantino.curves import event_files, loss_curve
-    from llamantino.rundir import RunDir
+    from llamantino.records.curves import event_files, loss_curve
+    from llamantino.records.rundir import RunDir
 
     for index, row in enumerate(rows[1:]):
         point = RunDir(sweep_dir / f"{index:03d}")
@@ -157,7 +157,7 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     job_id = job_id_of(run_dir)
     script = (run_dir / "job.sbatch").read_text(errors="replace")
     assert "#SBATCH --signal=B:USR1@30" in script and "#SBATCH --requeue" in script
-    from llamantino.logs import parse_losses
+    from llamantino.records.logs import parse_losses
 
     train_log = run_dir / "logs" / "train.log"
     deadline = time.time() + 300
@@ -199,8 +199,8 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     assert f"resume from checkpoint at output/checkpoint-{saved}" in train_log
     assert read_json(run_dir / "status.json")["state"] == "COMPLETED"
     # one curve across both attempts, by global step: the replayed steps appear once
-    from llamantino.curves import event_files, loss_curve
-    from llamantino.rundir import RunDir
+    from llamantino.records.curves import event_files, loss_curve
+    from llamantino.records.rundir import RunDir
 
     assert len(event_files(RunDir(run_dir))) == 2  # one event file per attempt
     steps = [step for step, _ in loss_curve(run_dir)]
@@ -286,7 +286,7 @@ def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_
 @pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
 def test_a_site_hardware_option_written_by_site_init_runs_a_whole_pipeline(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    ok(cli("init", "--name", "thiscluster", "--out", str(site), module="llamantino.site", cwd=tmp_path))
+    ok(cli("init", "--name", "thiscluster", "--out", str(site), verb="site", cwd=tmp_path))
     option = (site / "hardware" / "thiscluster.yaml").read_text()
     partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
     assert f"partition: {partition}" in option and "accelerator: cpu" in option
@@ -308,7 +308,7 @@ def test_a_job_in_another_environment_fails_in_seconds_and_says_why(tmp_path):
     provenance = read_json(run_dir / "provenance.json")
     provenance["packages"]["torch"] = "1.0.0"
     (run_dir / "provenance.json").write_text(json.dumps(provenance))
-    ok(cli(str(run_dir), "--slurm", module="llamantino.launch", cwd=tmp_path))
+    ok(cli(str(run_dir), "--launcher", "slurm", verb="launch", cwd=tmp_path))
     info = wait(job_id_of(run_dir), timeout=120)
     log = "".join(path.read_text(errors="replace") for path in (run_dir / "logs").glob("*.out"))
     assert info["JobState"] == "FAILED" and "torch" in log and "(validated 1.0.0)" in log

@@ -53,10 +53,10 @@ def test_status_shows_the_true_end_of_jobs_scontrol_has_forgotten(ended_long_ago
         time.sleep(10)
     assert not _scontrol_job(timeout_job) and not _scontrol_job(f"{array}_1")
     assert not (runs["timeout"] / "status.json").exists()  # killed at the limit: its last step never ran
-    out = ok(cli(str(runs["timeout"]), module="llamantino.status", cwd=runs["timeout"])).stdout
+    out = ok(cli(str(runs["timeout"]), verb="status", cwd=runs["timeout"])).stdout
     assert "TIMEOUT" in out and read_json(runs["timeout"] / "status.json")["state"] == "TIMEOUT"
-    out = ok(cli(str(runs["cancelled"]), module="llamantino.status", cwd=runs["cancelled"])).stdout
+    out = ok(cli(str(runs["cancelled"]), verb="status", cwd=runs["cancelled"])).stdout
     assert "CANCELLED" in out
-    out = ok(cli(str(runs["sweep"]), module="llamantino.status", cwd=runs["sweep"])).stdout
+    out = ok(cli(str(runs["sweep"]), verb="status", cwd=runs["sweep"])).stdout
     rows = {line.split()[0]: line for line in out.splitlines() if line[:3].isdigit()}
     assert "COMPLETED" in rows["000"] and "FAILED" in rows["001"], out

@@ -22,7 +22,7 @@ from llamantino_plugin.templates import (ANITA_SCRIPT_SUFFIX, compiled_template,
 def sentencepiece_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from llamantino.tiny import build_sentencepiece_tokenizer
+    from llamantino.inputs.tiny import build_sentencepiece_tokenizer
 
     return AutoTokenizer.from_pretrained(str(build_sentencepiece_tokenizer(tmp_path_factory.mktemp("sp"))))
 
@@ -47,7 +47,7 @@ def test_the_built_tokenizer_is_sentencepiece_with_a_dummy_prefix(tmp_path):
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from llamantino.tiny import _iter_sample_texts, build_sentencepiece_tokenizer
+    from llamantino.inputs.tiny import _iter_sample_texts, build_sentencepiece_tokenizer
 
     folder = build_sentencepiece_tokenizer(tmp_path)
     fast = AutoTokenizer.from_pretrained(str(folder))

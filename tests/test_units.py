@@ -9,12 +9,12 @@ import subprocess
 import pytest
 
 from llamantino.errors import ConfigError, RunDirError, entry, one_line
-from llamantino.schema import time_seconds
-from llamantino.logs import parse_losses
+from llamantino.config.schema import time_seconds
+from llamantino.records.logs import parse_losses
 from llamantino.render.sbatch import Shell, job_name, shell_value
-from llamantino.rundir import RunDir, remove_stale_partials, write_atomic
-from llamantino.schema import LlamantinoConfig, StageConfig, from_plain, to_plain
-from llamantino.sharing import secrets_in
+from llamantino.records.rundir import RunDir, remove_stale_partials, write_atomic
+from llamantino.config.schema import LlamantinoConfig, StageConfig, from_plain, to_plain
+from llamantino.orchestrate.sharing import secrets_in
 
 
 # --- shell quoting ------------------------------------------------------------------------------

@@ -35,6 +35,6 @@ class LlamantinoLauncher(Launcher):
         self.config = config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from llamantino.sweep import run_sweep
+        from llamantino.orchestrate.sweep import run_sweep
 
         return run_sweep(self.config, self.hydra_context.config_loader, job_overrides, initial_job_idx)

@@ -1,31 +1,110 @@
 """The launcher type: how prepared runs start. dry, local and slurm behind one interface.
 
-    check(runs)              refuse before anything is written (a sweep or pipeline is checked whole)
-    prepare(run)             add the launcher's own files to a run (slurm: job.sbatch)
-    submit(run, after)       start one written run, after another job (returns a job id, if any)
-    submit_array(sweep, runs) start a sweep's written points together (slurm: one job array)
-    state(run)               where a run stands (COMPLETED, FAILED, RUNNING, ...)
-    prepare_inputs(runs)     make (or start the jobs that make) what the runs read first: prepared
-                             corpora, and (slurm, offline) downloads; returns the job ids to wait for
+:meth:`Launcher.launch` is the one launch sequence: every command that starts runs (one run, a
+pipeline, a sweep) builds a :class:`LaunchPlan` and hands it over, and the sequence is
 
-The main command, pipelines, sweeps and ``python -m llamantino.launch`` all go through it.
+    check -> prepare -> notices -> obligations -> write -> prepare inputs -> submit
+
+Subclasses say only what differs: how to refuse (``check``), which files they add (``prepare``),
+how to make what runs read (``prepare_inputs``), how to start one run or one array (``submit``,
+``submit_array``), how to start a run written earlier (``start``) and where a run stands (``state``).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
-from llamantino.rundir import RunDir, SweepDir
-from llamantino.schema import LauncherName
-from llamantino.stages import PreparedRun
+from llamantino.config.schema import LauncherName
+from llamantino.errors import ConfigError, LaunchError
+from llamantino.records.jobstate import JobState
+from llamantino.records.provenance import Provenance, SourceKind
+from llamantino.records.rundir import PreparedDir, RunDir, SweepDir
+from llamantino.stages import PreparedRun, Stage, stage_for
 
 
-class Launcher:
+@dataclass
+class LaunchPlan:
+    """What one command starts: runs in order, each waiting (afterok) on the runs it names.
+
+    ``write`` puts the plan's directories on disk, atomically (a run, a pipeline's steps and manifest,
+    a sweep's points and record); ``sweep`` starts the runs together as one array; ``jobs`` holds
+    the job ids of runs already queued or running (a relaunched pipeline's steps), which later runs
+    wait on; ``skip`` names runs already done. ``label`` names a run in messages.
+    """
+
+    runs: list[PreparedRun]
+    write: Callable[["Launcher"], None]
+    after: dict[int, list[int]] = field(default_factory=dict)
+    skip: set[int] = field(default_factory=set)
+    jobs: dict[int, str] = field(default_factory=dict)
+    sweep: SweepDir | None = None
+    label: Callable[[int], str] = lambda index: ""  # "" for a single run: its messages need no name
+    on_array: Callable[[str], None] = lambda job_id: None  # records a sweep's array job
+
+    def starting(self) -> list[int]:
+        return [index for index in range(len(self.runs)) if index not in self.skip and index not in self.jobs]
+
+
+class Launcher(ABC):
     name: ClassVar[LauncherName]
 
     def __init__(self, echo=print) -> None:
         self.echo = echo
+
+    # --- the one launch sequence -----------------------------------------------------------------
+
+    def launch(self, plan: LaunchPlan) -> dict[int, str | None]:
+        """Check, prepare, write and start a plan; returns the job id (or None) of each run started."""
+        starting = plan.starting()
+        runs = [plan.runs[index] for index in starting]
+        self.check(runs)
+        for run in runs:
+            self.prepare(run)
+        for index in range(len(plan.runs)):
+            prefix = f"{plan.label(index)}: " if plan.label(index) else ""
+            for notice in plan.runs[index].notices:
+                self.echo(f"notice: {prefix}{notice}")
+        for run in runs:
+            self.obligations(run)
+        plan.write(self)
+        ready = self.prepare_inputs(runs)
+        if plan.sweep is not None:
+            after = sorted({job for run in runs for job in waits_for(run, ready)})
+            job_id = self.submit_array(plan.sweep, runs, after=after)
+            if job_id:
+                plan.on_array(job_id)
+            return {index: job_id for index in starting}
+        jobs: dict[int, str | None] = dict(plan.jobs)
+        for index in starting:
+            run = plan.runs[index]
+            earlier = [jobs[dep] for dep in plan.after.get(index, []) if jobs.get(dep)]
+            if plan.label(index):
+                self.echo(f"{plan.label(index)}:")
+            try:
+                jobs[index] = self.submit(run, after=waits_for(run, ready, earlier))
+            except LaunchError as exc:
+                rest = [plan.label(later) for later in starting if later > index]
+                if not rest:
+                    raise
+                raise LaunchError(f"{plan.label(index)} failed; the steps after it did not run ({', '.join(rest)}). "
+                                  f"{exc}") from None
+        return jobs
+
+    def start_written(self, run: RunDir) -> None:
+        """Start a run directory written earlier (``llamantino launch``): its obligations, then ``start``."""
+        cfg, provenance = run.config(), run.provenance()
+        stage = stage_for(run)
+        self.corpus_prepared(run, provenance)
+        if provenance.model.kind == SourceKind.tiny_llama:
+            from llamantino.inputs.tiny import ensure_tiny_model
+
+            ensure_tiny_model()
+        self.start(run, cfg, provenance, stage)
+
+    # --- what a launcher says ---------------------------------------------------------------------
 
     def check(self, runs: list[PreparedRun]) -> None:
         """Refuse what cannot start; runs before anything is written."""
@@ -37,39 +116,75 @@ class Launcher:
         """Files the launcher adds to a sweep directory (checked before anything is written)."""
         return {}
 
-    def submit(self, run: PreparedRun, after: list[str] = ()) -> str | None:
-        """Start a written run; ``after``: the job ids it must wait for."""
-        return None
-
-    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun], after: list[str] = ()) -> str | None:
-        """Start every point of a written sweep."""
-        for run in runs:
-            self.submit(run)
-        return None
-
-    def start_written(self, run: RunDir, cfg) -> None:
-        """Start a run directory written earlier (``python -m llamantino.launch``)."""
-        from llamantino.errors import ConfigError
-
-        raise ConfigError(f"{run.path} was rendered with launcher={cfg.launcher.name}: pass --local or --slurm")
-
-    def state(self, run: RunDir) -> str:
-        """The run's outcome from its status file; WRITTEN before it ran."""
-        state = run.read_status().get("state")
-        return state or ("WRITTEN" if run.path.exists() else "NEW")
-
     def prepare_inputs(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
-        """Prepare what the runs read from the shared corpus cache; nothing for launchers that start nothing."""
+        """Make (or start the jobs that make) what the runs read first: prepared corpora, downloads.
+        Returns the job ids to wait for, by corpus key (and DOWNLOADS). By default nothing is made."""
         for plan in corpora(runs).values():
             self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
         return {}
 
+    @abstractmethod
+    def submit(self, run: PreparedRun, after: list[str] = ()) -> str | None:
+        """Start a written run after the jobs ``after``; its job id, if it has one."""
+
+    @abstractmethod
+    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun], after: list[str] = ()) -> str | None:
+        """Start every point of a written sweep together; the array's job id, if it has one."""
+
+    @abstractmethod
+    def start(self, run: RunDir, cfg, provenance: Provenance, stage: Stage) -> None:
+        """Start a run written earlier, its obligations met."""
+
+    def state(self, run: RunDir) -> JobState:
+        """The run's outcome from its status file; WRITTEN before it ran."""
+        status = run.read_status()
+        if status is not None:
+            return status.state
+        return JobState.WRITTEN if run.path.exists() else JobState.NEW
+
+    # --- obligations: what must hold before a run is written and started ----------------------------
+
+    def obligations(self, run: PreparedRun) -> None:
+        """Storage fit for the run's checkpoints; the prepared-corpus cache's variables set."""
+        self.storage_fits(run)
+        if run.inputs.corpus is not None:
+            run.inputs.corpus.entry_dir()  # the cache root's variables are set here (ConfigError naming it)
+
+    def storage_fits(self, run: PreparedRun) -> None:
+        """A run whose checkpoints could fill a home quota is not written under $HOME."""
+        from llamantino.config.method import checkpoint_gb
+
+        cfg = run.cfg
+        if run.method is None or not run.stage.checkpoints:
+            return
+        home = Path.home().resolve()
+        where = run.run_dir.path.resolve()
+        if where != home and home not in where.parents:
+            return
+        kept = (cfg.stage.save_total_limit or 3) * checkpoint_gb(cfg.model.params_b, run.method.adapter, cfg.stage.lora_r)
+        final = cfg.model.params_b * 2 if run.method.adapter is None else 0.0  # bf16 weights of a full fine-tune
+        limit = cfg.hardware.storage.home_limit_gb
+        if kept + final > limit:
+            raise ConfigError(f"{where} is under $HOME and this run's checkpoints may take {kept + final:,.0f} GB "
+                              f"(hardware.storage.home_limit_gb={limit:g}): set run.output_root (or "
+                              "hardware.storage.runs) to a work or scratch folder")
+
     def ensure_model(self, runs: list[PreparedRun]) -> None:
         """Build the tiny model before any job that reads it starts."""
         if any(run.inputs.build_tiny for run in runs):
-            from llamantino.tiny import ensure_tiny_model
+            from llamantino.inputs.tiny import ensure_tiny_model
 
             self.echo(f"llamantino: tiny model at {ensure_tiny_model()}")
+
+    @staticmethod
+    def corpus_prepared(run: RunDir, provenance: Provenance) -> None:
+        """A written run on a prepared corpus starts only once that corpus is complete."""
+        from llamantino.inputs.corpus import expand
+
+        corpus = provenance.data.corpus if provenance.data is not None else None
+        if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
+            raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in "
+                              f"{corpus['entry']}: run the command that wrote it again (it prepares the corpus first)")
 
 
 def corpora(runs: list[PreparedRun]) -> dict:
@@ -88,36 +203,3 @@ def waits_for(run: PreparedRun, ready: dict[str, list[str]], after: list[str] = 
     if run.stage.hub_reads(run.cfg, run.inputs):
         jobs += ready.get(DOWNLOADS, [])
     return jobs
-
-
-def check_corpus_prepared(run: RunDir) -> None:
-    """A written run on a prepared corpus starts only once that corpus is complete."""
-    from llamantino.corpus import expand
-    from llamantino.errors import ConfigError
-    from llamantino.rundir import PreparedDir
-
-    corpus = (run.provenance().get("data") or {}).get("corpus")
-    if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
-        raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in {corpus['entry']}: "
-                          "run the command that wrote it again (it prepares the corpus first)")
-
-
-def check_storage(run: PreparedRun) -> None:
-    """A training run whose checkpoints could fill a home quota is not written under $HOME."""
-    from llamantino.errors import ConfigError
-    from llamantino.method import checkpoint_gb
-
-    cfg = run.cfg
-    if run.method is None or not run.stage.trains:
-        return
-    home = Path.home().resolve()
-    where = run.run_dir.path.resolve()
-    if where != home and home not in where.parents:
-        return
-    kept = (cfg.stage.save_total_limit or 3) * checkpoint_gb(cfg.model.params_b, run.method.adapter, cfg.stage.lora_r)
-    final = cfg.model.params_b * 2 if run.method.adapter is None else 0.0  # bf16 weights of a full fine-tune
-    limit = cfg.hardware.storage.home_limit_gb
-    if kept + final > limit:
-        raise ConfigError(f"{where} is under $HOME and this run's checkpoints may take {kept + final:,.0f} GB "
-                          f"(hardware.storage.home_limit_gb={limit:g}): set run.output_root (or "
-                          "hardware.storage.runs) to a work or scratch folder")

@@ -11,11 +11,12 @@ import re
 import subprocess
 import sys
 
+from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher, check_storage
-from llamantino.outcome import finish_run
-from llamantino.rundir import RunDir
-from llamantino.schema import LauncherName
+from llamantino.job.finish import finish_run
+from llamantino.launchers.base import Launcher, corpora
+from llamantino.records.jobstate import RunStatus
+from llamantino.records.rundir import RunDir
 
 _LOSS = re.compile(r"\{'loss': '?([^',]+)'?.*?'learning_rate': '?([^',]+)'?.*'epoch': '?([^',}]+)'?")
 _SHOW = re.compile(r"^llamantino (data|eval):|^\|.*\|$|Error|Traceback|Killed")
@@ -38,29 +39,11 @@ class LocalLauncher(Launcher):
     def check(self, runs):
         """The hardware option must describe this machine's GPUs."""
         for run in runs:
-            hw = run.cfg.hardware
-            shape = run.shape
-            if run.inputs.corpus is not None:
-                run.inputs.corpus.entry_dir()  # the cache root's variables are set here
-            check_storage(run)
-            if shape.nodes > 1:
-                raise ConfigError(f"hardware={hw.name} asks for {shape.nodes} nodes: a multi-node run cannot start with "
-                                  "launcher=local; use launcher=slurm")
-            if not hw.gpu:
-                continue
-            import torch
-
-            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if found < hw.gpus_per_node:
-                raise ConfigError(
-                    f"hardware={hw.name} needs {hw.nodes} node(s) x {hw.gpus_per_node} GPUs but this machine has "
-                    f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to "
-                    "render only")
+            check_fits_here(run.cfg, run.shape.nodes)
 
     def prepare_inputs(self, runs):
         """Prepare every corpus not yet in the cache here, now, one task after the other."""
-        from llamantino.launchers.base import corpora
-        from llamantino.prepare_corpus import run_all
+        from llamantino.job.prepare import run_all
 
         plans = corpora(runs)
         if plans:
@@ -79,17 +62,14 @@ class LocalLauncher(Launcher):
     def submit(self, run, after=()):
         self.ensure_model([run])
         status = run_here(run.run_dir, run.command, run.shape.processes_per_node, echo=self.echo)
-        output = run.output or {}
-        if output.get("kind"):
-            self.echo(f"done: {output['kind']} in {status.get('output', run.run_dir.path)}")
-        else:
-            self.echo(f"done: results in {run.run_dir / RunDir.RESULTS_MD} and {run.run_dir / RunDir.RESULTS_JSON}")
-        losses = status.get("losses")
+        output = run.output
+        self.echo(f"done: {output.kind} in {status.output or run.run_dir.path}")
+        losses = status.losses
         if losses:
             self.echo(f"loss: first {losses['first']:.4f}, last {losses['last']:.4f} ({losses['count']} logged steps); "
                       f"curve: {run.run_dir / RunDir.LOSS_PNG}")
-        if run.stage.trains:
-            from llamantino.sample import generate_sample
+        if output.trained:
+            from llamantino.job.sample import generate_sample
 
             sample = generate_sample(run.run_dir, run.cfg)
             if sample:
@@ -98,32 +78,45 @@ class LocalLauncher(Launcher):
                 self.echo(f"sample (greedy, prompt from the training data): ...{shown!r} -> {completion!r}")
         return None
 
+    def submit_array(self, sweep, runs, after=()):
+        for run in runs:
+            self.submit(run)
+        return None
 
-    def start_written(self, run, cfg):
-        provenance = run.provenance()
-        from llamantino.launchers.base import check_corpus_prepared
-
-        check_corpus_prepared(run)
-        if (provenance.get("model") or {}).get("kind") == "tiny_llama":
-            from llamantino.tiny import ensure_tiny_model
-
-            ensure_tiny_model()
-        from llamantino.stages import stage_for
-
-        method = provenance.get("method") or {}
-        if method.get("nodes", 1) > 1:
-            raise ConfigError(f"{run.path} is a {method['nodes']}-node run: start it with --slurm")
-        status = run_here(run, list(stage_for(cfg).command), method.get("processes_per_node") or 1, echo=self.echo)
-        self.echo(f"done: {status['state']}")
+    def start(self, run, cfg, provenance, stage):
+        method = provenance.method
+        nodes = method.nodes if method is not None else 1
+        if nodes > 1:
+            raise ConfigError(f"{run.path} is a {nodes}-node run: start it with --launcher slurm")
+        status = run_here(run, list(stage.command), (method.processes_per_node if method else 1) or 1, echo=self.echo)
+        self.echo(f"done: {status.state}")
 
 
-def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) -> dict:
+def check_fits_here(cfg, nodes: int) -> None:
+    """One node, and the hardware option's GPUs present on this machine."""
+    hw = cfg.hardware
+    if nodes > 1:
+        raise ConfigError(f"hardware={hw.name} asks for {nodes} nodes: a multi-node run cannot start with "
+                          "launcher=local; use launcher=slurm")
+    if not hw.gpu:
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < hw.gpus_per_node:
+        raise ConfigError(
+            f"hardware={hw.name} needs {hw.nodes} node(s) x {hw.gpus_per_node} GPUs but this machine has "
+            f"{found} CUDA GPU(s): use hardware=cpu here, launcher=slurm for a cluster, or launcher=dry to "
+            "render only")
+
+
+def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) -> RunStatus:
     """Run a written run's stage command in its directory; returns its status or raises LaunchError."""
     argv = [sys.executable, *command]
     if processes > 1:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                 *command]
-    env = {**os.environ, **run.provenance().get("env", {}), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **run.provenance().env, "PYTHONUNBUFFERED": "1"}
     log_path = run / RunDir.TRAIN_LOG
     log_path.parent.mkdir(exist_ok=True)
     echo(f"llamantino: running {' '.join(argv[1:])} in {run.path} (log: {log_path})")

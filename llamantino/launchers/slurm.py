@@ -15,22 +15,19 @@ import sys
 from pathlib import Path
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher, check_storage
+from llamantino.launchers.base import Launcher
+from llamantino.records.jobstate import JobRecord, JobState
 from llamantino.render.sbatch import render_sbatch, script_context
-from llamantino.rundir import RunDir, SweepDir
-from llamantino.schema import LauncherName, LlamantinoConfig, time_seconds
+from llamantino.records.rundir import RunDir, SweepDir
+from llamantino.config.schema import LauncherName, LlamantinoConfig, time_seconds
 from llamantino.stages import PreparedRun
-
-# SLURM job states in which a job still holds or waits for resources.
-ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
-
 
 def check_queue(cfg: LlamantinoConfig, nodes: int) -> None:
     """QoS node and time limits of the hardware option (what sbatch would refuse)."""
     hw, slurm = cfg.hardware, cfg.hardware.slurm
     if not slurm.qos:
         return
-    from llamantino.cluster import qos_limits
+    from llamantino.launchers.cluster import qos_limits
 
     live = qos_limits() if cfg.launcher.submit else None  # sacctmgr's limits, where it answers, win over the YAML's
     limits = (live or {}).get(slurm.qos) or slurm.qos_limits.get(slurm.qos)
@@ -86,7 +83,7 @@ def _context(run: PreparedRun, run_dirs, array) -> dict:
               f"hardware={cfg.hardware.name} nodes={shape.nodes}"]
     if cfg.experiment:
         header.append(f"preset: {cfg.experiment}")
-    return script_context(cfg, run.command, shape, job_env=run.provenance["env"], run_dirs=run_dirs, array=array,
+    return script_context(cfg, run.command, shape, job_env=run.provenance.env, run_dirs=run_dirs, array=array,
                           header=header)
 
 
@@ -114,21 +111,29 @@ def sbatch(script: Path, *, dependency: str | None = None) -> str:
     return job_id
 
 
-def slurm_job(job_id: str) -> dict:
+def slurm_job(job_id: str) -> JobRecord | None:
     """SLURM's record of a job: ``scontrol show job`` while it knows the job (reason, restarts, run
     time), then the accounting database's (``sacct``), which keeps the final state after scontrol
-    forgets it (MinJobAge, 300 s by default). {} when neither knows it."""
+    forgets it (MinJobAge, 300 s by default). None when neither knows it."""
     record = _scontrol_job(job_id)
     if record:
-        return record
-    from llamantino.accounting import job_states
+        return JobRecord(job_id=record.get("JobId", str(job_id)), state=JobState.parse(record.get("JobState")),
+                         reason=record.get("Reason", ""), restarts=record.get("Restarts", "0"),
+                         elapsed=record.get("RunTime", "-"), exit_code=record.get("ExitCode"),
+                         end=record.get("EndTime"), nodes=record.get("NumNodes"), source="scontrol")
+    from llamantino.launchers.accounting import job_states
 
     rows = job_states(str(job_id))
     row = next((r for r in rows if r["JobID"] == str(job_id)), rows[0] if len(rows) == 1 else None)
     if row is None:
-        return {}
-    return {"JobId": row["JobID"], "JobState": row["State"], "ExitCode": row["ExitCode"], "RunTime": row["Elapsed"],
-            "NumNodes": row["NNodes"], "EndTime": row["End"], "MaxRSS": row["MaxRSS"], "Source": "sacct"}
+        return None
+    return JobRecord(job_id=row["JobID"], state=row["State"], exit_code=row["ExitCode"], elapsed=row["Elapsed"],
+                     nodes=row["NNodes"], end=row["End"], max_rss=row["MaxRSS"], source="sacct")
+
+
+def job_state(job_id: str) -> JobState:
+    record = slurm_job(job_id)
+    return record.state if record is not None else JobState.UNKNOWN
 
 
 def _scontrol_job(job_id: str) -> dict:
@@ -161,12 +166,11 @@ class SlurmLauncher(Launcher):
                     f"{run.cfg.hardware.name} compute nodes have no internet and this run reads "
                     f"{' and '.join(map(str, reads))} from the hub: set hardware.prepare.download_partition=<a "
                     "partition with network> (a download job then runs first), or render it with "
-                    "launcher.submit=false, prepare it where there is network (python -m llamantino.data prepare "
-                    "<run dir>) and submit it (python -m llamantino.launch <run dir>)"
+                    "launcher.submit=false, prepare it where there is network (python -m llamantino data prepare "
+                    "<run dir>) and submit it (python -m llamantino launch <run dir>)"
                 )
         for run in submitting:
             check_corpus_download(run)
-            check_storage(run)
         if submitting:
             check_sbatch()
 
@@ -197,9 +201,13 @@ class SlurmLauncher(Launcher):
             ready[DOWNLOADS] = submit_download(reading, self.echo)
         return ready
 
+    def obligations(self, run):
+        if run.cfg.launcher.submit:  # only what is submitted must be able to run
+            super().obligations(run)
+
     def submit(self, run, after=()):
         if not run.cfg.launcher.submit:
-            self.echo("not submitted (launcher.submit=false): python -m llamantino.launch "
+            self.echo("not submitted (launcher.submit=false): python -m llamantino launch "
                       + shlex.quote(str(run.run_dir.path)))
             return None
         self.ensure_model([run])
@@ -221,39 +229,29 @@ class SlurmLauncher(Launcher):
             run.run_dir.record_job(f"{job_id}_{index}", array=job_id)
         parallelism = runs[0].cfg.launcher.array_parallelism
         self.echo(f"submitted job array {job_id} ({len(runs)} points, at most {parallelism} at once): "
-                  f"python -m llamantino.status {shlex.quote(str(sweep.path))}")
+                  f"python -m llamantino status {shlex.quote(str(sweep.path))}")
         return job_id
 
-    def start_written(self, run, cfg):
-        if not (run / RunDir.SCRIPT).is_file():
+    def start(self, run, cfg, provenance, stage):
+        if run.existing(RunDir.SCRIPT) is None:
             raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
-        from llamantino.launchers.base import check_corpus_prepared
-
-        check_corpus_prepared(run)
-        provenance = run.provenance()
-        check_queue(cfg, int((provenance.get("method") or {}).get("nodes") or cfg.hardware.nodes))
+        check_queue(cfg, provenance.method.nodes if provenance.method is not None else cfg.hardware.nodes)
         check_account(cfg)
-        hub = (provenance.get("model") or {}).get("kind") == "hub" or bool((provenance.get("data") or {}).get("hub_id"))
-        hub = hub or ((run / RunDir.EVAL_PLAN).is_file() and not cfg.eval.include_path)
-        if cfg.hardware.offline and hub and not (run / RunDir.LOCK).is_file():
+        if cfg.hardware.offline and stage.reads_hub(cfg, provenance) and run.existing(RunDir.LOCK) is None:
             raise ConfigError(f"{run.path} reads from the hub but {cfg.hardware.name} is offline: run "
-                              f"python -m llamantino.data prepare {run.path} on a machine with network first")
+                              f"python -m llamantino data prepare {run.path} on a machine with network first")
         check_sbatch()
-        if (provenance.get("model") or {}).get("kind") == "tiny_llama":
-            from llamantino.tiny import ensure_tiny_model
-
-            ensure_tiny_model()
         submit_script(run, [], self.echo)
 
-    def state(self, run: RunDir) -> str:
+    def state(self, run: RunDir) -> JobState:
         """COMPLETED / FAILED from status.json, else the SLURM state of its last job, else WRITTEN/NEW."""
-        state = run.read_status().get("state")
-        if state:
-            return state
+        status = run.read_status()
+        if status is not None:
+            return status.state
         job_id = run.job_id()
         if job_id:
-            return slurm_job(job_id).get("JobState", "UNKNOWN")
-        return "WRITTEN" if run.path.exists() else "NEW"
+            return job_state(job_id)
+        return JobState.WRITTEN if run.path.exists() else JobState.NEW
 
 
 def array_script(sweep: SweepDir, runs: list[PreparedRun]) -> str:
@@ -275,7 +273,7 @@ def made_or_making(entry, job_name: str, what: str, echo=print) -> list[str] | N
         echo(f"{what}: already prepared in {entry.path}")
         return []
     job = entry.jobs().get(job_name)
-    if job and slurm_job(job).get("JobState") in ACTIVE_STATES:
+    if job and job_state(job).active:
         echo(f"{what}: being prepared by job {job}; waiting for it")
         return [job]
     return None
@@ -284,7 +282,7 @@ def made_or_making(entry, job_name: str, what: str, echo=print) -> list[str] | N
 def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
     """The jobs that make one prepared corpus (none when it is complete); returns the job to wait for."""
     from llamantino.render.sbatch import prepare_script
-    from llamantino.rundir import PreparedDir
+    from llamantino.records.rundir import PreparedDir
 
     entry = plan.entry_dir()
     made = made_or_making(entry, "finish", plan.describe(), echo)
@@ -313,9 +311,9 @@ def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
     import hashlib
     import json
 
-    from llamantino.corpus import expand
+    from llamantino.inputs.corpus import expand
     from llamantino.render.sbatch import prepare_script
-    from llamantino.rundir import DownloadDir
+    from llamantino.records.rundir import DownloadDir
 
     cfg = runs[0].cfg
     reads = sorted({read for run in runs for read in run.stage.hub_reads(run.cfg, run.inputs)}, key=str)
@@ -328,7 +326,7 @@ def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
     entry.write(DownloadDir.REQUEST, request)
     (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
     script = entry.path / entry.SCRIPT
-    script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.hub_fetch"))
+    script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.job.download"))
     job = sbatch(script)
     entry.write(DownloadDir.JOBS, {"download": job})
     echo(f"downloads ({', '.join(map(str, reads))}): submitted job {job} ({entry.path})")
@@ -340,5 +338,5 @@ def submit_script(run: RunDir, after: list[str], echo=print) -> str:
     job_id = sbatch(run / RunDir.SCRIPT, dependency=dependency)
     run.record_job(job_id, dependency=dependency)
     echo(f"submitted job {job_id}" + (f" ({dependency})" if dependency else "")
-         + f": squeue -j {job_id}; python -m llamantino.status {shlex.quote(str(run.path))}")
+         + f": squeue -j {job_id}; python -m llamantino status {shlex.quote(str(run.path))}")
     return job_id

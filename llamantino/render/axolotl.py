@@ -13,18 +13,13 @@ from typing import Any
 import yaml
 
 from llamantino.errors import ConfigError
-from llamantino.inputs import Inputs
-from llamantino.method import Method
-from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, Tracker, TrackerMode
+from llamantino.inputs.resolve import Inputs
+from llamantino.config.method import Method
+from llamantino.records.rundir import RunDir
+from llamantino.config.schema import LlamantinoConfig, Tracker, TrackerMode
+from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, format_spec
 
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
-LOADER_TYPES = {
-    "text": "llamantino_plugin.text",
-    "instructions": "llamantino_plugin.instructions",
-    "conversations": "llamantino_plugin.conversations",
-    "preferences": "llamantino_plugin.dpo",
-}
 # Optimizers that need CUDA (fused kernels, bitsandbytes paging or 8-bit states) and their CPU equivalent.
 CUDA_ONLY_OPTIMIZER = ("fused", "paged", "8bit", "bnb")
 CPU_OPTIMIZER = "adamw_torch"
@@ -90,24 +85,27 @@ def _fsdp(model) -> dict:
 
 def _corpus_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     """A prepared corpus: its sources named for Axolotl's validation, the entry read memory-mapped."""
-    plan = inputs.corpus
+    plan, corpus = inputs.corpus, format_spec(CORPUS_FORMAT)
     entries, specs = [], []
     for source in plan.sources:
         entry: dict[str, Any] = {"path": source.hub_id or source.name}
         if source.subset:
             entry["name"] = source.subset
-        entries.append({**entry, "split": "train", "type": LOADER_TYPES["text"]})
-        specs.append({**entry, "format": "text", **({"columns": dict(source.columns)} if source.columns else {})})
+        entries.append({**entry, "split": "train", "type": corpus.loader_type})
+        specs.append({**entry, "format": str(corpus.format),
+                      **({"columns": dict(source.columns)} if source.columns else {})})
     return {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows),
             "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry}
 
 
 def _anita_script_quirks(cfg: LlamantinoConfig, fmt: str) -> bool:
-    """The quirks are the ANITA SFT script's: a Llama-3 chat template over conversations or instructions."""
+    """The quirks are the ANITA SFT script's: a Llama-3 chat template over rows it encodes as a chat
+    (conversations, or instructions under a chat template)."""
     from llamantino_plugin.templates import template_info
 
     info = template_info(cfg.template) if cfg.template else None
-    if fmt in ("text", "preferences") or info is None or info.kind != "chat" or info.family != "llama3":
+    if (info is None or info.kind != "chat" or info.family != "llama3"
+            or format_spec(fmt).encoding_with(info.kind) is not Encoding.chat):
         raise ConfigError(f"prompt.anita_script_quirks=true applies to supervised fine-tuning with a Llama-3 chat "
                           f"template (anita, llama3); this stage has {fmt} data and template {cfg.template!r}")
     return True
@@ -117,21 +115,22 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     if inputs.corpus is not None:
         return _corpus_keys(cfg, inputs)
     data, stage = inputs.data, cfg.stage
+    spec = format_spec(data["format"])
     entry: dict[str, Any] = {"path": data["recipe_path"]}
     if data["subset"]:
         entry["name"] = data["subset"]
     entry["split"] = data["split"]
     if data.get("revision"):
         entry["revision"] = data["revision"]
-    if "local" in data and data["format"] != "preferences":  # Axolotl's DPO datasets have no ds_type
+    if "local" in data and not spec.pairs:  # Axolotl's DPO datasets have no ds_type
         entry["ds_type"] = "json"
-    entry["type"] = LOADER_TYPES[data["format"]]
-    spec: dict[str, Any] = {"path": entry["path"]}
+    entry["type"] = spec.loader_type
+    described: dict[str, Any] = {"path": entry["path"]}
     if data["subset"]:
-        spec["name"] = data["subset"]
-    spec["format"] = data["format"]
+        described["name"] = data["subset"]
+    described["format"] = data["format"]
     if data["columns"]:
-        spec["columns"] = dict(data["columns"])
+        described["columns"] = dict(data["columns"])
     keys: dict[str, Any] = {
         "llamantino_template": cfg.template,
         "llamantino_bad_rows": str(stage.bad_rows),
@@ -140,9 +139,9 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
     if cfg.prompt.anita_script_quirks:
         keys["llamantino_anita_script_quirks"] = _anita_script_quirks(cfg, data["format"])
-    if data["format"] == "text":
+    if spec.corpus:  # how its documents are cleaned
         keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
-    keys.update(llamantino_datasets=[spec], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
+    keys.update(llamantino_datasets=[described], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
     return keys
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from functools import lru_cache
 
 from llamantino.errors import ConfigError
 from llamantino.paths import SLURM_DIR
-from llamantino.schema import LlamantinoConfig
-from llamantino.stages.base import JobShape
+from llamantino.config.schema import LlamantinoConfig
 
 # Whole-string patterns (fullmatch), ASCII only: "\d" would take other scripts' digits, "$" a trailing newline.
 _WORD = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
@@ -27,6 +27,20 @@ _GRES = re.compile(r"[A-Za-z0-9:_.-]+", re.ASCII)
 _DIRECTIVE = re.compile(r"--[a-z][a-z-]*(=[A-Za-z0-9._,:%@/+=\[\]-]+)?", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What a stage's job asks the scheduler for, and how it starts its processes."""
+
+    nodes: int
+    processes_per_node: int
+    gpus_per_node: int
+    cpus_per_node: int
+    mem: str | None
+    distributed: bool  # torchrun across the allocation's nodes, rather than one plain process
+    requeue: bool  # checkpoint and requeue at the time limit (training only)
+    signal_lead_s: int = 0  # requeue: USR1 this long before the time limit
 
 
 class Shell(str):
@@ -165,7 +179,7 @@ def render_sbatch(template: str, context: dict) -> str:
 
 
 def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks: int = 1,
-                   module: str = "llamantino.prepare_corpus") -> str:
+                   module: str = "llamantino.job.prepare") -> str:
     """The sbatch text of one corpus preparation step: fetch (with network), task (an array) or finish."""
     slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
     download = step == "fetch" and not prepare.network and prepare.download_partition
@@ -196,5 +210,5 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
              for name, value in {**slurm.env, **env}.items()]
     context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
                "modules": list(slurm.modules), "env": pairs, "entry": entry,
-               "command": [module] if module != "llamantino.prepare_corpus" else [module, step]}
+               "command": [module] if module != "llamantino.job.prepare" else [module, step]}
     return render_sbatch("prepare.sbatch.j2", context)

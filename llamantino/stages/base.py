@@ -1,12 +1,13 @@
-"""The stage type: one class per task, each owning what differs between train, merge and eval.
+"""The stage type: one class per kind of stage (train, merge, eval), each owning what differs.
 
 :meth:`Stage.build` is the one fixed sequence every stage goes through (NeMo Launcher style):
 
     method -> inputs -> render -> validate -> output record -> provenance -> files
 
-Subclasses fill in the steps; nothing outside ``llamantino/stages/`` asks which task a stage has.
-``build`` reads the file system (data files, earlier runs) and calls Axolotl's validation, but
-writes nothing: every check that can fail runs before the run directory exists.
+Subclasses fill in the steps; nothing outside ``llamantino/stages/`` asks which kind a stage is:
+other code asks the stage type of a config or of a written run (``stage_for``). ``build`` reads the
+file system (data files, earlier runs) and calls Axolotl's validation, but writes nothing: every
+check that can fail runs before the run directory exists.
 """
 
 from __future__ import annotations
@@ -19,25 +20,13 @@ from typing import ClassVar
 
 import yaml
 
-from llamantino.inputs import Inputs
-from llamantino.method import Method
-from llamantino.provenance import build_provenance, git_state, package_versions
-from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, Task, Tracker, to_plain
-
-
-@dataclass(frozen=True)
-class JobShape:
-    """What a stage's job asks the scheduler for, and how it starts its processes."""
-
-    nodes: int
-    processes_per_node: int
-    gpus_per_node: int
-    cpus_per_node: int
-    mem: str | None
-    distributed: bool  # torchrun across the allocation's nodes, rather than one plain process
-    requeue: bool  # checkpoint and requeue at the time limit (training only)
-    signal_lead_s: int = 0  # requeue: USR1 this long before the time limit
+from llamantino.config.method import Method
+from llamantino.config.schema import LlamantinoConfig, Tracker, to_plain
+from llamantino.inputs.resolve import Inputs
+from llamantino.records.provenance import (Provenance, RunOutput, SourceKind, build_provenance, git_state,
+                                           package_versions)
+from llamantino.records.rundir import RunDir
+from llamantino.render.sbatch import JobShape
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ class PreparedRun:
     method: Method | None
     inputs: Inputs
     recipe: dict | None
-    provenance: dict
+    provenance: Provenance
     files: dict[str, str | bytes] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
 
@@ -81,8 +70,8 @@ class PreparedRun:
         return list(self.stage.command)
 
     @property
-    def output(self) -> dict | None:
-        return self.provenance["output"]
+    def output(self) -> RunOutput:
+        return self.provenance.output
 
     @property
     def shape(self) -> JobShape:
@@ -93,11 +82,17 @@ class PreparedRun:
 
 
 class Stage:
-    """Base of the stage types; see the module docstring for the sequence."""
+    """Base of the stage types; see the module docstring for the sequence.
 
-    task: ClassVar[Task]
-    command: ClassVar[tuple[str, ...]]
-    trains: ClassVar[bool] = False  # the planner plans training stages only
+    A stage type declares its own ``task`` (the name ``stage.task`` selects it by; unique in the
+    registry, ``llamantino/stages/__init__.py``) and ``command``.
+    """
+
+    task: ClassVar[str]
+    command: ClassVar[tuple[str, ...]]  # after the Python executable, run from inside the run directory
+    plan_file: ClassVar[str] = RunDir.RECIPE  # the file that says what the job runs (compared on relaunch)
+    checkpoints: ClassVar[bool] = False  # writes training checkpoints: storage guard, requeue at the time limit
+    costed: ClassVar[bool] = False  # `llamantino plan` has a cost model for it
     input_key: ClassVar[str] = "input_model"  # the run.* key a pipeline sets to the previous step's directory
 
     # --- the steps a stage type fills in -------------------------------------------------------
@@ -112,14 +107,22 @@ class Stage:
     def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
         raise NotImplementedError
 
-    def render(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, validate: bool,
+    def render(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs,
                notices: list[str]) -> tuple[dict | None, dict[str, str | bytes]]:
-        """(the Axolotl recipe, if the stage has one; the other files that describe what the job runs)."""
+        """(the Axolotl recipe, if the stage has one; the other files that describe what the job runs). Pure."""
         raise NotImplementedError
 
-    def output(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, recipe: dict | None) -> dict | None:
+    def validate(self, cfg: LlamantinoConfig, recipe: dict | None, files: dict[str, str | bytes]) -> None:
+        """Refuse what the job would fail on: by default Axolotl's own validation of the recipe, as the
+        target hardware would run it."""
+        if recipe is not None:
+            from llamantino.render.validate import validate_recipe
+
+            validate_recipe(recipe, cfg.hardware)
+
+    def output(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, recipe: dict | None) -> RunOutput:
         """What the run produces, for the next stage's lineage checks."""
-        return None
+        return RunOutput()
 
     def shape(self, cfg: LlamantinoConfig, method: Method | None) -> JobShape:
         """One process on one node, with the hardware option's GPUs and CPUs (merge, eval)."""
@@ -131,7 +134,7 @@ class Stage:
         """One process asking for ``gpus`` GPUs (0: host memory only), their share of the node's CPUs,
         and ``ram_gb`` of host memory: not the whole node (merge and eval use a part of one)."""
         from llamantino.errors import ConfigError
-        from llamantino.method import mem_gb
+        from llamantino.config.method import mem_gb
 
         hw = cfg.hardware
         if not hw.gpu:
@@ -151,29 +154,45 @@ class Stage:
     def hub_reads(self, cfg: LlamantinoConfig, inputs: Inputs) -> list[HubRead]:
         """What the stage's job would download from the hub (an offline cluster must fetch it first)."""
         source = inputs.model_source
-        return [HubRead("model", source["hub_id"], source.get("revision"))] if inputs.reads_hub_model else []
+        return [HubRead("model", source.hub_id, source.revision)] if inputs.reads_hub_model else []
+
+    def reads_hub(self, cfg: LlamantinoConfig, provenance: Provenance) -> bool:
+        """Whether a written run's job reads the hub (its model, or data it does not find prepared)."""
+        data = provenance.data
+        return provenance.model.kind == SourceKind.hub or (data is not None and data.hub_id is not None
+                                                           and data.corpus is None)
+
+    def prepare_command(self, run: RunDir) -> tuple[list[str] | None, dict]:
+        """What `llamantino data prepare <run>` runs (after the downloads) so the job finds its data
+        ready offline, and what the lock file records of it: by default Axolotl's preprocess of the
+        recipe; no command when the downloads are all the job reads."""
+        import sys
+
+        return [sys.executable, "-m", "axolotl.cli.preprocess", RunDir.RECIPE], {}
 
     # --- the fixed sequence --------------------------------------------------------------------
 
     def build(self, cfg: LlamantinoConfig, run_dir: Path, *, overrides: list[str], choices: dict,
               validate: bool = True, known_runs: dict | None = None) -> PreparedRun:
         """Render and check one stage; raises LlamantinoError subclasses naming what is wrong."""
-        from llamantino.tiny import tiny_model_dir
+        from llamantino.inputs.tiny import tiny_model_dir
 
         cfg, method = self.method(cfg, overrides)
         notices = list(method.notices) if method else []
         inputs = self.inputs(cfg, method, tiny_model_dir, known_runs or {})
-        recipe, files = self.render(cfg, method, inputs, validate, notices)
+        recipe, files = self.render(cfg, method, inputs, notices)
+        if validate:
+            self.validate(cfg, recipe, files)
         if recipe is not None:
             from llamantino.render.axolotl import dump_yaml
 
             files[RunDir.RECIPE] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))
         output = self.output(cfg, method, inputs, recipe)
-        provenance = build_provenance(cfg, overrides, choices, method, inputs, output, notices)
-        provenance["env"] = job_env(cfg, inputs, overrides)
+        provenance = build_provenance(self.task, cfg, overrides, choices, method, inputs, output, notices,
+                                      job_env(cfg, inputs, overrides))
         files = {**inputs.files, **files}
         files[RunDir.CONFIG] = yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
-        files[RunDir.PROVENANCE] = json.dumps(provenance, indent=2, ensure_ascii=False) + "\n"
+        files[RunDir.PROVENANCE] = provenance.to_json()
         return PreparedRun(cfg=cfg, run_dir=RunDir(run_dir), stage=self, method=method, inputs=inputs, recipe=recipe,
                            provenance=provenance, files=files, notices=notices)
 

@@ -2,7 +2,7 @@
 
 The run directory holds ``eval.json`` (the plan: model, tasks grouped by few-shot count, batch
 size) and, for local task definitions, their YAMLs under ``eval_tasks/``; the job runs
-``python -m llamantino.evaluate .`` (``llamantino/evaluation.py``).
+``python -m llamantino.job.evaluate .`` (``llamantino/job/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from pathlib import Path
 import yaml
 
 from llamantino.errors import ConfigError
-from llamantino.inputs import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
-from llamantino.method import Method, model_gpus, model_ram_gb
+from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
+from llamantino.config.method import Method, model_gpus, model_ram_gb
 from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
-from llamantino.rundir import RunDir
-from llamantino.schema import EvalConfig, EvalMode, LlamantinoConfig, Task
+from llamantino.records.rundir import RunDir
+from llamantino.config.schema import EvalConfig, EvalMode, LlamantinoConfig
+from llamantino.config.schema import to_plain
+from llamantino.records.provenance import ModelSource, OutputKind, Provenance, RunOutput, SourceKind
 from llamantino.stages.base import HubRead, Stage
 
 
 class EvalStage(Stage):
-    task = Task.eval
-    command = ("-m", "llamantino.evaluate", ".")
+    task = "eval"
+    command = ("-m", "llamantino.job.evaluate", ".")
+    plan_file = RunDir.EVAL_PLAN
 
     def name_parts(self, cfg: LlamantinoConfig) -> list[str]:
         return [cfg.model.name, cfg.eval.name]
@@ -36,15 +39,32 @@ class EvalStage(Stage):
             return run_output(Path(cfg.run.input_model).expanduser(), known_runs)
         return base_model(cfg, tiny_dir, known_runs)
 
-    def render(self, cfg, method, inputs, validate, notices):
-        if validate:
-            check_tasks(cfg.eval)
+    def render(self, cfg, method, inputs, notices):
         files = materialise_tasks(cfg.eval, inputs)
-        plan = eval_plan(cfg, inputs)
-        if validate:
-            check_commands(plan)
-        files[RunDir.EVAL_PLAN] = json.dumps(plan, indent=2) + "\n"
+        files[RunDir.EVAL_PLAN] = json.dumps(eval_plan(cfg, inputs), indent=2) + "\n"
         return None, files
+
+    def validate(self, cfg, recipe, files):
+        """Every task known to the installed lm-eval, every rendered command parsed by its own parser."""
+        check_tasks(cfg.eval)
+        check_commands(json.loads(files[RunDir.EVAL_PLAN]))
+
+    def output(self, cfg, method, inputs, recipe):
+        return RunOutput(kind=OutputKind.eval_results, path=RunDir.RESULTS_JSON)
+
+    def reads_hub(self, cfg, provenance: Provenance) -> bool:
+        hub_tasks = [task.name for task in cfg.eval.tasks if task.name not in tasks_with_local_data(cfg.eval)]
+        return super().reads_hub(cfg, provenance) or bool(hub_tasks)
+
+    def prepare_command(self, run):
+        """Download the datasets of the eval tasks (lm-eval's own task loader) into the HF cache."""
+        import sys
+
+        plan = json.loads((run / RunDir.EVAL_PLAN).read_text())
+        tasks = [task for group in plan["groups"] for task in group["tasks"]]
+        code = ("import sys; from lm_eval.tasks import TaskManager, get_task_dict; "
+                "get_task_dict(sys.argv[2:], TaskManager(include_path=sys.argv[1] or None))")
+        return [sys.executable, "-c", code, plan["include_path"] or "", *tasks], {"eval_tasks": tasks}
 
     def shape(self, cfg, method):
         """A model that fits one GPU: one copy per GPU of a node (data-parallel); a larger one: the GPUs
@@ -89,16 +109,17 @@ def run_output(path: Path, known_runs: dict) -> Inputs:
     """What an eval reads from a run: its merged/full model, or its base plus adapter."""
     key = str(path.resolve())
     if key not in known_runs:  # a run on disk must have finished; a pipeline step evaluates a future output
-        state = RunDir(path).read_status().get("state") or "not finished"
-        if state != "COMPLETED":
-            raise ConfigError(f"run.input_model={path} has no finished output to evaluate (state: {state})")
-    output = read_run(path, known_runs).get("output") or {}
-    source = {"kind": "run", "run_dir": key, **output}
-    if output.get("kind") == "model":
-        return Inputs(base_model=MODEL_LINK, model_source=source, links={MODEL_LINK: str((path / output["path"]).resolve())})
-    if output.get("kind") != "adapter":
+        status = RunDir(path).read_status()
+        if status is None or not status.state.done:
+            raise ConfigError(f"run.input_model={path} has no finished output to evaluate (state: "
+                              f"{status.state if status else 'not finished'})")
+    output = read_run(path, known_runs).output
+    source = ModelSource(kind=SourceKind.run, run_dir=key, output=output)
+    if output.kind == OutputKind.model:
+        return Inputs(base_model=MODEL_LINK, model_source=source, links={MODEL_LINK: str((path / output.path).resolve())})
+    if output.kind != OutputKind.adapter:
         raise ConfigError(f"run.input_model={path} produced nothing to evaluate")
-    return from_adapter_output(output, source, str((path / output["path"]).resolve()))
+    return from_adapter_output(output, source, str((path / output.path).resolve()))
 
 
 #: Task definitions as the leaderboard's harness had them, used in place of the installed ones in
@@ -158,7 +179,7 @@ def check_tasks(eval_cfg: EvalConfig) -> None:
 def check_commands(plan: dict) -> None:
     """The job's commands parse with the installed lm-eval (and accelerate, data-parallel), so a
     rendered eval job cannot fail on its own command line."""
-    from llamantino.evaluation import lm_eval_argv, parse_eval_argv
+    from llamantino.render.lmeval import lm_eval_argv, parse_eval_argv
 
     for group in plan["groups"]:
         parse_eval_argv(lm_eval_argv(plan, group))
@@ -217,7 +238,7 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     local = local_task_files(cfg.eval)
     return {
         "eval": cfg.eval.name,
-        "model": inputs.model_source,
+        "model": to_plain(inputs.model_source),
         "model_args": ",".join(model_args),
         "device": ("cuda" if layout.processes > 1 else "cuda:0") if cfg.hardware.gpu else "cpu",
         "processes": layout.processes,
@@ -232,5 +253,5 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         "leaderboard": bool(cfg.eval.leaderboard),
         "target": None if cfg.target is None else {"model_id": cfg.target.model_id, "scores": dict(cfg.target.scores),
                                                    "source": cfg.target.source},
-        "evaluated_run": inputs.model_source.get("run_dir"),
+        "evaluated_run": inputs.model_source.run_dir,
     }

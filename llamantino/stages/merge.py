@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamantino.errors import ConfigError
-from llamantino.inputs import Inputs, from_adapter_output, read_run
-from llamantino.method import Method, model_gpus, model_ram_gb
-from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, Task
+from llamantino.inputs.resolve import Inputs, from_adapter_output, read_run
+from llamantino.config.method import Method, model_gpus, model_ram_gb
+from llamantino.records.rundir import RunDir
+from llamantino.config.schema import LlamantinoConfig
+from llamantino.records.provenance import ModelSource, OutputKind, RunOutput, SourceKind
 from llamantino.stages.base import Stage
 from llamantino.stages.train import precision
 
 
 class MergeStage(Stage):
-    task = Task.merge
+    task = "merge"
     command = ("-m", "axolotl.cli.merge_lora", RunDir.RECIPE)
     input_key = "input_adapter"
 
@@ -25,16 +26,16 @@ class MergeStage(Stage):
         if not cfg.run.input_adapter:
             raise ConfigError("stage=merge needs run.input_adapter=<run directory of a LoRA/QLoRA stage>")
         adapter_run = Path(cfg.run.input_adapter).expanduser()
-        output = read_run(adapter_run, known_runs).get("output") or {}
-        if output.get("kind") != "adapter":
-            raise ConfigError(f"run.input_adapter={adapter_run} produced no adapter to merge (output: {output.get('kind')})")
-        source = {"kind": "merge", "adapter_run": str(adapter_run.resolve()), **output["base_model"]}
-        inputs = from_adapter_output(output, source, str((adapter_run / output["path"]).resolve()))
-        inputs.adapter_datasets = output.get("datasets") or {}
-        inputs.links.update(output.get("data_links") or {})
+        output = read_run(adapter_run, known_runs).output
+        if output.kind != OutputKind.adapter:
+            raise ConfigError(f"run.input_adapter={adapter_run} produced no adapter to merge (output: {output.kind})")
+        source = ModelSource(kind=SourceKind.merge, adapter_run=str(adapter_run.resolve()), base=output.base_model)
+        inputs = from_adapter_output(output, source, str((adapter_run / output.path).resolve()))
+        inputs.adapter_datasets = dict(output.datasets)
+        inputs.links.update(output.data_links)
         return inputs
 
-    def render(self, cfg, method, inputs, validate, notices):
+    def render(self, cfg, method, inputs, notices):
         from llamantino.render.axolotl import render_merge_recipe
 
         recipe = render_merge_recipe(cfg, inputs)
@@ -42,14 +43,13 @@ class MergeStage(Stage):
             recipe["lora_on_cpu"] = True
             notices.append(f"{cfg.model.name} in bf16 does not fit one {cfg.hardware.gpu_memory_gb:g} GB GPU: the "
                            f"merge runs in host memory ({model_ram_gb(cfg.model.params_b)} GB, no GPU)")
-        if validate:
-            from llamantino.validate import validate_recipe
-
-            validate_recipe(recipe, cfg.hardware)
         return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
-        return {"kind": "model", "path": f"{RunDir.OUTPUT}/merged", "precision": precision(cfg)}
+        return RunOutput(kind=OutputKind.model, path=f"{RunDir.OUTPUT}/merged", precision=precision(cfg))
+
+    def prepare_command(self, run):
+        return None, {}  # reads an adapter and its base: nothing to pre-process
 
     def shape(self, cfg, method):
         """One GPU when the bf16 model fits it, else host memory only (``lora_on_cpu``): never the whole node."""

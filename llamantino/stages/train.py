@@ -5,17 +5,20 @@ from __future__ import annotations
 import dataclasses
 
 from llamantino.errors import ConfigError
-from llamantino.inputs import MODEL_LINK, Inputs, base_model, with_data
-from llamantino.method import Method, choose_method, signal_lead_s
-from llamantino.rundir import RunDir
-from llamantino.schema import LlamantinoConfig, StageConfig, Task, from_plain, time_seconds, to_plain
-from llamantino.stages.base import HubRead, JobShape, Stage
+from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, with_data
+from llamantino.config.method import Method, choose_method, signal_lead_s
+from llamantino.records.rundir import RunDir
+from llamantino.config.schema import LlamantinoConfig, StageConfig, from_plain, time_seconds, to_plain
+from llamantino.records.provenance import BaseModelRef, OutputKind, RunOutput
+from llamantino.render.sbatch import JobShape
+from llamantino.stages.base import HubRead, Stage
 
 
 class TrainStage(Stage):
-    task = Task.train
+    task = "train"
     command = ("-m", "axolotl.cli.train", RunDir.RECIPE)
-    trains = True
+    checkpoints = True
+    costed = True
 
     def name_parts(self, cfg: LlamantinoConfig) -> list[str]:
         return [cfg.model.name, cfg.data.name]
@@ -40,7 +43,7 @@ class TrainStage(Stage):
     def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
         return with_data(base_model(cfg, tiny_dir, known_runs), cfg, method.world_size if method else 1)
 
-    def render(self, cfg, method, inputs, validate, notices):
+    def render(self, cfg, method, inputs, notices):
         from llamantino.render.axolotl import render_train_recipe
         from llamantino_plugin.templates import template_info
 
@@ -52,21 +55,16 @@ class TrainStage(Stage):
         if recipe["optimizer"] != cfg.stage.optimizer:
             notices.append(f"optimizer {cfg.stage.optimizer} needs CUDA; on hardware {cfg.hardware.name} the stage "
                            f"uses {recipe['optimizer']}")
-        if validate:
-            from llamantino.validate import validate_recipe
-
-            validate_recipe(recipe, cfg.hardware)
         return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
         if method.adapter:
-            base = {"ref": inputs.base_model, "revision": inputs.base_model_revision}
-            if inputs.base_model == MODEL_LINK:
-                base["local"] = inputs.links[MODEL_LINK]
-            return {"kind": "adapter", "adapter": method.adapter, "path": RunDir.OUTPUT, "base_model": base,
-                    "datasets": {key: recipe[key] for key in ("datasets", "llamantino_datasets") if key in recipe},
-                    "data_links": {name: target for name, target in inputs.links.items() if name != MODEL_LINK}}
-        return {"kind": "model", "path": RunDir.OUTPUT, "precision": precision(cfg)}
+            base = BaseModelRef(ref=inputs.base_model, revision=inputs.base_model_revision,
+                                local=inputs.links[MODEL_LINK] if inputs.base_model == MODEL_LINK else None)
+            return RunOutput(kind=OutputKind.adapter, adapter=method.adapter, path=RunDir.OUTPUT, base_model=base,
+                             datasets={key: recipe[key] for key in ("datasets", "llamantino_datasets") if key in recipe},
+                             data_links={name: target for name, target in inputs.links.items() if name != MODEL_LINK})
+        return RunOutput(kind=OutputKind.model, path=RunDir.OUTPUT, precision=precision(cfg))
 
     def shape(self, cfg, method) -> JobShape:
         hw = cfg.hardware

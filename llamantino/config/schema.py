@@ -1,0 +1,678 @@
+"""Typed schema of every config group: what ``python -m llamantino`` composes and every module reads.
+
+The primary config (``conf/config.yaml``) starts from ``llamantino_schema``, so every group option
+is merged into these dataclasses: a misspelt key, a wrong type or a value outside a choice (the
+``StrEnum`` fields) fails at composition and names the key path (``stage.lora_r``). Ranges are
+checked once, in ``__post_init__``, for configs composed by Hydra and read back from files alike.
+The rest of llamantino reads the config by attribute (``cfg.stage.task``), never by string key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, ClassVar, Optional
+
+from omegaconf import MISSING
+
+from llamantino.errors import ConfigError
+from llamantino_plugin.formats import DataFormat
+
+
+class Adapter(StrEnum):
+    lora = "lora"
+    qlora = "qlora"
+
+
+class RL(StrEnum):
+    dpo = "dpo"
+
+
+class BadRows(StrEnum):
+    strict = "strict"
+    skip = "skip"
+
+
+class OnUnsupported(StrEnum):
+    fallback = "fallback"  # train the next cheaper method, announced
+    error = "error"
+
+
+# "raise" is a keyword, so this choice is built with the functional API (members by name).
+ExcessLength = StrEnum("ExcessLength", [("drop", "drop"), ("truncate", "truncate"), ("raise", "raise")])
+
+LRScheduler = StrEnum("LRScheduler", [(name, name) for name in (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay", "one_cycle", "rex")])
+
+
+@dataclass(frozen=True)
+class AcceleratorKind:
+    """Defaults `llamantino site init` writes for a GPU type (a hardware option may say otherwise)."""
+
+    memory_gb: float  # the common model's memory
+    peak_tflops: float  # dense bf16 TFLOP/s, for planning
+
+
+#: The accelerator kinds hardware options may name: a new kind is one row here and its hardware YAML.
+ACCELERATORS: dict[str, AcceleratorKind] = {
+    "cpu": AcceleratorKind(memory_gb=0, peak_tflops=0),
+    "a100": AcceleratorKind(memory_gb=80, peak_tflops=312),
+    "h100": AcceleratorKind(memory_gb=80, peak_tflops=989),
+}
+Accelerator = StrEnum("Accelerator", [(name, name) for name in ACCELERATORS])
+
+
+class Attention(StrEnum):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+class Tracker(StrEnum):
+    none = "none"
+    tensorboard = "tensorboard"  # event files in the run directory, no account
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+class TrackerMode(StrEnum):
+    auto = "auto"  # online where the hardware has network, offline where it has not
+    online = "online"
+    offline = "offline"
+
+
+class EvalMode(StrEnum):
+    leaderboard = "leaderboard"  # the harness behaviour behind the published scores (llamantino/job/evaluate.py)
+    current = "current"  # the installed harness as it is
+
+
+class LauncherName(StrEnum):
+    dry = "dry"
+    local = "local"
+    slurm = "slurm"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # tab and newline are allowed below
+_LINE_BREAK = re.compile(r"[\n\t]")
+
+
+def _check_text(key: str, value, multiline: bool) -> None:
+    """No control characters in any string; no line breaks outside fields declared multi-line."""
+    if isinstance(value, str):
+        if _CONTROL.search(value) or (not multiline and _LINE_BREAK.search(value)):
+            raise ConfigError(f"{key}={value!r} contains a control character or line break; "
+                              + ("only printable text is allowed" if multiline else "it must be one line of text"))
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_text(f"{key}.{name}", str(name), False)
+            _check_text(f"{key}.{name}", item, multiline)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_text(f"{key}[{index}]", item, multiline)
+
+
+class Checked:
+    """Base of every config section: strings checked once, then the section's own ranges (``check``)."""
+
+    KEY: ClassVar[str] = ""
+    MULTILINE: ClassVar[tuple[str, ...]] = ()  # fields that may hold several lines (never rendered into scripts)
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not dataclasses.is_dataclass(value):
+                _check_text(f"{self.KEY}.{item.name}".lstrip("."), value, item.name in self.MULTILINE)
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and cross-field rules of the section."""
+
+
+SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", re.ASCII)  # D-HH:MM:SS, HH:MM:SS, MM:SS, MM, D-HH, ...
+
+
+def time_seconds(text: str) -> int:
+    """SLURM time (``D-HH:MM:SS``, ``HH:MM:SS``, ``MM:SS``, ``MM``) in seconds."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:  # minutes, or with days: hours
+        hours, minutes, seconds = (parts[0], 0, 0) if days else (0, parts[0], 0)
+    elif len(parts) == 2:
+        hours, minutes, seconds = (parts[0], parts[1], 0) if days else (0, parts[0], parts[1])
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _slurm_time(key: str, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not SLURM_TIME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} is not a SLURM time (D-HH:MM:SS, HH:MM:SS, MM:SS or minutes)")
+    if time_seconds(value) < 60:
+        raise ConfigError(f"{key}={value!r} is under a minute; a job needs at least one")
+
+
+def _at_least(key: str, value, minimum) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{key}={value} must be at least {minimum}")
+
+
+@dataclass
+class ModelConfig(Checked):
+    KEY = "model"
+    name: str = MISSING
+    hub_id: Optional[str] = None  # None: built locally by `builder`
+    revision: Optional[str] = None  # pinned hub commit; None: not pinned (provenance says so)
+    builder: Optional[str] = None  # "tiny_llama": llamantino builds it (llamantino/inputs/tiny.py)
+    family: str = MISSING  # llama2 | llama3 | mistral
+    template: str = MISSING  # default prompt template (llamantino_plugin/templates/index.yaml)
+    params_b: float = MISSING  # parameters in billions (memory and cost planning)
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    context_length: int = 4096
+    decoder_layer: str = "LlamaDecoderLayer"  # FSDP wrapping unit
+    flash_attention: bool = True  # the architecture supports flash_attention_2
+    gated: bool = False  # the hub asks to accept a licence first
+    license: str = ""
+    # Stage settings this model needs, applied unless the command line sets them (announced as a notice):
+    # the random-init tiny model trains its embeddings and takes large steps to learn in a minute.
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if not isinstance(self.params_b, str) and not self.params_b > 0:  # MISSING is a string
+            raise ConfigError(f"model.params_b={self.params_b} must be positive")
+        known = {item.name for item in dataclasses.fields(StageConfig)}
+        for key in self.tuning:
+            if key not in known:
+                raise ConfigError(f"model.tuning.{key} is not a stage setting; valid: {', '.join(sorted(known))}")
+
+
+@dataclass
+class MixtureSource(Checked):
+    """One registry entry of a mixture and its share of the token budget."""
+    KEY = "data.sources[]"
+    name: str = MISSING
+    weight: float = 1.0
+
+    def check(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources: {self.name} has weight {self.weight}; weights must be positive")
+
+
+@dataclass
+class DataConfig(Checked):
+    """One registry entry of datasets_ita/registry (the ``data`` group points there)."""
+    KEY = "data"
+    MULTILINE = ('description', 'notes', 'source')
+
+    name: str = MISSING
+    description: str = ""
+    format: DataFormat = MISSING
+    purpose: list[str] = field(default_factory=list)  # stages it is meant for: adapt, sft, dpo
+    path: Optional[str] = None  # local JSONL, relative to datasets_ita/ (or absolute)
+    hub_id: Optional[str] = None
+    subset: Optional[str] = None  # hub config name, e.g. "medium"
+    revision: Optional[str] = None  # pinned hub commit; None: not pinned
+    split: str = "train"
+    num_rows: Optional[int] = None  # rows in the split (approximate for hub sets; the planner uses it)
+    columns: dict[str, str] = field(default_factory=dict)  # logical column -> column in the data
+    # Corpus scale (text data from the hub, a hub mirror or a folder; prepared into the shared cache):
+    files: list[str] = field(default_factory=list)  # glob patterns of the split's files inside the repository
+    file_count: Optional[int] = None  # files the patterns match (plans downloads without listing the hub)
+    approx_tokens: Optional[int] = None  # tokens in those files, estimated (sizes how many files are fetched)
+    sources: list[MixtureSource] = field(default_factory=list)  # a mixture of registry entries, by weight
+    sample_seed: int = 42  # the seeded order in which files are sampled
+    budget_margin: float = 0.05  # prepare this much more than the stage consumes
+    license: str = ""
+    size: str = ""
+    language: str = "it"
+    source: str = ""  # where the facts of this entry come from
+    notes: str = ""
+
+    def check(self) -> None:
+        if not 0 <= self.budget_margin <= 10:
+            raise ConfigError(f"data.budget_margin={self.budget_margin} must be in 0-10 (0.05 = 5% more than the budget)")
+        _at_least("data.file_count", self.file_count, 1)
+        _at_least("data.approx_tokens", self.approx_tokens, 1)
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources names a registry entry twice: {names}")
+
+    @property
+    def corpus_scale(self) -> bool:
+        """Prepared into the shared cache within a token budget: a mixture, or text from the hub."""
+        from llamantino_plugin.formats import format_spec
+
+        return bool(self.sources) or (format_spec(self.format).corpus and bool(self.hub_id))
+
+
+RUN_NAME_GROUPS = ("model", "data", "eval", "hardware")
+
+
+@dataclass
+class StageConfig(Checked):
+    KEY = "stage"
+    name: str = MISSING
+    task: str = "train"  # the stage type that runs it (llamantino/stages: train, merge, eval)
+    # The config groups whose option names follow the stage's in the default run name
+    # (<stage>-<model>-<data> for training): model, data, eval or hardware.
+    name_parts: list[str] = field(default_factory=lambda: ["model", "data"])
+    data_formats: list[DataFormat] = field(default_factory=list)  # formats this stage trains on
+    # Method: adapter None = full fine-tune; lora; qlora (4-bit base).
+    adapter: Optional[Adapter] = None
+    cpu_adapter: Adapter = Adapter.lora  # documented fallback on CPU, where full fine-tuning/FSDP is impossible
+    on_unsupported: OnUnsupported = OnUnsupported.fallback
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: Optional[list[str]] = None  # None: every linear layer
+    lora_modules_to_save: Optional[list[str]] = None  # modules trained in full beside the adapter (embeddings)
+    use_rslora: bool = False
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_epochs: float = 1.0
+    max_steps: Optional[int] = None
+    sequence_len: int = 1024
+    learning_rate: float = 2.0e-4
+    adapter_learning_rate: Optional[float] = None  # used instead when a fallback trains an adapter
+    lr_scheduler: LRScheduler = LRScheduler.cosine
+    warmup_steps: Optional[int] = None
+    warmup_ratio: Optional[float] = None
+    optimizer: str = "adamw_torch_fused"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    sample_packing: bool = False  # used only where attention is flash_attention_2
+    train_on_inputs: bool = False
+    rl: Optional[RL] = None
+    rl_beta: Optional[float] = None
+    max_prompt_len: Optional[int] = None
+    val_set_size: float = 0.0
+    save_steps: Optional[int] = None
+    saves_per_epoch: Optional[int] = None
+    save_total_limit: Optional[int] = None
+    logging_steps: int = 1
+    excess_length_strategy: ExcessLength = ExcessLength["drop"]
+    bad_rows: BadRows = BadRows.strict
+    text_min_chars: int = 20
+    text_dedup: bool = True
+    seed: int = 42
+    # Extra Axolotl keys, passed through; keys Axolotl does not know are refused.
+    axolotl: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """What Axolotl would accept but fail on hours later: counts and rates out of range."""
+        for key in ("micro_batch_size", "gradient_accumulation_steps", "sequence_len", "lora_r", "lora_alpha",
+                    "logging_steps", "max_steps", "warmup_steps", "save_steps", "saves_per_epoch",
+                    "save_total_limit", "max_prompt_len"):
+            _at_least(f"stage.{key}", getattr(self, key), 1)
+        _at_least("stage.text_min_chars", self.text_min_chars, 0)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"stage.learning_rate={self.learning_rate} must be positive")
+        if not self.num_epochs > 0:
+            raise ConfigError(f"stage.num_epochs={self.num_epochs} must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"stage.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        for part in self.name_parts:
+            if part not in RUN_NAME_GROUPS:
+                raise ConfigError(f"stage.name_parts: {part!r} is not one of {', '.join(RUN_NAME_GROUPS)}")
+        if self.rl and not (self.rl_beta or 0) > 0:
+            raise ConfigError(f"stage.rl_beta={self.rl_beta} must be positive for rl={self.rl}")
+
+
+@dataclass
+class QosLimit(Checked):
+    KEY = "hardware.slurm.qos_limits[]"
+    min_nodes: int = 1
+    max_nodes: int = MISSING
+    max_time: str = MISSING  # SLURM time, e.g. "00:30:00"
+
+    def check(self) -> None:
+        _slurm_time("hardware.slurm.qos_limits[].max_time", self.max_time)
+
+
+@dataclass
+class SlurmConfig(Checked):
+    KEY = "hardware.slurm"
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    account: Optional[str] = None  # None: sbatch takes $SBATCH_ACCOUNT
+    account_required: bool = False  # the cluster bills every job to a project
+    time: str = "24:00:00"
+    mem: Optional[str] = None  # per node, e.g. "494000M"; None: the partition default
+    gres: Optional[str] = None  # None: "gpu:<gpus_per_node>" on GPU hardware, nothing on CPU
+    exclusive: bool = False
+    modules: list[str] = field(default_factory=list)  # `module load` lines, in order
+    env: dict[str, str] = field(default_factory=dict)  # exported in the job
+    rdzv_port: int = 29500
+    qos_limits: dict[str, QosLimit] = field(default_factory=dict)
+    extra_directives: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. "--exclude=lrdn0001"
+
+    def check(self) -> None:
+        _slurm_time("hardware.slurm.time", self.time)
+        if not 1024 <= self.rdzv_port <= 64535:  # the job adds up to 999 to it
+            raise ConfigError(f"hardware.slurm.rdzv_port={self.rdzv_port} must be in 1024-64535")
+
+
+@dataclass
+class StorageConfig(Checked):
+    """Where shared files live. ``$VAR`` and ``~`` are expanded where they are used (the job's shell
+    for HF_HOME; the submitting shell and the plugin for the cache), so recipes stay the same for everyone."""
+    KEY = "hardware.storage"
+    runs: str = "runs"  # run, pipeline and sweep directories (run.output_root follows it unless set)
+    cache: str = "~/.cache/llamantino"  # prepared corpora: <cache>/prepared/<key>
+    hf_home: Optional[str] = None  # HF_HOME of prepare jobs and training jobs alike; None: the environment's
+    hub_mirror: Optional[str] = None  # a folder laid out as the hub (<mirror>/datasets/<owner>/<name>/...)
+    write_gbps: float = 1.0  # sustained checkpoint write bandwidth of one job, GB/s (sizes the USR1 lead)
+    home_limit_gb: float = 20.0  # runs whose checkpoints may exceed this are refused under $HOME
+
+    def check(self) -> None:
+        if not self.write_gbps > 0:
+            raise ConfigError(f"hardware.storage.write_gbps={self.write_gbps} must be positive")
+        if not self.home_limit_gb >= 0:
+            raise ConfigError(f"hardware.storage.home_limit_gb={self.home_limit_gb} must not be negative")
+
+
+@dataclass
+class PrepareConfig(Checked):
+    """Resources of the corpus preparation jobs (a SLURM array on CPU nodes, then a merge)."""
+    KEY = "hardware.prepare"
+    tasks: int = 2  # array tasks; each tokenises its slice of the sampled files
+    partition: Optional[str] = None  # None: hardware.slurm.partition
+    qos: Optional[str] = None
+    cpus: int = 1
+    mem: Optional[str] = None
+    time: str = "04:00:00"
+    network: bool = False  # the prepare nodes reach the hub (else downloads run on download_partition)
+    download_partition: Optional[str] = None  # a partition with network, e.g. Leonardo's lrd_all_serial
+    download_qos: Optional[str] = None
+    download_time: str = "04:00:00"
+
+    def check(self) -> None:
+        _at_least("hardware.prepare.tasks", self.tasks, 1)
+        _at_least("hardware.prepare.cpus", self.cpus, 1)
+        _slurm_time("hardware.prepare.time", self.time)
+        _slurm_time("hardware.prepare.download_time", self.download_time)
+
+
+class ContainerRuntime(StrEnum):
+    apptainer = "apptainer"
+    singularity = "singularity"
+
+
+@dataclass
+class ContainerConfig(Checked):
+    """Run every Python of the job inside an Apptainer/Singularity image (``<runtime> exec``)."""
+    KEY = "hardware.container"
+    image: str = MISSING  # a .sif file (or any image reference the runtime takes)
+    runtime: ContainerRuntime = ContainerRuntime.apptainer
+    binds: list[str] = field(default_factory=list)  # --bind src[:dst] (the run and cache folders, $WORK, ...)
+
+
+@dataclass
+class HardwareConfig(Checked):
+    KEY = "hardware"
+    name: str = MISSING
+    accelerator: Accelerator = Accelerator.cpu
+    nodes: int = 1
+    gpus_per_node: int = 0
+    gpu_memory_gb: float = 0.0
+    cpus_per_node: int = 2
+    bf16: bool = False
+    tf32: bool = False
+    fp8: bool = False
+    compute_capability: Optional[str] = None  # "sm_80" for A100
+    attn_implementation: Attention = Attention.sdpa  # flash_attention_2 on A100/H100
+    peak_tflops: float = 0.0  # dense bf16 TFLOP/s per GPU, for planning
+    offline: bool = False  # compute nodes have no internet
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    container: Optional[ContainerConfig] = None
+
+    def check(self) -> None:
+        _at_least("hardware.nodes", self.nodes, 1)
+        _at_least("hardware.cpus_per_node", self.cpus_per_node, 1)
+        _at_least("hardware.gpus_per_node", self.gpus_per_node, 0 if self.accelerator == Accelerator.cpu else 1)
+        if self.accelerator != Accelerator.cpu and not self.gpu_memory_gb > 0:
+            raise ConfigError(f"hardware.gpu_memory_gb={self.gpu_memory_gb} must be positive on GPU hardware")
+
+    @property
+    def gpu(self) -> bool:
+        return self.accelerator != Accelerator.cpu
+
+
+@dataclass
+class LauncherConfig(Checked):
+    KEY = "launcher"
+    name: LauncherName = MISSING
+    submit: bool = True  # slurm: false renders and writes everything, submits nothing
+    validate: bool = True  # run Axolotl's own validation before writing
+    array_parallelism: int = 4  # sweeps: the %N throttle of the job array
+    # USR1 this long before the time limit: checkpoint and requeue. None: the time to write the
+    # model's checkpoint at hardware.storage.write_gbps, plus a minute, at least 120 s.
+    signal_lead_s: Optional[int] = None
+    requeue: bool = True
+    time: Optional[str] = None  # overrides hardware.slurm.time
+    template: str = "torchrun.sbatch.j2"  # file in slurm/
+
+    def check(self) -> None:
+        _slurm_time("launcher.time", self.time)
+        _at_least("launcher.array_parallelism", self.array_parallelism, 1)
+        _at_least("launcher.signal_lead_s", self.signal_lead_s, 10)
+
+
+@dataclass
+class TrackingConfig(Checked):
+    """Experiment tracking; secrets (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN) come from the environment only."""
+
+    KEY = "tracking"
+    name: Tracker = Tracker.tensorboard
+    project: str = "llamantino"  # W&B project / MLflow experiment
+    entity: Optional[str] = None  # W&B team
+    mode: TrackerMode = TrackerMode.auto  # W&B: online or offline (then `python -m llamantino sync`)
+    uri: Optional[str] = None  # MLflow tracking URI (a server, or a folder such as file:./mlruns)
+    tags: list[str] = field(default_factory=list)  # added to the run's own: model, data, stage, git commit
+
+    def check(self) -> None:
+        if self.name == Tracker.mlflow and not self.uri:
+            raise ConfigError("tracking=mlflow needs tracking.uri=<tracking server or file:folder>")
+
+
+@dataclass
+class PromptConfig(Checked):
+    KEY = "prompt"
+    MULTILINE = ('system_prompt',)
+    template: Optional[str] = None  # None: the model's template
+    system_prompt: Optional[str] = None  # None: the template's published default; "": none
+    # The ANITA SFT script's text quirks: " <|eot_id|> " and "<|begin_of_text|> " with spaces, and
+    # "<|end_of_text|>" appended (marcopoli/LLaMAntino-3-ANITA finetune_llama3.py); Llama-3 templates only.
+    anita_script_quirks: bool = False
+
+
+@dataclass
+class EvalTask(Checked):
+    KEY = "eval.tasks[]"
+    name: str = MISSING  # lm-eval task name
+    num_fewshot: int = 0
+    metric: str = "acc"
+
+    def check(self) -> None:
+        _at_least("eval.tasks[].num_fewshot", self.num_fewshot, 0)
+
+
+@dataclass
+class EvalConfig(Checked):
+    KEY = "eval"
+    name: str = MISSING
+    tasks: list[EvalTask] = field(default_factory=list)
+    batch_size: str = "auto"
+    include_path: Optional[str] = None  # folder with local task YAMLs (relative to the project)
+    limit: Optional[float] = None  # lm-eval --limit, for smoke tests
+    leaderboard: bool = False  # average the tasks like the Open Italian LLM Leaderboard
+    mode: EvalMode = EvalMode.current  # leaderboard: reproduce the published scores' harness behaviour
+    data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
+
+
+@dataclass
+class PipelineStep(Checked):
+    KEY = "pipeline.steps[]"
+    name: str = MISSING  # the step's name, its run directory under the pipeline directory
+    overrides: list[str] = field(default_factory=list)  # Hydra overrides of this step, e.g. ["stage=adapt"]
+    input: Optional[str] = "previous"  # base model: "previous" step's output, "base" model, or a step name
+
+
+@dataclass
+class PipelineConfig(Checked):
+    KEY = "pipeline"
+    MULTILINE = ('description',)
+    name: str = MISSING
+    description: str = ""
+    steps: list[PipelineStep] = field(default_factory=list)
+
+
+@dataclass
+class TargetScores(Checked):
+    """Published scores of a preset's model, the target after evaluation (llamantino-facts §3)."""
+    KEY = "target"
+    MULTILINE = ('source',)
+
+    model_id: str = MISSING
+    scores: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass
+class RunConfig(Checked):
+    KEY = "run"
+    MULTILINE = ('notes',)
+    name: Optional[str] = None  # None: <stage>-<model>-<data>
+    output_root: str = "runs"
+    input_model: Optional[str] = None  # a run directory or local model directory to start from
+    input_adapter: Optional[str] = None  # merge: the run directory or folder holding the adapter
+    notes: str = ""
+
+
+@dataclass
+class LlamantinoConfig(Checked):
+    KEY = ""
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    stage: StageConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    launcher: LauncherConfig = MISSING
+    eval: EvalConfig = MISSING
+    pipeline: Optional[PipelineConfig] = None
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*
+    target: Optional[TargetScores] = None
+
+    @property
+    def template(self) -> str:
+        """The prompt template in force: ``prompt.template``, else the model's."""
+        return self.prompt.template or self.model.template
+
+    @property
+    def time_limit(self) -> str:
+        return self.launcher.time or self.hardware.slurm.time
+
+
+def register_configs() -> None:
+    """Register the root schema (used by conf/config.yaml's defaults list)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="llamantino_schema", node=LlamantinoConfig, replace=True)
+
+
+# --- plain data in and out (config.yaml of a run, shared recipes) -----------------------------------
+
+
+def to_plain(value):
+    """A config (or part of one) as plain YAML/JSON data: enums as their strings."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return value
+
+
+
+
+
+def from_plain(cls, data, key: str = ""):
+    """Build ``cls`` from plain data, checking every key and type, never resolving ``${...}``.
+
+    Files a run or a recipe wrote are data: unlike OmegaConf, this reads strings as strings.
+    """
+    hints = typing.get_type_hints(cls)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        raise ConfigError(f"{key + '.' if key else ''}{unknown[0]} is not a config key; valid: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        here = f"{key}.{f.name}" if key else f.name
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name], here)
+        elif f.default is MISSING or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            raise ConfigError(f"{here} is missing")
+    return cls(**values)
+
+
+def _value(hint, value, key: str):
+    if hint is Any:  # free-form data (a record's counts, git state): taken as it is, null included
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        raise ConfigError(f"{key} may not be null")
+    if dataclasses.is_dataclass(hint):
+        return from_plain(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        return [_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return {str(name): _value(args[1], item, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint[value.value if isinstance(value, Enum) else str(value)]
+        except KeyError:
+            raise ConfigError(f"{key}={value!r} is not valid; use one of: {', '.join(m.value for m in hint)}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")

@@ -1,0 +1,101 @@
+"""A registry entry's or a file's rows checked, and previewed as the model trains on them.
+
+The library behind ``llamantino data check`` and ``llamantino data preview``: the plugin's own
+readers and encoders, so a file that passes here is read the same way in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llamantino.config.registry import registry
+from llamantino.errors import DataError
+from llamantino.paths import DATASETS_DIR
+
+
+def source_of(target: str, fmt: str | None, columns: list[str]) -> tuple[Path, str, dict]:
+    """(file, format, columns) of a registry name or a file path plus command-line options."""
+    entries = registry()
+    if target in entries:
+        entry = entries[target]
+        if not entry.path:
+            raise DataError(f"data {target} lives on the hub ({entry.hub_id}); check and preview read local files")
+        path = Path(entry.path)
+        mapping = dict(entry.columns)
+        fmt = fmt or str(entry.format)
+        path = path if path.is_absolute() else DATASETS_DIR / path
+    else:
+        path, mapping = Path(target), {}
+        if not fmt:
+            raise DataError(f"{target} is not a registry name ({', '.join(entries)}); give --format for a file")
+    for item in columns:
+        if "=" not in item:
+            raise DataError(f"--column {item!r}: write logical=column, e.g. messages=data")
+        logical, column = item.split("=", 1)
+        mapping[logical] = column
+    return path, fmt, mapping
+
+
+def check(path: Path, fmt: str, mapping: dict, policy: str):
+    """Every row of a local file checked against its format (the plugin's own reader)."""
+    from llamantino_plugin.formats import DataFileError, check_file, columns_for
+
+    try:
+        return check_file(path, fmt, columns_for(fmt, mapping), policy)
+    except (DataFileError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+
+
+def load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+
+    if name is None:
+        from llamantino.inputs.tiny import ensure_tiny_model
+
+        name = str(ensure_tiny_model())
+    return AutoTokenizer.from_pretrained(name)
+
+
+def preview_examples(path: Path, fmt: str, mapping: dict, template: str, tokenizer, count: int,
+                     system_prompt: str | None = None, sequence_len: int = 4096) -> list[dict]:
+    """The first ``count`` training examples of a file, as the plugin encodes them."""
+    from llamantino_plugin.encode import canonical_row, encoding_of, tokeniser
+    from llamantino_plugin.formats import Encoding, columns_for, format_spec, iter_jsonl, normalise_text
+    from llamantino_plugin.preferences import pair_strings
+
+    columns = columns_for(fmt, mapping)
+    spec = format_spec(fmt)
+    as_chat = encoding_of(fmt, template) is Encoding.chat
+    examples = []
+    for index, (_, row) in enumerate(iter_jsonl(path)):
+        if len(examples) >= count:
+            break
+        if spec.pairs:
+            pair = pair_strings(spec.reader(row, columns), template, system_prompt, tokenizer.bos_token or "")
+            examples.append({"pair": pair})
+            continue
+        canonical = canonical_row(row, index, fmt=fmt, columns=columns, as_chat=as_chat)
+        if canonical["_error"]:
+            raise DataError(f"{path}: {canonical['_error']}")
+        if spec.corpus:  # cleaned as the loader cleans it
+            canonical["text"] = normalise_text(canonical["text"])
+        batch = {key: [value] for key, value in canonical.items()}
+        encode = tokeniser(fmt, template, tokenizer=tokenizer, sequence_len=sequence_len,
+                           system_prompt=system_prompt, train_on_inputs=False)
+        encoded = encode(batch)
+        for ids, labels in zip(encoded["input_ids"], encoded["labels"]):
+            examples.append({"spans": spans(tokenizer, ids, labels), "tokens": len(ids),
+                             "trained": sum(label != -100 for label in labels)})
+    return examples
+
+
+def spans(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, str]]:
+    """Consecutive runs of masked / trained tokens, decoded: [("masked", text), ("trained", text), ...]."""
+    runs: list[tuple[str, list[int]]] = []
+    for token, label in zip(ids, labels):
+        kind = "masked" if label == -100 else "trained"
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(token)
+        else:
+            runs.append((kind, [token]))
+    return [(kind, tokenizer.decode(tokens)) for kind, tokens in runs]

@@ -1,0 +1,103 @@
+"""The model card (README.md, Hugging Face conventions) written into a finished run's output.
+
+It embeds the exact resolved recipe (the Hydra overrides, the composed config and the Axolotl YAML
+that trained), the provenance (code and package versions, input revisions and hashes) and the
+datasets, so the model can be reproduced from its card alone. Evaluation results are merged in by
+``python -m llamantino.job.evaluate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from llamantino.records.jobstate import RunStatus
+from llamantino.records.provenance import Provenance
+from llamantino.records.rundir import RunDir
+
+EVAL_BEGIN = "<!-- llamantino:eval -->"
+EVAL_END = "<!-- /llamantino:eval -->"
+
+
+def _front_matter(provenance: Provenance, config) -> dict:
+    model, data, method = provenance.model, provenance.data, provenance.method
+    meta: dict = {"language": ["it"], "library_name": "peft" if method is not None and method.adapter else "transformers",
+                  "tags": ["llamantino", "axolotl", "italian", config.stage.name]}
+    if model.hub_id:
+        meta["base_model"] = model.hub_id
+    if data is not None and data.hub_id:
+        meta["datasets"] = [data.hub_id]
+    license_ = config.model.license
+    if license_:
+        meta["license"] = "other" if " " in license_ else license_
+    meta["pipeline_tag"] = "text-generation"
+    return meta
+
+
+def _fence(text: str, lang: str) -> str:
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
+    """The card's Markdown text (pure, given the run directory's files)."""
+    config = run.config()
+    recipe = run / RunDir.RECIPE
+    data = provenance.data
+    losses = status.losses or {}
+    lines = ["---", yaml.safe_dump(_front_matter(provenance, config), sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    lines += [
+        f"# {config.run.name or run.name}",
+        "",
+        f"Trained with llamantino {provenance.llamantino} "
+        f"(stage `{config.stage.name}`, model `{config.model.name}`, data `{config.data.name}`, "
+        f"hardware `{config.hardware.name}`).",
+        "",
+        "## Reproduce",
+        "",
+        _fence("python -m llamantino " + " ".join(provenance.overrides), "bash"),
+        "",
+        f"Code: git commit `{provenance.git.get('commit')}`" + (" (with uncommitted changes)" if provenance.git.get("dirty") else ""),
+        "",
+        "## Data",
+        "",
+    ]
+    if data is not None:
+        lines.append(f"- `{data.name}` ({data.format}): "
+                     + (f"hub `{data.hub_id}` revision `{data.revision or 'not pinned'}`" if data.hub_id
+                        else f"local file, sha256 `{data.sha256}`"))
+    report = provenance.data_report
+    if report:
+        for name, counts in report.items():
+            lines.append(f"- loader report for `{name}`: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    lines += ["", "## Training", ""]
+    if losses:
+        lines.append(f"Loss: first {losses['first']:.4f}, last {losses['last']:.4f}, best {losses['best']:.4f} "
+                     f"over {losses['count']} logged steps.")
+    for notice in provenance.notices:
+        lines.append(f"- notice: {notice}")
+    lines += ["", EVAL_BEGIN, EVAL_END, ""]
+    if recipe.is_file():
+        lines += ["## Axolotl recipe (as trained)", "", _fence(recipe.read_text(), "yaml"), ""]
+    lines += ["## Composed llamantino config", "", _fence((run / RunDir.CONFIG).read_text(), "yaml"), "",
+              "## Provenance", "", _fence(provenance.to_json(), "json"), ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run: RunDir, output_dir: Path, provenance: Provenance, status: RunStatus) -> Path:
+    """Write README.md into ``output_dir`` (replacing Axolotl's shorter card)."""
+    path = Path(output_dir) / RunDir.CARD
+    path.write_text(render_card(run, provenance, status), encoding="utf-8")
+    return path
+
+
+def merge_eval_section(card: Path, markdown: str) -> None:
+    """Put evaluation results into an existing card, between the llamantino eval markers."""
+    text = card.read_text(encoding="utf-8")
+    section = f"{EVAL_BEGIN}\n## Evaluation\n\n{markdown.rstrip()}\n{EVAL_END}"
+    if EVAL_BEGIN in text and EVAL_END in text:
+        start, end = text.index(EVAL_BEGIN), text.index(EVAL_END) + len(EVAL_END)
+        text = text[:start] + section + text[end:]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    card.write_text(text, encoding="utf-8")

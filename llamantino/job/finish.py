@@ -1,0 +1,63 @@
+"""``python -m llamantino.job.finish <run_dir> --rc N``: close a run, its outcome in status.json.
+
+On success it also writes the model card.
+
+Both launchers call it after the stage command: the local launcher in-process, SLURM jobs as
+``python -m llamantino.job.finish <run_dir> --rc <exit code>`` on the batch host.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llamantino.errors import entry
+from llamantino.records.curves import loss_curve, plot_curves
+from llamantino.records.jobstate import JobState, RunStatus
+from llamantino.records.provenance import now_iso
+from llamantino.records.rundir import RunDir, read_json
+
+
+def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
+    """Write status.json (and the model card when ``rc == 0``); return the status."""
+    run = RunDir(run.path.resolve())
+    provenance = run.provenance()
+    curve = loss_curve(run)
+    losses = [loss for _, loss in curve]
+    output = provenance.output
+    out = run / output.path if rc == 0 and output.path else None
+    status = RunStatus(
+        state=JobState.COMPLETED if rc == 0 else JobState.FAILED,
+        exit_code=rc,
+        finished=now_iso(),
+        job_id=job_id,
+        losses={"first": losses[0], "last": losses[-1], "best": min(losses), "count": len(losses)} if losses else None,
+        output=str(out) if out is not None else None,
+    )
+    if out is not None:
+        report = run / RunDir.DATA_REPORT
+        if report.is_file():
+            provenance.data_report = read_json(report, "")
+            run.write_provenance(provenance)
+        if out.is_dir():
+            from llamantino.job.card import write_model_card
+
+            write_model_card(run, out, provenance, status)
+    if len(losses) > 1:
+        plot_curves({run.name: curve}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
+    run.write_status(status)
+    return status
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llamantino.job.finish", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--rc", type=int, required=True, help="exit code of the stage command")
+    parser.add_argument("--job-id", default=None)
+    args = parser.parse_args(argv)
+    finish_run(RunDir(args.run_dir), args.rc, args.job_id)
+    return args.rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry(main))
