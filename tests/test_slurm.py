@@ -31,17 +31,19 @@ def cluster():
         pytest.fail("no SLURM cluster answers: run `slurm/local-cluster.sh up` (as root) first")
 
 
-def job(job_id: str) -> dict:
+def job(job_id: str):
+    """SLURM's record of a job (UNKNOWN while neither scontrol nor sacct knows it yet)."""
     from llamantino.launchers.slurm import slurm_job
+    from llamantino.records.jobstate import JobRecord, JobState
 
-    return slurm_job(job_id)
+    return slurm_job(job_id) or JobRecord(job_id=job_id, state=JobState.UNKNOWN)
 
 
-def wait(job_id: str, timeout: float = 420, until=TERMINAL) -> dict:
+def wait(job_id: str, timeout: float = 420, until=TERMINAL):
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = job(job_id)
-        if info.get("JobState") in until:
+        if info.state in until:
             return info
         time.sleep(2)
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {job(job_id)}")
@@ -57,8 +59,8 @@ def test_two_nodes_train_data_parallel(tmp_path):
     run_dir = run_dir_of(proc)
     info = wait(job_id_of(run_dir))
     log = (run_dir / "logs" / "train.log").read_text(errors="replace")
-    assert info["JobState"] == "COMPLETED", log[-3000:]
-    assert info["NumNodes"] == "2"
+    assert info.state == "COMPLETED", log[-3000:]
+    assert info.nodes == "2"
     # c10d hands out ranks in joining order, so either node may be rank 0: both ranks, both nodes
     joined = dict(re.findall(r"llamantino: rank (\d)/2 joined on node (n\d)", log))
     assert sorted(joined) == ["0", "1"] and sorted(joined.values()) == ["n1", "n2"], joined
@@ -74,7 +76,7 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
     assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval"]
     ids = [job_id_of(pipeline_dir / step) for step in steps]
     for previous, step in zip(ids, ids[1:]):
-        assert f"afterok:{previous}" in job(step)["Dependency"]
+        assert f"afterok:{previous}" in job(step).dependency
 
     # relaunched while queued or running: nothing is submitted again
     again = ok(cli(*args, cwd=tmp_path))
@@ -83,7 +85,7 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
         assert len(read_json(pipeline_dir / step / "job.json")["submissions"]) == 1
 
     info = wait(ids[-1], timeout=600)
-    assert info["JobState"] == "COMPLETED", (pipeline_dir / "eval" / "logs" / "train.log").read_text(errors="replace")[-3000:]
+    assert info.state == "COMPLETED", (pipeline_dir / "eval" / "logs" / "train.log").read_text(errors="replace")[-3000:]
     for step in steps:
         assert read_json(pipeline_dir / step / "status.json")["state"] == "COMPLETED", step
     # each step consumed the previous step's output
@@ -107,10 +109,10 @@ def test_a_failing_step_cancels_the_steps_after_it(tmp_path):
             "hardware.nodes=1", "launcher=slurm")
     pipeline_dir = run_dir_of(ok(cli(*args, cwd=tmp_path)))
     ids = {step: job_id_of(pipeline_dir / step) for step in ("adapt", "merge_adapt", "sft", "merge_sft", "dpo")}
-    assert wait(ids["sft"], timeout=600)["JobState"] == "FAILED"
+    assert wait(ids["sft"], timeout=600).state == "FAILED"
     for step in ("merge_sft", "dpo"):
         info = wait(ids[step], timeout=120)
-        assert info["JobState"] == "CANCELLED", info
+        assert info.state == "CANCELLED", info
     assert read_json(pipeline_dir / "sft" / "status.json")["state"] == "FAILED"
     assert "no_such_proj" in (pipeline_dir / "sft" / "logs" / "train.log").read_text(errors="replace")
     rows = {row["name"]: row for row in json.loads(ok(cli(str(pipeline_dir), "--json", verb="status",
@@ -128,8 +130,8 @@ def test_sweep_is_one_job_array_and_collects(tmp_path):
     assert "--array=0-1%4" in (sweep_dir / "job-array.sbatch").read_text(errors="replace")
     for index in (0, 1):
         info = wait(f"{array_id}_{index}")
-        assert info["JobState"] == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
-        assert info["ArrayJobId"] == array_id
+        assert info.state == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
+        assert info.array_job_id == array_id
     out = ok(cli(str(sweep_dir), verb="collect", cwd=tmp_path)).stdout
     assert "stage.learning_rate=0.001" in out and "stage.learning_rate=0.003" in out
     rows = (sweep_dir / "collect.csv").read_text(errors="replace").strip().splitlines()
@@ -161,19 +163,19 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
 
     train_log = run_dir / "logs" / "train.log"
     deadline = time.time() + 300
-    while time.time() < deadline and job(job_id).get("JobState") not in TERMINAL:
+    while time.time() < deadline and job(job_id).state not in TERMINAL:
         if train_log.exists() and len(parse_losses(train_log.read_text(errors="replace"))) >= 20:
             break
         time.sleep(1)
-    assert job(job_id).get("JobState") == "RUNNING", train_log.read_text(errors="replace")[-3000:]
+    assert job(job_id).state == "RUNNING", train_log.read_text(errors="replace")[-3000:]
     subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
     # SLURM's own record says when the job was requeued: its restart count goes up.
     deadline = time.time() + 180
-    while time.time() < deadline and job(job_id).get("Restarts") != "1":
+    while time.time() < deadline and job(job_id).restarts != "1":
         time.sleep(1)
     info = job(job_id)
     batch_log = "".join(log.read_text(errors="replace") for log in sorted((run_dir / "logs").glob("*.out")))
-    assert info.get("Restarts") == "1", f"{info}\n{batch_log}"
+    assert info.restarts == "1", f"{info}\n{batch_log}"
     # a requeued job waits ~2 minutes before it is eligible again; the test does not
     wait(job_id, timeout=60, until={"PENDING"})
     # A save cut short by a kill: a newer checkpoint folder without the completion marker. The restart
@@ -185,10 +187,10 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     (cut_short / "llamantino_complete.json").unlink()
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     info = wait(job_id, timeout=420)
-    assert info["Restarts"] == "1"
+    assert info.restarts == "1"
     batch_log = "".join(log.read_text(errors="replace") for log in sorted((run_dir / "logs").glob("*.out")))
     train_log = (run_dir / "logs" / "train.log").read_text(errors="replace")
-    assert info["JobState"] == "COMPLETED", batch_log + train_log[-3000:]
+    assert info.state == "COMPLETED", batch_log + train_log[-3000:]
     assert "USR1" in batch_log and "checkpoint output/checkpoint-" in batch_log and "requeued" in batch_log
     assert "(restart 1)" in batch_log
     assert f"{cut_short.relative_to(run_dir)} is incomplete" in batch_log
@@ -220,7 +222,7 @@ def test_injection_strings_are_quoted_and_never_run(tmp_path):
     assert f"export LLAMANTINO_CANARY='`touch {env_canary}`'" in script.read_text(errors="replace")
     assert "--job-name=llamantino-x__touch_" in script.read_text(errors="replace")
     info = wait(job_id_of(run_dir))
-    assert info["JobState"] == "COMPLETED", (run_dir / "logs" / "train.log").read_text(errors="replace")[-2000:]
+    assert info.state == "COMPLETED", (run_dir / "logs" / "train.log").read_text(errors="replace")[-2000:]
     assert not env_canary.exists() and not list(tmp_path.rglob("pwned_name"))
     assert "x$(touch pwned_name);b" in (run_dir / "config.yaml").read_text()  # kept as data
 
@@ -244,9 +246,9 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     for step in ("adapt", "merge", "sft"):
         info = wait(read_json(pipeline / step / "job.json")["job_id"], timeout=600)
         log = pipeline / step / "logs" / "train.log"
-        assert info["JobState"] == "COMPLETED", (log.read_text(errors="replace")[-3000:] if log.exists() else step)
-    assert wait(f"{jobs['task']}_0")["JobState"] == "COMPLETED" and wait(f"{jobs['task']}_1")["JobState"] == "COMPLETED"
-    assert job(read_json(pipeline / "adapt" / "job.json")["job_id"])["NumNodes"] == "2"
+        assert info.state == "COMPLETED", (log.read_text(errors="replace")[-3000:] if log.exists() else step)
+    assert wait(f"{jobs['task']}_0").state == "COMPLETED" and wait(f"{jobs['task']}_1").state == "COMPLETED"
+    assert job(read_json(pipeline / "adapt" / "job.json")["job_id"]).nodes == "2"
     manifest = read_json(entry / "manifest.json")
     assert len(manifest["files"]) == 2 and all(n > 0 for n in (s["blocks"] for s in manifest["sources"].values()))
     report = read_json(pipeline / "adapt" / "output" / "llamantino_data_report.json")
@@ -260,7 +262,7 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()} == slices
     assert list((tmp_path / "cache" / "prepared").iterdir()) == [entry]
     array_id = read_json(run_dir_of(sweep) / "sweep.json")["job_id"]
-    assert wait(f"{array_id}_0", timeout=600)["JobState"] == "COMPLETED"
+    assert wait(f"{array_id}_0", timeout=600).state == "COMPLETED"
 
 
 @pytest.mark.xdist_group("slurm_b")  # a second worker: the cluster has room for both
@@ -276,8 +278,8 @@ def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_
     run_dir = run_dir_of(proc)
     record = read_json(run_dir / "job.json")
     assert record["submissions"][-1]["dependency"] == f"afterok:{download}"
-    assert wait(download)["JobState"] == "FAILED"
-    assert wait(record["job_id"], timeout=120)["JobState"] == "CANCELLED"
+    assert wait(download).state == "FAILED"
+    assert wait(record["job_id"], timeout=120).state == "CANCELLED"
     log = "".join(path.read_text(errors="replace") for path in (entry / "logs").iterdir())
     assert "error: could not download dataset mii-community/ultrafeedback-translated-ita" in log
     assert not (entry / "done.json").exists()
@@ -297,7 +299,7 @@ def test_a_site_hardware_option_written_by_site_init_runs_a_whole_pipeline(tmp_p
     for step in ("sft", "merge"):
         info = wait(read_json(pipeline / step / "job.json")["job_id"], timeout=420)
         log = pipeline / step / "logs" / "train.log"
-        assert info["JobState"] == "COMPLETED", log.read_text(errors="replace")[-3000:] if log.exists() else step
+        assert info.state == "COMPLETED", log.read_text(errors="replace")[-3000:] if log.exists() else step
         assert read_json(pipeline / step / "provenance.json")["choices"]["hardware"] == "thiscluster"
 
 
@@ -311,6 +313,6 @@ def test_a_job_in_another_environment_fails_in_seconds_and_says_why(tmp_path):
     ok(cli(str(run_dir), "--launcher", "slurm", verb="launch", cwd=tmp_path))
     info = wait(job_id_of(run_dir), timeout=120)
     log = "".join(path.read_text(errors="replace") for path in (run_dir / "logs").glob("*.out"))
-    assert info["JobState"] == "FAILED" and "torch" in log and "(validated 1.0.0)" in log
+    assert info.state == "FAILED" and "torch" in log and "(validated 1.0.0)" in log
     assert read_json(run_dir / "status.json")["state"] == "FAILED"
     assert not (run_dir / "logs" / "train.log").exists()  # training never started

@@ -183,3 +183,47 @@ def test_entry_turns_user_errors_into_one_line_and_exit_2(capsys):
 
     with pytest.raises(KeyError):
         entry(bug)
+
+
+def test_run_records_round_trip_through_their_files(tmp_path):
+    """provenance.json and status.json are written and read back as the same typed records; a record
+    of another layout or a malformed one names its file."""
+    import json
+
+    from llamantino.errors import RunDirError
+    from llamantino.records.jobstate import JobState, RunStatus
+    from llamantino.records.provenance import (BaseModelRef, ModelSource, OutputKind, Provenance, RunOutput,
+                                               SourceKind)
+    from llamantino.records.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    output = RunOutput(kind=OutputKind.adapter, path="output", adapter="lora",
+                       base_model=BaseModelRef(ref="inputs/base_model", local="/models/base"))
+    record = Provenance(stage_type="train", llamantino="0.1.0", created="now", git={"commit": None, "dirty": None},
+                        packages={"torch": None}, python="3.11.7", cuda=None, command=["x"], overrides=["a=b"],
+                        choices={"model": "tiny_llama"}, experiment=None,
+                        model=ModelSource(kind=SourceKind.run, run_dir="/runs/a", output=output), data=None,
+                        method=None, notices=[], output=output, env={"A": "1"})
+    run.write_provenance(record)
+    assert run.provenance() == record
+    assert run.provenance().model.folder().as_posix() == "/runs/a/output"
+    status = RunStatus(state=JobState.TIMEOUT, exit_code="0:15", job_id="12_3", losses={"first": 1.0})
+    run.write_status(status)
+    assert run.read_status() == status and run.read_status().state.failed
+    data = json.loads((tmp_path / "provenance.json").read_text())
+    (tmp_path / "provenance.json").write_text(json.dumps({**data, "record": 1}))
+    with pytest.raises(RunDirError, match="record of another llamantino version"):
+        run.provenance()
+    (tmp_path / "provenance.json").write_text(json.dumps({**data, "output": {"kind": "weights"}}))
+    with pytest.raises(RunDirError, match="provenance.json: provenance.output.kind='weights' is not valid"):
+        run.provenance()
+
+
+def test_job_states_parse_and_rank():
+    from llamantino.records.jobstate import JobState, worst
+
+    assert JobState.parse("CANCELLED by 0") is JobState.CANCELLED and JobState.parse("") is JobState.UNKNOWN
+    assert JobState.PENDING.active and JobState.OUT_OF_MEMORY.failed and JobState.COMPLETED.done
+    assert worst(["COMPLETED", "RUNNING", "COMPLETED"]) is JobState.RUNNING
+    assert worst(["COMPLETED", "RUNNING", "TIMEOUT"]) is JobState.TIMEOUT
+    assert worst([]) is None

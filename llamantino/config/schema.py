@@ -642,6 +642,8 @@ def _value(hint, value, key: str):
             return None
         hint = next(arg for arg in args if arg is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if hint is Any:
+            return value
     if value is None:
         raise ConfigError(f"{key} may not be null")
     if dataclasses.is_dataclass(hint):

@@ -120,7 +120,9 @@ def slurm_job(job_id: str) -> JobRecord | None:
         return JobRecord(job_id=record.get("JobId", str(job_id)), state=JobState.parse(record.get("JobState")),
                          reason=record.get("Reason", ""), restarts=record.get("Restarts", "0"),
                          elapsed=record.get("RunTime", "-"), exit_code=record.get("ExitCode"),
-                         end=record.get("EndTime"), nodes=record.get("NumNodes"), source="scontrol")
+                         end=record.get("EndTime"), nodes=record.get("NumNodes"),
+                         array_job_id=record.get("ArrayJobId"), dependency=record.get("Dependency"),
+                         source="scontrol")
     from llamantino.launchers.accounting import job_states
 
     rows = job_states(str(job_id))

@@ -101,4 +101,6 @@ class JobRecord:
     end: Optional[str] = None
     nodes: Optional[str] = None
     max_rss: Optional[str] = None
+    array_job_id: Optional[str] = None  # a task of a job array: the array's id
+    dependency: Optional[str] = None  # what it waits on (afterok:...), while scontrol knows it
     source: str = "scontrol"
