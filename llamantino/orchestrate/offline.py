@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from llamantino.errors import DataError
-from llamantino.records.provenance import SourceKind
+from llamantino.records.provenance import SourceKind, compact
 from llamantino.records.rundir import RunDir, write_json
 from llamantino.stages import stage_for
 
@@ -25,9 +25,7 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
         raise DataError(f"{run_dir} is not a run directory written by llamantino (no {RunDir.PROVENANCE})")
     provenance = run.provenance()
     model, data = provenance.model, provenance.data
-    lock = {"model": {k: v for k, v in _plain(model).items() if v is not None},
-            "data": None if data is None else {k: v for k, v in _plain(data).items() if v is not None},
-            "resolved": {}}
+    lock = {"model": compact(model), "data": compact(data), "resolved": {}}
     env = {**os.environ, **provenance.env}
     offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     if local_only:
@@ -61,8 +59,3 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
     write_json(run / RunDir.LOCK, lock)
     return lock
 
-
-def _plain(record) -> dict:
-    from llamantino.config.schema import to_plain
-
-    return to_plain(record)

@@ -26,6 +26,7 @@ from llamantino.config.compose import check_run_name
 from llamantino.errors import ConfigError
 from llamantino.launchers import launcher_for
 from llamantino.paths import CONF_DIR, DATASETS_DIR, PROJECT_ROOT, RECIPES_DIR
+from llamantino.records.provenance import compact
 from llamantino.records.rundir import RunDir, unique_path
 from llamantino.config.schema import LlamantinoConfig, from_plain, to_plain
 from llamantino.stages import stage_for
@@ -105,7 +106,7 @@ def export_run(run_dir: Path) -> dict:
         "eval_json": _text(run / RunDir.EVAL_PLAN),
         "lock": {
             "git": provenance.git,
-            "model": {k: v for k, v in to_plain(provenance.model).items() if v is not None},
+            "model": compact(provenance.model),
             "data": {k: data.get(k) for k in ("name", "hub_id", "subset", "revision", "split", "sha256") if data.get(k)},
             "packages": provenance.packages,
         },

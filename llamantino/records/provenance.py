@@ -201,6 +201,13 @@ class Provenance:
             raise RunDirError(f"{where}: {exc}") from None
 
 
+def compact(record) -> dict | None:
+    """A record as plain data without its unset fields (lock files, shared recipes)."""
+    from llamantino.config.schema import to_plain
+
+    return None if record is None else {key: value for key, value in to_plain(record).items() if value is not None}
+
+
 def build_provenance(stage_type: str, cfg, overrides: list[str], choices: dict, method, inputs,
                      output: RunOutput, notices: list[str], env: dict[str, str]) -> Provenance:
     """The provenance record written as provenance.json (secrets never appear: none are read here)."""
