@@ -68,7 +68,9 @@ def train(run_dir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from llamantino.argparsing import ArgumentParser  # a usage error is one line, as in every command
+
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
     args = parser.parse_args()
@@ -118,4 +120,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llamantino.errors import entry
+
+    sys.exit(entry(lambda argv: main()))

@@ -375,7 +375,9 @@ def write_report(path: Path, results: dict, args) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from llamantino.argparsing import ArgumentParser  # a usage error is one line, as in every command
+
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small data, fewer repeats")
     parser.add_argument("--only", nargs="*", choices=("render", "data", "train", "memory"))
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -417,4 +419,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llamantino.errors import entry
+
+    sys.exit(entry(lambda argv: main()))

@@ -23,9 +23,13 @@ Formats and the columns each one reads (``columns`` maps a logical name to a col
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import os
 import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -377,15 +381,92 @@ def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, 
 # --- files ---------------------------------------------------------------------------------------
 
 
+def shown_path(path: str | Path) -> str:
+    """A file name fit for a one-line message: as it is when it is printable UTF-8, else the
+    ``repr`` of its bytes (``b'shard\\xff.jsonl.gz'``: Linux names are bytes, not always text)."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text.isprintable():
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+            pass
+    return ascii(os.fsencode(text))
+
+
+def is_text_name(path: str | Path) -> bool:
+    """Whether a file name is printable UTF-8 (one that can be written into a recipe or a record)."""
+    return shown_path(path) == os.fspath(path)
+
+
 class DataFileError(ValueError):
     """A problem with a data file, located by path and (where it applies) line and column."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None, column: str | None = None):
-        where = f"{path}:{line}" if line is not None else str(path)
+        where = f"{shown_path(path)}:{line}" if line is not None else shown_path(path)
         if column:
             where += f" [{column}]"
         super().__init__(f"{where}: {message}")
         self.path, self.line, self.column, self.message = str(path), line, column, message
+
+
+# --- bounded reading: the limits every reader of a data file applies ----------------------------
+
+#: One record (a JSON Lines line, a Parquet row's text) longer than this is a bad row. A line is
+#: never held whole past it: it is read in pieces of this size and dropped piece by piece.
+MAX_LINE_BYTES = 16 << 20
+#: Bytes read from one data file (after decompression) before it is refused as too large or as a
+#: decompression bomb (a 1 MB gzip file can hold 1 GiB). The environment variable
+#: ``LLAMANTINO_MAX_FILE_BYTES`` raises or lowers it (set it in the job's environment too:
+#: ``hardware.slurm.env``).
+MAX_FILE_BYTES = 8 << 30
+MAX_FILE_BYTES_ENV = "LLAMANTINO_MAX_FILE_BYTES"
+_READ_BUFFER = 1 << 20
+
+
+def max_file_bytes() -> int:
+    """MAX_FILE_BYTES, or ``$LLAMANTINO_MAX_FILE_BYTES`` when set."""
+    value = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not value:
+        return MAX_FILE_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_FILE_BYTES_ENV}={value!r} must be a positive number of bytes")
+    return int(value)
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, raw line)`` of each non-blank line of a JSON Lines file, plain or gzip
+    (``.gz``), with bounded memory: a line over MAX_LINE_BYTES comes as ``None`` (a bad row, see
+    :func:`decode_jsonl_line`) after it is skipped in MAX_LINE_BYTES pieces. DataFileError for a
+    file over :func:`max_file_bytes` after decompression and for a broken gzip file (truncated,
+    bad CRC, not gzip)."""
+    limit = max_file_bytes()
+    total, number = 0, 0
+    try:
+        with open(path, "rb") as raw:
+            stream = io.BufferedReader(gzip.GzipFile(fileobj=raw), _READ_BUFFER) if str(path).endswith(".gz") else raw
+            while True:
+                line = stream.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                number += 1
+                total += len(line)
+                too_long = len(line) > MAX_LINE_BYTES
+                while too_long and not line.endswith(b"\n"):  # the rest of an over-long line, never held whole
+                    line = stream.readline(MAX_LINE_BYTES)
+                    total += len(line)
+                    if not line or total > limit:
+                        break
+                if total > limit:
+                    raise DataFileError(path, f"more than {limit:,} bytes after decompression (a decompression bomb, "
+                                              f"or a file too large to read whole: {MAX_FILE_BYTES_ENV} raises the "
+                                              "limit)", number)
+                if too_long:
+                    yield number, None
+                elif line.strip():
+                    yield number, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # cut short, bad CRC, not gzip, corrupt
+        raise DataFileError(path, f"not a readable gzip file ({exc}); download it again", number + 1) from None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -402,9 +483,12 @@ def _lone_surrogate(value) -> bool:
     return False
 
 
-def decode_jsonl_line(raw: bytes, path: str | Path, number: int) -> dict:
+def decode_jsonl_line(raw: bytes | None, path: str | Path, number: int) -> dict:
     """Decode one raw JSON Lines line; DataFileError names the line for invalid UTF-8, invalid
-    JSON (too deeply nested, numbers too long), lone surrogates and rows that are not JSON objects."""
+    JSON (too deeply nested, numbers too long), lone surrogates, rows that are not JSON objects and
+    lines over MAX_LINE_BYTES (``raw`` None, as :func:`read_lines` yields them)."""
+    if raw is None:
+        raise DataFileError(path, f"the line is longer than {MAX_LINE_BYTES:,} bytes, the limit of one record", number)
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -425,11 +509,10 @@ def decode_jsonl_line(raw: bytes, path: str | Path, number: int) -> dict:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, row)`` of a JSON Lines file, skipping blank lines."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip():
-                yield number, decode_jsonl_line(raw, path, number)
+    """Yield ``(line_number, row)`` of a JSON Lines file (plain or gzip), skipping blank lines;
+    the first unreadable or over-long line raises DataFileError."""
+    for number, raw in read_lines(path):
+        yield number, decode_jsonl_line(raw, path, number)
 
 
 @dataclass
@@ -454,8 +537,8 @@ def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str 
 
     ``policy="strict"`` raises DataFileError at the first bad row (file, line, column);
     ``policy="skip"`` counts and drops bad rows (appending the good raw lines to ``keep``
-    when given). Malformed JSON and invalid UTF-8 are bad rows too. An empty file, or a file
-    with no good row left, is always an error.
+    when given). Malformed JSON, invalid UTF-8 and lines over MAX_LINE_BYTES are bad rows too.
+    An empty file, a file with no good row left, or one over MAX_FILE_BYTES is always an error.
     """
     if policy not in ("strict", "skip"):
         raise ValueError(f"unknown bad-row policy {policy!r}; valid: strict, skip")
@@ -469,29 +552,26 @@ def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str 
     report = FileReport(str(path), fmt)
     reader = format_spec(fmt).reader
     missing_reported = False
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            report.rows += 1
+    for number, raw in read_lines(path):
+        report.rows += 1
+        try:
+            row = decode_jsonl_line(raw, path, number)
             try:
-                row = decode_jsonl_line(raw, path, number)
-                try:
-                    reader(row, columns)
-                except RowError as exc:
-                    if not missing_reported and exc.message.startswith("missing column"):
-                        missing_reported = True
-                        exc = RowError(exc.column, f"{exc.message}; the row has: {', '.join(sorted(row))}")
-                    raise DataFileError(path, exc.message, number, exc.column) from None
-            except DataFileError as exc:
-                if policy == "strict":
-                    raise
-                report.skipped += 1
-                report.errors.append(str(exc))
-                continue
-            report.kept += 1
-            if keep is not None:
-                keep.append(raw)
+                reader(row, columns)
+            except RowError as exc:
+                if not missing_reported and exc.message.startswith("missing column"):
+                    missing_reported = True
+                    exc = RowError(exc.column, f"{exc.message}; the row has: {', '.join(sorted(row))}")
+                raise DataFileError(path, exc.message, number, exc.column) from None
+        except DataFileError as exc:
+            if policy == "strict":
+                raise
+            report.skipped += 1
+            report.errors.append(str(exc))
+            continue
+        report.kept += 1
+        if keep is not None:
+            keep.append(raw)
     if report.rows == 0:
         raise DataFileError(path, "file has no rows")
     if report.kept == 0:

@@ -116,9 +116,12 @@ def test_a_run_without_finished_output_is_refused(tmp_path):
 
 def test_results_table_places_the_model_beside_published_scores():
     from llamantino.job.evaluate import results_table
+    from llamantino.records.manifests import EvalPlan
 
-    plan = {"metrics": {"m_mmlu_it": "acc", "arc_it": "acc_norm", "hellaswag_it": "acc_norm"}, "leaderboard": True,
-            "target": {"model_id": "swap-uniba/LLaMAntino-3-ANITA-8B-Inst-DPO-ITA"}}
+    plan = EvalPlan(eval="ita_leaderboard", model={}, model_args="", device="cpu", processes=1, gpus=0,
+                    batch_size="1", limit=None, include_path=None, harness={}, groups=[],
+                    metrics={"m_mmlu_it": "acc", "arc_it": "acc_norm", "hellaswag_it": "acc_norm"}, leaderboard=True,
+                    target={"model_id": "swap-uniba/LLaMAntino-3-ANITA-8B-Inst-DPO-ITA"}, evaluated_run=None)
     table = results_table("mine", {"m_mmlu_it": 0.5, "arc_it": 0.4, "hellaswag_it": 0.6}, plan)
     assert "| **mine** (this run) | 0.5000 | 0.4000 | 0.6000 | 0.5000 |" in table
     assert "| swap-uniba/LLaMAntino-3-ANITA-8B-Inst-DPO-ITA (target) | 0.5672 | 0.5714 | 0.7093 | 0.6160 |" in table

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-from pathlib import Path
+import shutil
 
 import pytest
 import yaml
 
-from conftest import TESTS, cli, command, ok, run_dir_of
+from conftest import TESTS, cli, ok, run_dir_of
+from hostile import tampered, assert_refused, hostile_folder
 
 LEONARDO = ["hardware=leonardo_booster", "launcher=slurm", "hardware.slurm.account=IscrC_X", "run.output_root=runs"]
 DRY = ["launcher=dry"]
@@ -126,7 +126,7 @@ ROWS = [
     ("launch nowhere", "launch", ["{w}/nowhere"], "not a llamantino run directory"),
     ("launch dry run", "launch", ["{w}/dry_run"], "pass --launcher local or --launcher slurm"),
     ("launch without script", "launch", ["{w}/dry_run", "--launcher", "slurm"], "has no job.sbatch"),
-    ("launch broken config", "launch", ["{w}/broken_config"], "config.yaml is not readable YAML"),
+    ("launch broken config", "launch", ["{w}/broken_config"], "config.yaml: not a readable YAML file"),
     ("finish nowhere", "llamantino.job.finish", ["{w}/nowhere", "--rc", "0"], "provenance.json not found"),
     ("evaluate nowhere", "llamantino.job.evaluate", ["{w}/nowhere"], "eval.json not found"),
     ("plan merge", "plan", ["stage=merge"], "does not train"),
@@ -166,15 +166,6 @@ ROWS = [
 ]
 
 
-def _tampered(recipe: dict, edit) -> str:
-    from llamantino.orchestrate.sharing import checksum
-
-    record = json.loads(json.dumps(recipe))
-    edit(record)
-    record["checksum"] = checksum(record)  # consistent: the other checks must catch it
-    return yaml.safe_dump(record, sort_keys=False, allow_unicode=True)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     w = tmp_path_factory.mktemp("hostile")
@@ -202,7 +193,6 @@ def work(tmp_path_factory):
         (w / name).write_bytes(content)
     dry = run_dir_of(ok(cli("launcher=dry", "stage.max_steps=1", cwd=w)))
     os.rename(dry, w / "dry_run")
-    import shutil
 
     shutil.rmtree(w / "runs")
     leaky = w / "leaky_run"
@@ -231,16 +221,8 @@ def work(tmp_path_factory):
                                                                "uri": "https://collector.example"}}),
     }
     for name, edit in variants.items():
-        (w / f"{name}.yaml").write_text(_tampered(good, edit))
-    shim = w / "bin"
-    shim.mkdir()
-    (shim / "sbatch").write_text(f"#!/bin/sh\ntouch {w / 'SUBMITTED'}\nexit 1\n")
-    (shim / "sbatch").chmod(stat.S_IRWXU)
-    return w
-
-
-def snapshot(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+        (w / f"{name}.yaml").write_text(tampered(good, edit))
+    return hostile_folder(w)
 
 
 def test_the_table_is_large_enough():
@@ -249,17 +231,7 @@ def test_the_table_is_large_enough():
 
 @pytest.mark.parametrize("name, module, args, needle", ROWS, ids=[row[0] for row in ROWS])
 def test_hostile_input_is_one_error_line_and_leaves_nothing(work, name, module, args, needle):
-    before = snapshot(work)
-    env = {"PATH": f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_ACCOUNT": "", "SBATCH_ACCOUNT": "",
-           "HF_HUB_OFFLINE": "1"}
-    proc = cli(*[arg.replace("{w}", str(work)) for arg in args], **command(module), cwd=work, env=env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert needle in lines[0], lines[0]
-    assert "run_dir:" not in proc.stdout
-    assert snapshot(work) == before  # nothing written, nothing half-written
-    assert not (work / "SUBMITTED").exists()  # no job submitted
+    assert_refused(work, module, args, needle)
 
 
 def test_allow_names_the_one_setting_the_user_accepts(work, tmp_path):

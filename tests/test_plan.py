@@ -29,7 +29,8 @@ def test_epoch_based_full_finetune_with_fsdp(compose):
     assert p["flops"] == pytest.approx(8 * 13.0e9 * 665_600_000)  # full 6NT + recompute 2NT
     assert p["gpu_hours"] == pytest.approx(8 * 13.0e9 * 665_600_000 / (312e12 * 0.40) / 3600)
     assert (p["method"], p["distributed"]) == ("full", "fsdp")
-    assert p["memory_per_gpu_gb"] == pytest.approx(13.0 * 16 / 8 * 1.2 + 2, abs=0.05)
+    assert p["state_memory_gb"] == pytest.approx(13.0 * 16 / 8 * 1.2 + 2, abs=0.05)
+    assert p["memory_per_gpu_gb"] == pytest.approx(p["state_memory_gb"] + p["activation_gb"], abs=0.11)
 
 
 def test_dpo_counts_both_answers_and_the_reference(compose):

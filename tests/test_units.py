@@ -104,7 +104,7 @@ def test_broken_run_files_are_named(tmp_path):
     with pytest.raises(RunDirError, match="provenance.json is not readable JSON"):
         run.provenance()
     (tmp_path / RunDir.CONFIG).write_text("stage: [\n")
-    with pytest.raises(RunDirError, match="config.yaml is not readable YAML"):
+    with pytest.raises(RunDirError, match="config.yaml: not a readable YAML file"):
         run.config()
 
 

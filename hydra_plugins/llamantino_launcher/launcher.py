@@ -3,7 +3,9 @@
 Hydra hands ``launch()`` every sweep point at once (as it does for hydra-submitit-launcher), so the
 whole sweep is built and checked before anything is written, written as one directory, and
 started by the run's own launcher (dry, local, or one SLURM job array). Selected in
-``conf/config.yaml`` with ``override hydra/launcher: llamantino``.
+``conf/config.yaml`` with ``override hydra/launcher: llamantino``. The sweep directory is locked
+from planning to submission (llamantino/orchestrate/sweep.py): an identical sweep started at the same
+time submits nothing.
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ Prints the table, writes ``collect.csv`` and draws every point's loss curve on o
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from llamantino.argparsing import ArgumentParser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino collect", description=__doc__)
+    parser = ArgumentParser(prog="python -m llamantino collect", description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     from llamantino.reports.status import format_table

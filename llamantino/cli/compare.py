@@ -8,12 +8,13 @@ different modes (``eval.mode``) are refused together unless ``--mixed-modes``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from llamantino.argparsing import ArgumentParser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino compare", description=__doc__)
+    parser = ArgumentParser(prog="python -m llamantino compare", description=__doc__)
     parser.add_argument("targets", nargs="+", type=Path)
     parser.add_argument("--png", type=Path, default=Path("compare.png"))
     parser.add_argument("--mixed-modes", action="store_true",

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 
+from llamantino.argparsing import ArgumentParser
 from llamantino.errors import DataError
-from llamantino_plugin.formats import FORMATS
+from llamantino_plugin.formats import FORMATS, shown_path
 from llamantino_plugin.templates import default_template
 
 
@@ -34,11 +35,12 @@ def cmd_check(args) -> int:
 
     path, fmt, mapping = source_of(args.target, args.format, args.column)
     report = check(path, fmt, mapping, args.policy)
-    print(f"{path}: {report.rows} rows, {report.kept} good, {report.skipped} bad ({fmt})")
+    shown = shown_path(path)  # a name that is not UTF-8 is shown as the repr of its bytes
+    print(f"{shown}: {report.rows} rows, {report.kept} good, {report.skipped} bad ({fmt})")
     for error in report.errors[:20]:
         print(f"  {error}")
     if report.skipped:  # a check that finds bad rows fails, so it can guard a CI pipeline
-        raise DataError(f"{path}: {report.skipped} bad row(s) of {report.rows}")
+        raise DataError(f"{shown}: {report.skipped} bad row(s) of {report.rows}")
     return 0
 
 
@@ -77,8 +79,8 @@ def cmd_pin(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m llamantino data", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the dataset registry, one line each").set_defaults(fn=cmd_list)
     for name, fn, text in (("check", cmd_check, "check every row of a JSONL file (exit 2 if any is bad)"),

@@ -28,7 +28,9 @@ from llamantino.config.schema import register_configs
 register_configs()
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=[])
+# The one target conf/ instantiates: the callback that removes what Hydra wrote for a refused command.
+@hydra.main(config_path=str(CONF_DIR), config_name="config",
+            execution_whitelist=["hydra_plugins.llamantino_launcher.leftovers.HydraLeftovers"])
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -53,8 +55,14 @@ def _main(cfg: DictConfig) -> None:
 
 def run(argv: list[str] | None) -> int:
     """Run the main command with ``argv`` (the process's own arguments when None)."""
+    from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
 
+    from llamantino.argparsing import ArgumentParser
+
+    # Hydra's own options, misused (--nope, --cfg x), are a usage error in one line, as for the verbs.
+    ArgumentParser(prog="llamantino", parents=[get_args_parser()], add_help=False).parse_intermixed_args(
+        sys.argv[1:] if argv is None else argv)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach llamantino's handler, not its own report
     GlobalHydra.instance().clear()  # a composition earlier in this process (tests) is not this command's
     saved = sys.argv

@@ -12,6 +12,10 @@ Formulas (printed with every plan):
              gradient checkpointing recomputes the forward: +2·N·T; DPO adds the reference
              model's forward: +2·N·T (N = parameters, T = tokens)
   GPU hours  FLOPs / (GPUs' peak bf16 FLOP/s x utilisation) / 3600
+  memory     per GPU: weights and optimizer state (16 bytes/parameter full, sharded by FSDP; 2 LoRA;
+             0.55 QLoRA) x 1.2 + 2 GB, plus activations of one micro batch b of sequence_len s:
+             s·b·h·(34 + 5·a·s/h) bytes per layer (Korthikanti et al. 2022; the 5·a·s/h term only with
+             eager attention), only 2·s·b·h per layer plus one full layer with gradient checkpointing
   budget     node hours x the hardware's billing units per node hour (Leonardo: core hours,
              32 per node hour, whole nodes billed)
 """
@@ -21,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from llamantino.argparsing import ArgumentParser
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m llamantino plan", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m llamantino")
     parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: 0.40 full, 0.35 LoRA, 0.25 QLoRA)")
     parser.add_argument("--tokens-per-row", type=int, help="average tokens per row (default: sequence_len)")

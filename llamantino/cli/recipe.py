@@ -20,11 +20,9 @@ import argparse
 import shlex
 from pathlib import Path
 
-import yaml
-
-from llamantino.errors import ConfigError
+from llamantino.argparsing import ArgumentParser
 from llamantino.paths import RECIPES_DIR
-from llamantino.orchestrate.sharing import (config_of, diff_configs, export_run, import_record, load_record, preset_names,
+from llamantino.orchestrate.sharing import (config_of, diff_configs, export_to, import_record, load_record, preset_names,
                                 render_preset)
 
 
@@ -57,8 +55,8 @@ def cmd_presets(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino recipe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m llamantino recipe", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the presets, one line each").set_defaults(fn=cmd_list)
     p = sub.add_parser("export", help="write a run directory as one self-contained recipe file")
@@ -85,11 +83,7 @@ def main(argv=None) -> int:
 
 
 def cmd_export(args) -> int:
-    record = export_run(args.run_dir)
-    output = args.output or Path(f"{record['name']}.llamantino.yaml")
-    if output.exists():
-        raise ConfigError(f"{output} exists; llamantino never overwrites (choose another -o)")
-    output.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=120))
+    output = export_to(args.run_dir, args.output)
     print(f"exported {args.run_dir} to {output}")
     return 0
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llamantino.argparsing import ArgumentParser
+
 
 def cmd_init(args) -> None:
     from llamantino.launchers.cluster import hardware_option, header, write_site_option
@@ -25,8 +27,8 @@ def cmd_init(args) -> None:
 def main(argv=None) -> int:
     from llamantino.config.schema import ACCELERATORS
 
-    parser = argparse.ArgumentParser(prog="python -m llamantino site", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m llamantino site", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init", help="write a hardware option from sinfo and sacctmgr")
     init.add_argument("--name", required=True, help="the option's name (hardware=<name>)")

@@ -6,13 +6,14 @@ once SLURM has forgotten the job or for local runs), elapsed time, and the last 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from llamantino.argparsing import ArgumentParser
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino status", description=__doc__)
+    parser = ArgumentParser(prog="python -m llamantino status", description=__doc__)
     parser.add_argument("target", type=Path, help="a run, pipeline or sweep directory")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)

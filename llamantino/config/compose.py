@@ -12,14 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from llamantino.errors import ConfigError
 from llamantino.paths import CONF_DIR
-from llamantino.config.schema import LlamantinoConfig, register_configs
+from llamantino.config.schema import LlamantinoConfig, folder_name, register_configs
 
 
 def check_run_name(name: str) -> str:
-    """A run name becomes a folder name: any characters but path separators and dot-names."""
-    if not name or "/" in name or "\0" in name or name.startswith("."):
-        raise ConfigError(f"run.name={name!r} cannot be a folder name: no '/', not empty, not starting with '.'")
-    return name
+    """A run name becomes a folder name: its NFC form, without separators, dot-names or invisible characters."""
+    return folder_name("run.name", name)
 
 
 def default_run_name(cfg: LlamantinoConfig) -> str:
@@ -30,8 +28,57 @@ def default_run_name(cfg: LlamantinoConfig) -> str:
     return "-".join([cfg.stage.name, *(getattr(cfg, group).name for group in cfg.stage.name_parts)])
 
 
+# Resolvers that read only the config itself or the clock. Every other one is refused before anything
+# resolves: oc.env (and the old env) copy the environment, secrets included, into config.yaml, the
+# provenance, the recipe header and job scripts; oc.decode and oc.create evaluate text, so they can
+# reach oc.env through an escaped string; custom resolvers may read anything.
+SAFE_RESOLVERS = ("oc.select", "oc.dict.keys", "oc.dict.values", "now", "hydra")
+
+
+def _resolvers(text: str) -> list[str]:
+    """Names of the resolvers an OmegaConf string calls, nested ones included (escaped ``\\${`` is text)."""
+    from omegaconf import grammar_parser
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+
+    if "${" not in text:
+        return []
+    try:
+        tree = grammar_parser.parse(text)
+    except Exception:  # noqa: BLE001 - a malformed interpolation is OmegaConf's to report when it resolves
+        return []
+    names, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, OmegaConfGrammarParser.ResolverNameContext):
+            names.append(node.getText())
+        pending.extend(node.getChildren() if hasattr(node, "getChildren") else ())
+    return names
+
+
+def check_interpolations(data, key: str = "") -> None:
+    """Refuse resolvers outside :data:`SAFE_RESOLVERS` anywhere in the unresolved config (the command line's
+    overrides, pipeline steps, option files); ``${other.key}`` references between config values stay allowed."""
+    if isinstance(data, dict):
+        for name, item in data.items():
+            check_interpolations(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            check_interpolations(item, f"{key}[{index}]")
+    elif isinstance(data, str):
+        for name in _resolvers(data):
+            if name in ("oc.env", "env"):
+                raise ConfigError(f"{key}={data} would copy an environment variable into the run's files; secrets "
+                                  "belong in the job's environment (export it before launching: jobs inherit it), "
+                                  "other values on the command line as literal text")
+            if name not in SAFE_RESOLVERS:
+                raise ConfigError(f"{key}={data} calls the resolver {name}, which is not allowed in a config (it can "
+                                  f"evaluate text or read the environment); allowed: ${{other.key}} and "
+                                  f"{', '.join(SAFE_RESOLVERS)}")
+
+
 def typed(cfg: DictConfig) -> LlamantinoConfig:
     """The composed config as the schema's dataclasses, the run name filled in and checked."""
+    check_interpolations(OmegaConf.to_container(cfg, resolve=False))
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, LlamantinoConfig)
     name = check_run_name(config.run.name or default_run_name(config))

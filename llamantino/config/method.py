@@ -9,7 +9,8 @@ Never silently. The memory rule is deliberately simple and printed with its numb
     LoRA                                     2 bytes/parameter (bf16 frozen weights), sharded if FSDP
     QLoRA                                    0.55 bytes/parameter (NF4 + constants), replicated (DDP)
 
-plus 20% and 2 GB per GPU for activations, adapters and workspace.
+plus 20% and 2 GB per GPU for adapters and workspace. The method is chosen on this rule; the planner
+adds the activations of the stage's sequence length and micro batch (:func:`activation_gb`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def memory_per_gpu_gb(params_b: float, method: str, gpus: int, sharded: bool) ->
     if sharded and gpus > 1:
         state /= gpus
     return state * OVERHEAD_FACTOR + OVERHEAD_GB
+
+
+# Activation memory of one transformer layer, in bytes, for s tokens x b sequences of width h with a
+# attention heads, 16-bit activations and no tensor parallelism: s·b·h·(34 + 5·a·s/h) (Korthikanti et
+# al. 2022, "Reducing Activation Recomputation in Large Transformer Models", section 4.1). The 5·a·s/h
+# term is the s x s attention scores, softmax and dropout mask: fused kernels (flash attention, SDPA's
+# memory-efficient path) never store it, eager attention does. With gradient checkpointing (full
+# recomputation) a layer keeps only its 2·s·b·h-byte input, and one layer at a time is recomputed in full.
+# Assumptions: heads of width 128 (a = h / 128, as in Llama-2/3 and Mistral); logits not counted.
+ACTIVATION_BYTES_PER_TOKEN_WIDTH = 34
+HEAD_DIM = 128
+
+
+def activation_gb(model, sequence_len: int, micro_batch: int, *, checkpointing: bool, eager: bool) -> float:
+    """Activation memory per GPU in GB of one micro batch (see the formula above)."""
+    s, b, h = sequence_len, micro_batch, model.hidden_size
+    heads = max(1, h // HEAD_DIM)
+    layer = s * b * h * (ACTIVATION_BYTES_PER_TOKEN_WIDTH + (5 * heads * s / h if eager else 0))
+    stored = model.num_layers * 2 * s * b * h + layer if checkpointing else model.num_layers * layer
+    return stored / 1e9
 
 
 def _fits(params_b: float, method: str, hw) -> tuple[bool, float, bool]:

@@ -10,7 +10,9 @@ The rest of llamantino reads the config by attribute (``cfg.stage.task``), never
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import unicodedata
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,6 +118,25 @@ def _check_text(key: str, value, multiline: bool) -> None:
             _check_text(f"{key}[{index}]", item, multiline)
 
 
+# Characters that change how a name is shown without being seen: bidi controls (U+202A-202E,
+# U+2066-2069, U+200E/F, U+061C), zero-width characters (U+200B-200D, U+2060, U+FEFF) and every other
+# format or control character, line and paragraph separators, private-use, surrogate and unassigned code points.
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def folder_name(key: str, name: str) -> str:
+    """A name that becomes a folder (a run, a pipeline step): NFC-normalised, so one name is one folder;
+    no path separators, dot-names or characters that make a look-alike of another name."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{key}={name!r} cannot be a folder name: no '/', not empty, not starting with '.'")
+    for char in name:
+        if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            raise ConfigError(f"{key}={ascii(name)} contains U+{ord(char):04X} "
+                              f"({unicodedata.name(char, 'unnamed')}), an invisible or control character that "
+                              "makes look-alike folder names; use visible characters only")
+    return unicodedata.normalize("NFC", name)
+
+
 class Checked:
     """Base of every config section: strings checked once, then the section's own ranges (``check``)."""
 
@@ -126,7 +147,9 @@ class Checked:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if not dataclasses.is_dataclass(value):
-                _check_text(f"{self.KEY}.{item.name}".lstrip("."), value, item.name in self.MULTILINE)
+                key = f"{self.KEY}.{item.name}".lstrip(".")
+                _check_text(key, value, item.name in self.MULTILINE)
+                check_bounds(key, value, item.metadata.get("bounds"))
         self.check()
 
     def check(self) -> None:
@@ -158,9 +181,75 @@ def _slurm_time(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r} is under a minute; a job needs at least one")
 
 
-def _at_least(key: str, value, minimum) -> None:
-    if value is not None and value < minimum:
-        raise ConfigError(f"{key}={value} must be at least {minimum}")
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a numeric field, declared with the field (``metadata=at_least(1)``) and
+    checked by :class:`Checked` for every section; every float is also finite (no inf, no nan)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the bound itself is outside the range
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            if self.low == 0:
+                return "be positive" if self.low_open else "not be negative"
+            return f"be above {self.low:g}" if self.low_open else f"be at least {self.low:g}"
+        return (f"be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}")
+
+
+def at_least(minimum) -> dict:
+    return {"bounds": Bounds(low=minimum)}
+
+
+def positive() -> dict:
+    return {"bounds": Bounds(low=0, low_open=True)}
+
+
+def within(low, high, *, low_open: bool = False, high_open: bool = False) -> dict:
+    return {"bounds": Bounds(low, high, low_open, high_open)}
+
+
+#: Declares a field whose value is a shell expression ($WORK-style storage roots): the only values
+#: that reach job scripts with ``$VAR`` live (render/sbatch.py asks for this mark before it keeps one).
+SHELL_EXPRESSION = {"shell": True}
+
+
+def check_bounds(key: str, value, bounds: Bounds | None) -> None:
+    """Floats anywhere in ``value`` (lists and mappings too) are finite; ``value`` itself is within ``bounds``."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not a finite number"
+                          + (f"; it must {bounds.describe()}" if bounds else ""))
+    if isinstance(value, dict):
+        for name, item in value.items():
+            check_bounds(f"{key}.{name}", item, None)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_bounds(f"{key}[{index}]", item, None)
+    elif bounds is not None and isinstance(value, (int, float)) and not bounds.holds(value):
+        raise ConfigError(f"{key}={value} must {bounds.describe()}")
+
+
+class RopeType(StrEnum):
+    """RoPE scalings a Llama/Mistral checkpoint takes through its config (transformers' ``rope_type``)."""
+    linear = "linear"  # positions divided by the factor (position interpolation)
+    dynamic = "dynamic"  # NTK-aware, the base grows with the length
+
+
+@dataclass
+class RopeScaling(Checked):
+    """Train on sequences ``factor`` times the checkpoint's context length."""
+    KEY = "model.rope_scaling"
+    type: RopeType = RopeType.linear
+    factor: float = field(default=MISSING, metadata=within(1, 64, low_open=True))
 
 
 @dataclass
@@ -172,10 +261,13 @@ class ModelConfig(Checked):
     builder: Optional[str] = None  # "tiny_llama": llamantino builds it (llamantino/inputs/tiny.py)
     family: str = MISSING  # llama2 | llama3 | mistral
     template: str = MISSING  # default prompt template (llamantino_plugin/templates/index.yaml)
-    params_b: float = MISSING  # parameters in billions (memory and cost planning)
-    num_layers: int = MISSING
-    hidden_size: int = MISSING
-    context_length: int = 4096
+    params_b: float = field(default=MISSING, metadata=positive())  # parameters in billions (memory and cost planning)
+    num_layers: int = field(default=MISSING, metadata=at_least(1))
+    hidden_size: int = field(default=MISSING, metadata=at_least(1))
+    context_length: int = field(default=4096, metadata=at_least(1))  # tokens the checkpoint was trained on
+    rope_theta: float = field(default=10000.0, metadata=positive())  # the checkpoint's RoPE base (config.json)
+    # Training beyond context_length: the RoPE positions scaled (Axolotl's overrides_of_model_config).
+    rope_scaling: Optional[RopeScaling] = None
     decoder_layer: str = "LlamaDecoderLayer"  # FSDP wrapping unit
     flash_attention: bool = True  # the architecture supports flash_attention_2
     gated: bool = False  # the hub asks to accept a licence first
@@ -184,9 +276,13 @@ class ModelConfig(Checked):
     # the random-init tiny model trains its embeddings and takes large steps to learn in a minute.
     tuning: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def max_sequence_len(self) -> int:
+        """The longest sequence the model takes: its context length, times its RoPE scaling factor."""
+        factor = self.rope_scaling.factor if self.rope_scaling else 1
+        return int(self.context_length * factor)
+
     def check(self) -> None:
-        if not isinstance(self.params_b, str) and not self.params_b > 0:  # MISSING is a string
-            raise ConfigError(f"model.params_b={self.params_b} must be positive")
         known = {item.name for item in dataclasses.fields(StageConfig)}
         for key in self.tuning:
             if key not in known:
@@ -220,15 +316,15 @@ class DataConfig(Checked):
     subset: Optional[str] = None  # hub config name, e.g. "medium"
     revision: Optional[str] = None  # pinned hub commit; None: not pinned
     split: str = "train"
-    num_rows: Optional[int] = None  # rows in the split (approximate for hub sets; the planner uses it)
+    num_rows: Optional[int] = field(default=None, metadata=at_least(1))  # rows in the split (approximate for hub sets; the planner uses it)
     columns: dict[str, str] = field(default_factory=dict)  # logical column -> column in the data
     # Corpus scale (text data from the hub, a hub mirror or a folder; prepared into the shared cache):
     files: list[str] = field(default_factory=list)  # glob patterns of the split's files inside the repository
-    file_count: Optional[int] = None  # files the patterns match (plans downloads without listing the hub)
-    approx_tokens: Optional[int] = None  # tokens in those files, estimated (sizes how many files are fetched)
+    file_count: Optional[int] = field(default=None, metadata=at_least(1))  # files the patterns match (plans downloads without listing the hub)
+    approx_tokens: Optional[int] = field(default=None, metadata=at_least(1))  # tokens in those files, estimated (sizes how many files are fetched)
     sources: list[MixtureSource] = field(default_factory=list)  # a mixture of registry entries, by weight
     sample_seed: int = 42  # the seeded order in which files are sampled
-    budget_margin: float = 0.05  # prepare this much more than the stage consumes
+    budget_margin: float = field(default=0.05, metadata=within(0, 10))  # prepare this much more than the stage consumes (0.05 = 5%)
     license: str = ""
     size: str = ""
     language: str = "it"
@@ -236,10 +332,6 @@ class DataConfig(Checked):
     notes: str = ""
 
     def check(self) -> None:
-        if not 0 <= self.budget_margin <= 10:
-            raise ConfigError(f"data.budget_margin={self.budget_margin} must be in 0-10 (0.05 = 5% more than the budget)")
-        _at_least("data.file_count", self.file_count, 1)
-        _at_least("data.approx_tokens", self.approx_tokens, 1)
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.sources names a registry entry twice: {names}")
@@ -268,69 +360,59 @@ class StageConfig(Checked):
     adapter: Optional[Adapter] = None
     cpu_adapter: Adapter = Adapter.lora  # documented fallback on CPU, where full fine-tuning/FSDP is impossible
     on_unsupported: OnUnsupported = OnUnsupported.fallback
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
+    lora_r: int = field(default=64, metadata=at_least(1))
+    lora_alpha: int = field(default=16, metadata=at_least(1))
+    lora_dropout: float = field(default=0.1, metadata=within(0, 1, high_open=True))
     lora_target_modules: Optional[list[str]] = None  # None: every linear layer
     lora_modules_to_save: Optional[list[str]] = None  # modules trained in full beside the adapter (embeddings)
     use_rslora: bool = False
-    micro_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_epochs: float = 1.0
-    max_steps: Optional[int] = None
-    sequence_len: int = 1024
-    learning_rate: float = 2.0e-4
-    adapter_learning_rate: Optional[float] = None  # used instead when a fallback trains an adapter
+    micro_batch_size: int = field(default=8, metadata=at_least(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=at_least(1))
+    num_epochs: float = field(default=1.0, metadata=positive())
+    max_steps: Optional[int] = field(default=None, metadata=at_least(1))
+    sequence_len: int = field(default=1024, metadata=at_least(1))  # at most model.context_length (or its RoPE scaling)
+    learning_rate: float = field(default=2.0e-4, metadata=positive())
+    # used instead when a fallback trains an adapter
+    adapter_learning_rate: Optional[float] = field(default=None, metadata=positive())
     lr_scheduler: LRScheduler = LRScheduler.cosine
-    warmup_steps: Optional[int] = None
-    warmup_ratio: Optional[float] = None
+    warmup_steps: Optional[int] = field(default=None, metadata=at_least(1))
+    warmup_ratio: Optional[float] = field(default=None, metadata=within(0, 1, high_open=True))
     optimizer: str = "adamw_torch_fused"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
+    max_grad_norm: float = field(default=1.0, metadata=at_least(0))  # 0: no clipping (the HF Trainer clips above 0)
     gradient_checkpointing: bool = True
     sample_packing: bool = False  # used only where attention is flash_attention_2
     train_on_inputs: bool = False
     rl: Optional[RL] = None
-    rl_beta: Optional[float] = None
-    max_prompt_len: Optional[int] = None
-    val_set_size: float = 0.0
-    save_steps: Optional[int] = None
-    saves_per_epoch: Optional[int] = None
-    save_total_limit: Optional[int] = None
-    logging_steps: int = 1
+    rl_beta: Optional[float] = field(default=None, metadata=positive())
+    max_prompt_len: Optional[int] = field(default=None, metadata=at_least(1))
+    val_set_size: float = field(default=0.0, metadata=at_least(0))  # a fraction below 1, else a row count
+    save_steps: Optional[int] = field(default=None, metadata=at_least(1))
+    saves_per_epoch: Optional[int] = field(default=None, metadata=at_least(1))
+    save_total_limit: Optional[int] = field(default=None, metadata=at_least(1))
+    logging_steps: int = field(default=1, metadata=at_least(1))
     excess_length_strategy: ExcessLength = ExcessLength["drop"]
     bad_rows: BadRows = BadRows.strict
-    text_min_chars: int = 20
+    text_min_chars: int = field(default=20, metadata=at_least(0))
     text_dedup: bool = True
     seed: int = 42
     # Extra Axolotl keys, passed through; keys Axolotl does not know are refused.
     axolotl: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        """What Axolotl would accept but fail on hours later: counts and rates out of range."""
-        for key in ("micro_batch_size", "gradient_accumulation_steps", "sequence_len", "lora_r", "lora_alpha",
-                    "logging_steps", "max_steps", "warmup_steps", "save_steps", "saves_per_epoch",
-                    "save_total_limit", "max_prompt_len"):
-            _at_least(f"stage.{key}", getattr(self, key), 1)
-        _at_least("stage.text_min_chars", self.text_min_chars, 0)
-        if not self.learning_rate > 0:
-            raise ConfigError(f"stage.learning_rate={self.learning_rate} must be positive")
-        if not self.num_epochs > 0:
-            raise ConfigError(f"stage.num_epochs={self.num_epochs} must be positive")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"stage.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        """What Axolotl would accept but fail on hours later (the ranges are declared with the fields)."""
         for part in self.name_parts:
             if part not in RUN_NAME_GROUPS:
                 raise ConfigError(f"stage.name_parts: {part!r} is not one of {', '.join(RUN_NAME_GROUPS)}")
-        if self.rl and not (self.rl_beta or 0) > 0:
-            raise ConfigError(f"stage.rl_beta={self.rl_beta} must be positive for rl={self.rl}")
+        if self.rl and self.rl_beta is None:
+            raise ConfigError(f"stage.rl_beta is not set; rl={self.rl} needs a positive beta (e.g. stage.rl_beta=0.1)")
 
 
 @dataclass
 class QosLimit(Checked):
     KEY = "hardware.slurm.qos_limits[]"
-    min_nodes: int = 1
-    max_nodes: int = MISSING
+    min_nodes: int = field(default=1, metadata=at_least(1))
+    max_nodes: int = field(default=MISSING, metadata=at_least(1))
     max_time: str = MISSING  # SLURM time, e.g. "00:30:00"
 
     def check(self) -> None:
@@ -349,44 +431,42 @@ class SlurmConfig(Checked):
     gres: Optional[str] = None  # None: "gpu:<gpus_per_node>" on GPU hardware, nothing on CPU
     exclusive: bool = False
     modules: list[str] = field(default_factory=list)  # `module load` lines, in order
-    env: dict[str, str] = field(default_factory=dict)  # exported in the job
-    rdzv_port: int = 29500
+    env: dict[str, str] = field(default_factory=dict)  # exported in the job, as literal text
+    rdzv_port: int = field(default=29500, metadata=within(1024, 64535))  # the job adds up to 999 to it
     qos_limits: dict[str, QosLimit] = field(default_factory=dict)
     extra_directives: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. "--exclude=lrdn0001"
 
     def check(self) -> None:
         _slurm_time("hardware.slurm.time", self.time)
-        if not 1024 <= self.rdzv_port <= 64535:  # the job adds up to 999 to it
-            raise ConfigError(f"hardware.slurm.rdzv_port={self.rdzv_port} must be in 1024-64535")
 
 
 @dataclass
 class StorageConfig(Checked):
     """Where shared files live. ``$VAR`` and ``~`` are expanded where they are used (the job's shell
-    for HF_HOME; the submitting shell and the plugin for the cache), so recipes stay the same for everyone."""
+    for HF_HOME; the submitting shell and the plugin for the cache), so recipes stay the same for everyone.
+    These roots are the fields declared ``SHELL_EXPRESSION``: nowhere else does a ``$`` reach a job live."""
     KEY = "hardware.storage"
-    runs: str = "runs"  # run, pipeline and sweep directories (run.output_root follows it unless set)
-    cache: str = "~/.cache/llamantino"  # prepared corpora: <cache>/prepared/<key>
-    hf_home: Optional[str] = None  # HF_HOME of prepare jobs and training jobs alike; None: the environment's
-    hub_mirror: Optional[str] = None  # a folder laid out as the hub (<mirror>/datasets/<owner>/<name>/...)
-    write_gbps: float = 1.0  # sustained checkpoint write bandwidth of one job, GB/s (sizes the USR1 lead)
-    home_limit_gb: float = 20.0  # runs whose checkpoints may exceed this are refused under $HOME
-
-    def check(self) -> None:
-        if not self.write_gbps > 0:
-            raise ConfigError(f"hardware.storage.write_gbps={self.write_gbps} must be positive")
-        if not self.home_limit_gb >= 0:
-            raise ConfigError(f"hardware.storage.home_limit_gb={self.home_limit_gb} must not be negative")
+    # run, pipeline and sweep directories (run.output_root follows it unless set)
+    runs: str = field(default="runs", metadata=SHELL_EXPRESSION)
+    cache: str = field(default="~/.cache/llamantino", metadata=SHELL_EXPRESSION)  # prepared corpora: <cache>/prepared/<key>
+    # HF_HOME of prepare jobs and training jobs alike; None: the environment's
+    hf_home: Optional[str] = field(default=None, metadata={**SHELL_EXPRESSION, "exported_as": "HF_HOME"})
+    # a folder laid out as the hub (<mirror>/datasets/<owner>/<name>/...)
+    hub_mirror: Optional[str] = field(default=None, metadata=SHELL_EXPRESSION)
+    # sustained checkpoint write bandwidth of one job, GB/s (sizes the USR1 lead)
+    write_gbps: float = field(default=1.0, metadata=positive())
+    # runs whose checkpoints may exceed this are refused under $HOME
+    home_limit_gb: float = field(default=20.0, metadata=at_least(0))
 
 
 @dataclass
 class PrepareConfig(Checked):
     """Resources of the corpus preparation jobs (a SLURM array on CPU nodes, then a merge)."""
     KEY = "hardware.prepare"
-    tasks: int = 2  # array tasks; each tokenises its slice of the sampled files
+    tasks: int = field(default=2, metadata=at_least(1))  # array tasks; each tokenises its slice of the sampled files
     partition: Optional[str] = None  # None: hardware.slurm.partition
     qos: Optional[str] = None
-    cpus: int = 1
+    cpus: int = field(default=1, metadata=at_least(1))
     mem: Optional[str] = None
     time: str = "04:00:00"
     network: bool = False  # the prepare nodes reach the hub (else downloads run on download_partition)
@@ -395,8 +475,6 @@ class PrepareConfig(Checked):
     download_time: str = "04:00:00"
 
     def check(self) -> None:
-        _at_least("hardware.prepare.tasks", self.tasks, 1)
-        _at_least("hardware.prepare.cpus", self.cpus, 1)
         _slurm_time("hardware.prepare.time", self.time)
         _slurm_time("hardware.prepare.download_time", self.download_time)
 
@@ -410,9 +488,10 @@ class ContainerRuntime(StrEnum):
 class ContainerConfig(Checked):
     """Run every Python of the job inside an Apptainer/Singularity image (``<runtime> exec``)."""
     KEY = "hardware.container"
-    image: str = MISSING  # a .sif file (or any image reference the runtime takes)
+    image: str = field(default=MISSING, metadata=SHELL_EXPRESSION)  # a .sif file (or any image reference the runtime takes)
     runtime: ContainerRuntime = ContainerRuntime.apptainer
-    binds: list[str] = field(default_factory=list)  # --bind src[:dst] (the run and cache folders, $WORK, ...)
+    # --bind src[:dst] (the run and cache folders, $WORK, ...)
+    binds: list[str] = field(default_factory=list, metadata=SHELL_EXPRESSION)
 
 
 @dataclass
@@ -420,16 +499,16 @@ class HardwareConfig(Checked):
     KEY = "hardware"
     name: str = MISSING
     accelerator: Accelerator = Accelerator.cpu
-    nodes: int = 1
-    gpus_per_node: int = 0
-    gpu_memory_gb: float = 0.0
-    cpus_per_node: int = 2
+    nodes: int = field(default=1, metadata=at_least(1))
+    gpus_per_node: int = 0  # at least 1 on GPU hardware (checked below)
+    gpu_memory_gb: float = field(default=0.0, metadata=at_least(0))
+    cpus_per_node: int = field(default=2, metadata=at_least(1))
     bf16: bool = False
     tf32: bool = False
     fp8: bool = False
     compute_capability: Optional[str] = None  # "sm_80" for A100
     attn_implementation: Attention = Attention.sdpa  # flash_attention_2 on A100/H100
-    peak_tflops: float = 0.0  # dense bf16 TFLOP/s per GPU, for planning
+    peak_tflops: float = field(default=0.0, metadata=at_least(0))  # dense bf16 TFLOP/s per GPU, for planning
     offline: bool = False  # compute nodes have no internet
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -437,9 +516,7 @@ class HardwareConfig(Checked):
     container: Optional[ContainerConfig] = None
 
     def check(self) -> None:
-        _at_least("hardware.nodes", self.nodes, 1)
-        _at_least("hardware.cpus_per_node", self.cpus_per_node, 1)
-        _at_least("hardware.gpus_per_node", self.gpus_per_node, 0 if self.accelerator == Accelerator.cpu else 1)
+        check_bounds("hardware.gpus_per_node", self.gpus_per_node, Bounds(low=1 if self.gpu else 0))
         if self.accelerator != Accelerator.cpu and not self.gpu_memory_gb > 0:
             raise ConfigError(f"hardware.gpu_memory_gb={self.gpu_memory_gb} must be positive on GPU hardware")
 
@@ -454,18 +531,16 @@ class LauncherConfig(Checked):
     name: LauncherName = MISSING
     submit: bool = True  # slurm: false renders and writes everything, submits nothing
     validate: bool = True  # run Axolotl's own validation before writing
-    array_parallelism: int = 4  # sweeps: the %N throttle of the job array
+    array_parallelism: int = field(default=4, metadata=at_least(1))  # sweeps: the %N throttle of the job array
     # USR1 this long before the time limit: checkpoint and requeue. None: the time to write the
     # model's checkpoint at hardware.storage.write_gbps, plus a minute, at least 120 s.
-    signal_lead_s: Optional[int] = None
+    signal_lead_s: Optional[int] = field(default=None, metadata=at_least(10))
     requeue: bool = True
     time: Optional[str] = None  # overrides hardware.slurm.time
     template: str = "torchrun.sbatch.j2"  # file in slurm/
 
     def check(self) -> None:
         _slurm_time("launcher.time", self.time)
-        _at_least("launcher.array_parallelism", self.array_parallelism, 1)
-        _at_least("launcher.signal_lead_s", self.signal_lead_s, 10)
 
 
 @dataclass
@@ -500,11 +575,8 @@ class PromptConfig(Checked):
 class EvalTask(Checked):
     KEY = "eval.tasks[]"
     name: str = MISSING  # lm-eval task name
-    num_fewshot: int = 0
+    num_fewshot: int = field(default=0, metadata=at_least(0))
     metric: str = "acc"
-
-    def check(self) -> None:
-        _at_least("eval.tasks[].num_fewshot", self.num_fewshot, 0)
 
 
 @dataclass
@@ -514,7 +586,7 @@ class EvalConfig(Checked):
     tasks: list[EvalTask] = field(default_factory=list)
     batch_size: str = "auto"
     include_path: Optional[str] = None  # folder with local task YAMLs (relative to the project)
-    limit: Optional[float] = None  # lm-eval --limit, for smoke tests
+    limit: Optional[float] = field(default=None, metadata=positive())  # lm-eval --limit, for smoke tests
     leaderboard: bool = False  # average the tasks like the Open Italian LLM Leaderboard
     mode: EvalMode = EvalMode.current  # leaderboard: reproduce the published scores' harness behaviour
     data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
@@ -526,6 +598,10 @@ class PipelineStep(Checked):
     name: str = MISSING  # the step's name, its run directory under the pipeline directory
     overrides: list[str] = field(default_factory=list)  # Hydra overrides of this step, e.g. ["stage=adapt"]
     input: Optional[str] = "previous"  # base model: "previous" step's output, "base" model, or a step name
+
+    def check(self) -> None:
+        if self.name is not MISSING:
+            self.name = folder_name("pipeline.steps[].name", self.name)
 
 
 @dataclass
@@ -558,6 +634,10 @@ class RunConfig(Checked):
     input_adapter: Optional[str] = None  # merge: the run directory or folder holding the adapter
     notes: str = ""
 
+    def check(self) -> None:
+        if self.name is not None:
+            self.name = folder_name("run.name", self.name)
+
 
 @dataclass
 class LlamantinoConfig(Checked):
@@ -574,6 +654,20 @@ class LlamantinoConfig(Checked):
     run: RunConfig = field(default_factory=RunConfig)
     experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*
     target: Optional[TargetScores] = None
+
+    def check(self) -> None:
+        if not isinstance(self.model, ModelConfig) or not isinstance(self.stage, StageConfig):
+            return  # the schema's own defaults (MISSING), before composition
+        longest, stage = self.model.max_sequence_len, self.stage
+        for key in ("sequence_len", "max_prompt_len"):
+            length = getattr(stage, key)
+            if length is not None and length > longest:
+                scaled = (f" x model.rope_scaling.factor={self.model.rope_scaling.factor:g}"
+                          if self.model.rope_scaling else "")
+                raise ConfigError(
+                    f"stage.{key}={length} exceeds model.context_length={self.model.context_length}{scaled} "
+                    f"of {self.model.name}; use stage.{key}<={longest}, or train longer sequences with "
+                    "+model.rope_scaling={type:linear,factor:F} (F = length / context length)")
 
     @property
     def template(self) -> str:

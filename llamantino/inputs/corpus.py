@@ -30,6 +30,7 @@ from llamantino.paths import DATASETS_DIR
 from llamantino.records.provenance import ModelSource, SourceKind
 from llamantino.records.rundir import PreparedDir
 from llamantino.config.schema import DataConfig, LlamantinoConfig
+from llamantino_plugin.formats import is_text_name, shown_path
 
 # Data files a source holds when its registry entry names no pattern.
 DATA_FILES = ("*.parquet", "*.jsonl", "*.jsonl.gz", "*.json.gz", "*.json")
@@ -75,6 +76,9 @@ class CorpusPlan:
     hf_home: str | None
     hub_mirror: str | None
     notes: list[str] = field(default_factory=list)
+    # stage.bad_rows for records that cannot be read (over-long, malformed); not in the key: a
+    # corpus that prepares under strict prepares the same blocks under skip
+    bad_rows: str = "strict"
 
     @property
     def entry(self) -> str:
@@ -142,15 +146,22 @@ def _entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
 
 def _listed(root: Path, patterns: tuple[str, ...], name: str) -> tuple[str, ...]:
     """Files under ``root`` matching the patterns, as sorted relative names."""
+    if not is_text_name(root):
+        raise ConfigError(f"data {name}: the path {shown_path(root)} is not printable UTF-8; rename it")
     if root.is_file():
         return (root.name,)
     if not root.is_dir():
-        raise ConfigError(f"data {name}: {root} does not exist (no such file or folder)")
+        raise ConfigError(f"data {name}: {shown_path(root)} does not exist (no such file or folder)")
     names = sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
     matched = tuple(n for n in names if any(fnmatch.fnmatch(n, p) or fnmatch.fnmatch(Path(n).name, p)
                                             for p in patterns))
     if not matched:
-        raise ConfigError(f"data {name}: no file under {root} matches {', '.join(patterns)}")
+        raise ConfigError(f"data {name}: no file under {shown_path(root)} matches {', '.join(patterns)}")
+    # names go into the entry's request and the run's records, which are UTF-8 text
+    unnamed = [n for n in matched if not is_text_name(n)]
+    if unnamed:
+        raise ConfigError(f"data {name}: {len(unnamed)} file name(s) under {shown_path(root)} are not printable "
+                          f"UTF-8, e.g. {shown_path(unnamed[0])}; rename them (or narrow data.files)")
     return matched
 
 
@@ -221,7 +232,8 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: ModelSource, world_size: in
                       blocks_with_margin=with_margin, margin=data.budget_margin, seed=data.sample_seed,
                       tasks=prepare.tasks, min_chars=stage.text_min_chars, dedup=stage.text_dedup,
                       pack=bool(stage.sample_packing),
-                      hf_home=storage.hf_home, hub_mirror=storage.hub_mirror, notes=notes)
+                      hf_home=storage.hf_home, hub_mirror=storage.hub_mirror, notes=notes,
+                      bad_rows=str(stage.bad_rows))
 
 
 def _file_identity(source: SourcePlan) -> list:

@@ -60,14 +60,14 @@ def preview_examples(path: Path, fmt: str, mapping: dict, template: str, tokeniz
                      system_prompt: str | None = None, sequence_len: int = 4096) -> list[dict]:
     """The first ``count`` training examples of a file, as the plugin encodes them."""
     from llamantino_plugin.encode import canonical_row, encoding_of, tokeniser
-    from llamantino_plugin.formats import Encoding, columns_for, format_spec, iter_jsonl, normalise_text
+    from llamantino_plugin.formats import Encoding, columns_for, format_spec, normalise_text
     from llamantino_plugin.preferences import pair_strings
 
     columns = columns_for(fmt, mapping)
     spec = format_spec(fmt)
     as_chat = encoding_of(fmt, template) is Encoding.chat
     examples = []
-    for index, (_, row) in enumerate(iter_jsonl(path)):
+    for index, (_, row) in enumerate(_rows(path)):
         if len(examples) >= count:
             break
         if spec.pairs:
@@ -87,6 +87,16 @@ def preview_examples(path: Path, fmt: str, mapping: dict, template: str, tokeniz
             examples.append({"spans": spans(tokenizer, ids, labels), "tokens": len(ids),
                              "trained": sum(label != -100 for label in labels)})
     return examples
+
+
+def _rows(path: Path):
+    """The file's rows; a line over the limits or unreadable ends the preview in one line naming it."""
+    from llamantino_plugin.formats import DataFileError, iter_jsonl
+
+    try:
+        yield from iter_jsonl(path)
+    except DataFileError as exc:
+        raise DataError(str(exc)) from None
 
 
 def spans(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, str]]:

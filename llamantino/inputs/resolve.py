@@ -138,7 +138,7 @@ def base_model(cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
 
 def resolve_data(cfg: LlamantinoConfig) -> dict:
     """Check a training stage's data and describe it for the recipe."""
-    from llamantino_plugin.formats import DataFileError, check_file, columns_for
+    from llamantino_plugin.formats import DataFileError, check_file, columns_for, is_text_name, shown_path
 
     stage, data = cfg.stage, cfg.data
     if data.format not in stage.data_formats:
@@ -156,10 +156,12 @@ def resolve_data(cfg: LlamantinoConfig) -> dict:
     if data.path:
         local = Path(data.path).expanduser()
         local = local if local.is_absolute() else DATASETS_DIR / local
+        if not is_text_name(local):  # it is written into the recipe and the run's records, UTF-8 text
+            raise DataError(f"data.path={shown_path(local)} is not a printable UTF-8 name; rename the file")
         kept: list[bytes] | None = [] if stage.bad_rows == BadRows.skip else None
         try:
             report = check_file(local, data.format, columns, str(stage.bad_rows), keep=kept)
-        except DataFileError as exc:
+        except (DataFileError, ValueError) as exc:  # ValueError: a bad LLAMANTINO_MAX_FILE_BYTES
             raise DataError(f"data={data.name}: {exc}") from None
         entry.update(local=str(local.resolve()), sha256=sha256_file(local), report=report.as_dict(),
                      recipe_path=f"{RunDir.INPUTS}/{local.name}")

@@ -14,7 +14,7 @@ import yaml
 
 from llamantino.records.jobstate import RunStatus
 from llamantino.records.provenance import Provenance
-from llamantino.records.rundir import RunDir
+from llamantino.records.rundir import RunDir, read_bytes, write_text
 
 EVAL_BEGIN = "<!-- llamantino:eval -->"
 EVAL_END = "<!-- /llamantino:eval -->"
@@ -42,7 +42,7 @@ def _fence(text: str, lang: str) -> str:
 def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
     """The card's Markdown text (pure, given the run directory's files)."""
     config = run.config()
-    recipe = run / RunDir.RECIPE
+    recipe = run.read_text(RunDir.RECIPE)
     data = provenance.data
     losses = status.losses or {}
     lines = ["---", yaml.safe_dump(_front_matter(provenance, config), sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
@@ -69,7 +69,8 @@ def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
     report = provenance.data_report
     if report:
         for name, counts in report.items():
-            lines.append(f"- loader report for `{name}`: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            shown = ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, dict) else str(counts)
+            lines.append(f"- loader report for `{name}`: {shown}")
     lines += ["", "## Training", ""]
     if losses:
         lines.append(f"Loss: first {losses['first']:.4f}, last {losses['last']:.4f}, best {losses['best']:.4f} "
@@ -77,9 +78,9 @@ def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
     for notice in provenance.notices:
         lines.append(f"- notice: {notice}")
     lines += ["", EVAL_BEGIN, EVAL_END, ""]
-    if recipe.is_file():
-        lines += ["## Axolotl recipe (as trained)", "", _fence(recipe.read_text(), "yaml"), ""]
-    lines += ["## Composed llamantino config", "", _fence((run / RunDir.CONFIG).read_text(), "yaml"), "",
+    if recipe is not None:
+        lines += ["## Axolotl recipe (as trained)", "", _fence(recipe, "yaml"), ""]
+    lines += ["## Composed llamantino config", "", _fence(run.read_text(RunDir.CONFIG) or "", "yaml"), "",
               "## Provenance", "", _fence(provenance.to_json(), "json"), ""]
     return "\n".join(lines)
 
@@ -87,17 +88,17 @@ def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
 def write_model_card(run: RunDir, output_dir: Path, provenance: Provenance, status: RunStatus) -> Path:
     """Write README.md into ``output_dir`` (replacing Axolotl's shorter card)."""
     path = Path(output_dir) / RunDir.CARD
-    path.write_text(render_card(run, provenance, status), encoding="utf-8")
+    write_text(path, render_card(run, provenance, status))
     return path
 
 
 def merge_eval_section(card: Path, markdown: str) -> None:
     """Put evaluation results into an existing card, between the llamantino eval markers."""
-    text = card.read_text(encoding="utf-8")
+    text = read_bytes(card).decode("utf-8", errors="replace")
     section = f"{EVAL_BEGIN}\n## Evaluation\n\n{markdown.rstrip()}\n{EVAL_END}"
     if EVAL_BEGIN in text and EVAL_END in text:
         start, end = text.index(EVAL_BEGIN), text.index(EVAL_END) + len(EVAL_END)
         text = text[:start] + section + text[end:]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    card.write_text(text, encoding="utf-8")
+    write_text(card, text)

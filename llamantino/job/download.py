@@ -10,11 +10,11 @@ written last.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
+from llamantino.argparsing import ArgumentParser
 from llamantino.errors import DataError, entry
 from llamantino.records.rundir import DownloadDir
 
@@ -56,7 +56,7 @@ def fetch_all(entry_dir: DownloadDir, echo=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino.job.download", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m llamantino.job.download", description=__doc__.splitlines()[0])
     parser.add_argument("entry", type=Path, help="the download entry (<cache>/downloads/<key>)")
     args = parser.parse_args(argv)
     fetch_all(DownloadDir(args.entry), echo=lambda line: print(line, flush=True))

@@ -7,10 +7,10 @@ stage sees no CUDA device. ``LLAMANTINO_SKIP_ENV_CHECK=1`` skips it (say why in 
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
+from llamantino.argparsing import ArgumentParser
 from llamantino.errors import ConfigError, entry
 
 
@@ -27,7 +27,7 @@ def cmd_check(run_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino.job.envcheck", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m llamantino.job.envcheck", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if os.environ.get("LLAMANTINO_SKIP_ENV_CHECK") != "1":

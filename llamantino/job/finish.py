@@ -4,14 +4,21 @@ On success it also writes the model card.
 
 Both launchers call it after the stage command: the local launcher in-process, SLURM jobs as
 ``python -m llamantino.job.finish <run_dir> --rc <exit code>`` on the batch host.
+
+The run's own record (provenance.json, written before the job) must be sound: a broken or hostile
+one is refused. What the job left (checkpoints, event files, logs, the data report, the output)
+may be cut short by the very failure being recorded: whatever of it cannot be read is skipped and
+named in status.json's ``notes``, and the outcome is recorded all the same.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
-from llamantino.errors import entry
+from llamantino.argparsing import ArgumentParser
+from llamantino.errors import RunDirError, entry
 from llamantino.records.curves import loss_curve, plot_curves
 from llamantino.records.jobstate import JobState, RunStatus
 from llamantino.records.provenance import now_iso
@@ -22,10 +29,10 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
     """Write status.json (and the model card when ``rc == 0``); return the status."""
     run = RunDir(run.path.resolve())
     provenance = run.provenance()
-    curve = loss_curve(run)
+    out = run.output_path(provenance) if rc == 0 else None
+    notes: list[str] = []
+    curve = loss_curve(run, notes)
     losses = [loss for _, loss in curve]
-    output = provenance.output
-    out = run / output.path if rc == 0 and output.path else None
     status = RunStatus(
         state=JobState.COMPLETED if rc == 0 else JobState.FAILED,
         exit_code=rc,
@@ -35,22 +42,30 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
         output=str(out) if out is not None else None,
     )
     if out is not None:
-        report = run / RunDir.DATA_REPORT
-        if report.is_file():
-            provenance.data_report = read_json(report, "")
-            run.write_provenance(provenance)
-        if out.is_dir():
+        if run.existing(RunDir.DATA_REPORT) is not None:
+            try:
+                provenance.data_report = read_json(run / RunDir.DATA_REPORT, "")
+                run.write_provenance(provenance)
+            except RunDirError as exc:
+                notes.append(str(exc))
+        if out.is_dir() and not out.is_symlink():
             from llamantino.job.card import write_model_card
 
-            write_model_card(run, out, provenance, status)
+            try:
+                write_model_card(run, out, provenance, status)
+            except RunDirError as exc:
+                notes.append(f"no model card: {exc}")
     if len(losses) > 1:
         plot_curves({run.name: curve}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
+    for note in notes:
+        print(f"llamantino finish: {note}", file=sys.stderr)
+    status = dataclasses.replace(status, notes=notes or None)
     run.write_status(status)
     return status
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino.job.finish", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m llamantino.job.finish", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rc", type=int, required=True, help="exit code of the stage command")
     parser.add_argument("--job-id", default=None)

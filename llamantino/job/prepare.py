@@ -16,11 +16,8 @@ memory does not grow with the corpus.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -30,8 +27,18 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from llamantino.argparsing import ArgumentParser
 from llamantino.errors import DataError, entry
 from llamantino.records.rundir import PreparedDir, write_json
+from llamantino_plugin.formats import (
+    MAX_FILE_BYTES_ENV,
+    MAX_LINE_BYTES,
+    DataFileError,
+    decode_jsonl_line,
+    max_file_bytes,
+    read_lines,
+    shown_path,
+)
 
 # A change here that alters the blocks a sample turns into raises PreparedDir.LAYOUT (part of every key).
 BATCH_DOCS = 256  # documents tokenised together
@@ -66,22 +73,52 @@ def _source_files(entry_dir: PreparedDir, request: dict, source: dict) -> list[t
 # --- reading documents with bounded memory -------------------------------------------------------
 
 
-def iter_rows(path: Path) -> Iterator[dict]:
-    """Rows of a JSON Lines (optionally gzipped) or Parquet file, one at a time."""
-    name = path.name
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def iter_rows(path: Path) -> Iterator[tuple[int, dict | DataFileError]]:
+    """``(record number, row)`` of a JSON Lines (optionally gzipped) or Parquet file, one at a time,
+    within the limits of ``llamantino_plugin.formats`` (MAX_LINE_BYTES, max_file_bytes()): a record
+    that cannot be read (over-long, malformed) comes as the DataFileError naming it; a file that
+    cannot be read, is over the size limit or holds no record raises DataError."""
+    rows = 0
+    try:
+        records = _parquet_rows(path) if path.name.endswith(".parquet") else read_lines(path)
+        for number, raw in records:
+            rows += 1
+            if isinstance(raw, (dict, DataFileError)):  # Parquet rows come decoded
+                yield number, raw
+                continue
+            try:
+                yield number, decode_jsonl_line(raw, path, number)
+            except DataFileError as exc:
+                yield number, exc
+    except ValueError as exc:  # the file itself (DataFileError): unreadable, too large; or a bad size limit
+        raise DataError(str(exc)) from None
+    if not rows:
+        raise DataError(f"{shown_path(path)}: no rows (an empty file or an empty gzip member); remove the file "
+                        "from the source or replace it")
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_DOCS):
-            yield from batch.to_pylist()
-        return
-    from llamantino_plugin.formats import decode_jsonl_line
 
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as raw:
-        for number, line in enumerate(io.BufferedReader(raw) if opener is gzip.open else raw, start=1):
-            if line.strip():
-                yield decode_jsonl_line(line, path, number)
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | DataFileError]]:
+    """Rows of a Parquet file; its uncompressed size (from its metadata) within max_file_bytes()."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    limit = max_file_bytes()
+    try:
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if size > limit:
+            raise DataFileError(path, f"{size:,} bytes uncompressed, more than {limit:,} ({MAX_FILE_BYTES_ENV} raises "
+                                      "the limit)")
+        number = 0
+        for batch in parquet.iter_batches(batch_size=BATCH_DOCS):
+            for row in batch.to_pylist():
+                number += 1
+                chars = sum(len(value) for value in row.values() if isinstance(value, str))
+                yield number, (row if chars <= MAX_LINE_BYTES else DataFileError(
+                    path, f"the row holds more than {MAX_LINE_BYTES:,} characters, the limit of one record", number))
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(path, f"not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
 
 
 class SourceSlice:
@@ -106,16 +143,23 @@ class SourceSlice:
 
     def documents(self, files: list[tuple[str, Path]]) -> Iterator[list[str]]:
         """Batches of clean documents, file by file, until the quota is met."""
-        from llamantino_plugin.formats import DataFileError, normalise_text
+        from llamantino_plugin.formats import normalise_text
 
+        strict = self.request.get("bad_rows", "strict") == "strict"
         batch: list[str] = []
         for name, path in files:
             if self.full:
                 break
             self.files.append(name)
             self.counts["files"] += 1
-            for row in iter_rows(path):
+            for _, row in iter_rows(path):
                 self.counts["rows"] += 1
+                if isinstance(row, DataFileError):  # a record that cannot be read: a bad row
+                    if strict:
+                        raise DataError(f"data {self.source['name']}: {row} (stage.bad_rows=skip drops and counts "
+                                        "such rows)")
+                    self.counts["invalid"] += 1
+                    continue
                 try:
                     raw = self.read(row, self.columns)
                 except (DataFileError, ValueError, TypeError):
@@ -219,16 +263,33 @@ def quota(request: dict, source: dict, index: int, tasks_with_files: int) -> int
 
 def run_task(entry_dir: PreparedDir, index: int) -> dict:
     """Tokenise slice ``index`` of every source into ``slices/<index>.arrow`` (renamed into place when done)."""
-    import pyarrow as pa
-
     request = entry_dir.request()
-    tasks, length = request["tasks"], request["sequence_len"]
+    tasks = request["tasks"]
     if not 0 <= index < tasks:
         raise DataError(f"task index {index} is outside 0-{tasks - 1}")
     tokenizer = load_tokenizer(request)
     target = entry_dir.slice(index)
+    made_folder = not target.parent.is_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        report = _write_slice(entry_dir, request, index, tokenizer, partial)
+        # the report first: a slice in place is a finished one (finish reads its report)
+        write_json(entry_dir.slice_report(index), report)
+        os.replace(partial, target)
+    except BaseException:  # refused data, a bug or an interrupt: no partial slice stays behind
+        partial.unlink(missing_ok=True)
+        if made_folder:
+            _remove_if_empty(target.parent)
+        raise
+    return report
+
+
+def _write_slice(entry_dir: PreparedDir, request: dict, index: int, tokenizer, partial: Path) -> dict:
+    """Tokenise slice ``index`` of every source into ``partial``; returns the slice's report."""
+    import pyarrow as pa
+
+    tasks, length = request["tasks"], request["sequence_len"]
     report = {"task": index, "sources": {}}
     started = time.time()
     with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, _schema()) as writer:
@@ -250,8 +311,6 @@ def run_task(entry_dir: PreparedDir, index: int) -> dict:
             part.counts["quota"] = part.quota
             report["sources"][source["name"]] = {**part.counts, "read_files": part.files}
     report["seconds"] = round(time.time() - started, 3)
-    os.replace(partial, target)
-    write_json(entry_dir.slice_report(index), report)
     return report
 
 
@@ -278,6 +337,10 @@ def finish(entry_dir: PreparedDir) -> dict:
         sources[source["name"]] = total
     blocks = sum(s["blocks"] for s in sources.values())
     needed = request["blocks"]
+    if blocks == 0:  # epochs over the whole corpus (no budget) and nothing in it, e.g. every row bad
+        counts = ", ".join(f"{name}: {s['rows']} rows, {s['invalid']} bad, {s['too_short']} too short, "
+                           f"{s['duplicates']} duplicates" for name, s in sources.items())
+        raise DataError(f"the sample has no block of text ({counts}); the sources hold no usable document")
     if needed is not None and blocks < needed:
         short = ", ".join(f"{name} {s['blocks']}/{s['wanted_blocks']} blocks from {s['files']} files"
                           for name, s in sources.items())
@@ -324,15 +387,32 @@ def run_all(entry_dir: PreparedDir, echo=print) -> dict:
     request = entry_dir.request()
     if any(source["origin"] == "hub" for source in request["sources"]):
         fetch(entry_dir)
-    for index in range(request["tasks"]):
-        report = run_task(entry_dir, index)
-        echo(f"llamantino: prepare task {index}: " + ", ".join(
-            f"{name} {counts['blocks']} blocks from {counts['files']} files" for name, counts in report["sources"].items()))
-    return finish(entry_dir)
+    made_folder = not (entry_dir.path / PreparedDir.SLICES).is_dir()
+    done: list[int] = []
+    try:
+        for index in range(request["tasks"]):
+            report = run_task(entry_dir, index)
+            done.append(index)
+            echo(f"llamantino: prepare task {index}: " + ", ".join(
+                f"{name} {counts['blocks']} blocks from {counts['files']} files"
+                for name, counts in report["sources"].items()))
+        return finish(entry_dir)
+    except BaseException:  # one failed task fails the entry: no slice of it stays behind
+        for index in done:
+            entry_dir.slice(index).unlink(missing_ok=True)
+            entry_dir.slice_report(index).unlink(missing_ok=True)
+        if made_folder:
+            _remove_if_empty(entry_dir.path / PreparedDir.SLICES)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llamantino.job.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m llamantino.job.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["fetch", "task", "finish", "all"])
     parser.add_argument("entry", type=Path, help="the prepared corpus entry (<cache>/prepared/<key>)")
     parser.add_argument("--index", type=int, default=None, help="task index (default: $SLURM_ARRAY_TASK_ID)")

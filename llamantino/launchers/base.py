@@ -5,6 +5,10 @@ pipeline, a sweep) builds a :class:`LaunchPlan` and hands it over, and the seque
 
     check -> prepare -> notices -> obligations -> write -> prepare inputs -> submit
 
+Its caller (orchestrate/) holds the lock of the run, pipeline or sweep directory (records/lock.py)
+from before it planned until the sequence ends, so one directory is never written or submitted by
+two commands at once.
+
 Subclasses say only what differs: how to refuse (``check``), which files they add (``prepare``),
 how to make what runs read (``prepare_inputs``), how to start one run or one array (``submit``,
 ``submit_array``), how to start a run written earlier (``start``) and where a run stands (``state``).
@@ -94,7 +98,16 @@ class Launcher(ABC):
         return jobs
 
     def start_written(self, run: RunDir) -> None:
-        """Start a run directory written earlier (``llamantino launch``): its obligations, then ``start``."""
+        """Start a run directory written earlier (``llamantino launch``): its obligations, then ``start``.
+
+        A run submitted or started before (a job record, or an outcome that is not a failure) is
+        not started again: that is said in one line and nothing else happens. The caller holds the
+        run's lock (orchestrate/runs.py), so two launches of one run submit it once."""
+        state, job = self.state(run), run.job_id()
+        if not (state.failed or (state in (JobState.WRITTEN, JobState.NEW) and job is None)):
+            what = f"already submitted as job {job}" if job else "already run"
+            self.echo(f"{run.path} was {what} ({state}); not started again: python -m llamantino status {run.path}")
+            return
         cfg, provenance = run.config(), run.provenance()
         stage = stage_for(run)
         self.corpus_prepared(run, provenance)

@@ -14,14 +14,17 @@ import time
 from llamantino.errors import ConfigError
 from llamantino.config.schema import ACCELERATORS, QosLimit, time_seconds
 
+QUERY_TIMEOUT_S = 30  # a controller that has not answered by then is down or unreachable: never wait for good
 
 
 def _run(argv: list[str]) -> str | None:
+    """The output of a SLURM query; None when the command is missing, fails or does not answer in time."""
     if shutil.which(argv[0]) is None:
         return None
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout if proc.returncode == 0 else None
 
@@ -36,7 +39,8 @@ def partitions() -> list[dict]:
     """One record per partition: name, default, nodes, CPUs and memory (MB) per node, GPUs, time limit."""
     out = _run(["sinfo", "-h", "-o", "%P|%D|%c|%m|%G|%l|%a"])
     if out is None:
-        raise ConfigError("sinfo does not answer here: run `python -m llamantino site init` on a login node of the cluster")
+        raise ConfigError(f"sinfo does not answer here (missing, failed, or no answer in {QUERY_TIMEOUT_S} s): run "
+                          "`python -m llamantino site init` on a login node of the cluster")
     records = []
     for line in out.splitlines():
         name, nodes, cpus, memory, gres, limit, state = (line.split("|") + [""] * 7)[:7]

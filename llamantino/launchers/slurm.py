@@ -17,6 +17,7 @@ from pathlib import Path
 from llamantino.errors import ConfigError, LaunchError
 from llamantino.launchers.base import Launcher
 from llamantino.records.jobstate import JobRecord, JobState
+from llamantino.records.lock import directory_lock
 from llamantino.render.sbatch import render_sbatch, script_context
 from llamantino.records.rundir import RunDir, SweepDir
 from llamantino.config.schema import LauncherName, LlamantinoConfig, time_seconds
@@ -102,7 +103,11 @@ def sbatch(script: Path, *, dependency: str | None = None) -> str:
         argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
     argv.append(script.name)
     env = {**os.environ, "LLAMANTINO_PYTHON": sys.executable}
-    proc = subprocess.run(argv, cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(argv, cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"sbatch did not answer in 60 s for {script}: the SLURM controller is busy or down; the job "
+                          "may be queued all the same: check `squeue --me` before submitting again") from None
     if proc.returncode != 0:
         raise LaunchError(f"sbatch refused {script}: {proc.stderr.strip() or proc.stdout.strip()}")
     job_id = proc.stdout.strip().split(";")[0]
@@ -141,7 +146,10 @@ def job_state(job_id: str) -> JobState:
 def _scontrol_job(job_id: str) -> dict:
     if shutil.which("scontrol") is None:
         return {}
-    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}  # no answer: the accounting database's record, or unknown
     if proc.returncode != 0 or not proc.stdout.strip():
         return {}
     record = {}
@@ -283,13 +291,19 @@ def made_or_making(entry, job_name: str, what: str, echo=print) -> list[str] | N
 
 def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
     """The jobs that make one prepared corpus (none when it is complete); returns the job to wait for."""
+    entry = plan.entry_dir()
+    # Two commands needing one corpus at once (a pipeline and a sweep): the second finds it submitted.
+    with directory_lock(entry.path, echo):
+        made = made_or_making(entry, "finish", plan.describe(), echo)
+        if made is not None:
+            return made
+        return _submit_prepare(cfg, plan, entry, echo)
+
+
+def _submit_prepare(cfg: LlamantinoConfig, plan, entry, echo) -> list[str]:
     from llamantino.render.sbatch import prepare_script
     from llamantino.records.rundir import PreparedDir
 
-    entry = plan.entry_dir()
-    made = made_or_making(entry, "finish", plan.describe(), echo)
-    if made is not None:
-        return made
     entry.write(PreparedDir.REQUEST, plan.as_request())
     (entry.path / PreparedDir.LOGS).mkdir(exist_ok=True)
     hub = any(source.origin == "hub" for source in plan.sources)
@@ -322,15 +336,16 @@ def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
     request = {"reads": [dataclasses.asdict(read) for read in reads], "hf_home": cfg.hardware.storage.hf_home}
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:32]
     entry = DownloadDir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")) / DownloadDir.ROOT / key)
-    made = made_or_making(entry, "download", f"downloads ({', '.join(map(str, reads))})", echo)
-    if made is not None:
-        return made
-    entry.write(DownloadDir.REQUEST, request)
-    (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
-    script = entry.path / entry.SCRIPT
-    script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.job.download"))
-    job = sbatch(script)
-    entry.write(DownloadDir.JOBS, {"download": job})
+    with directory_lock(entry.path, echo):
+        made = made_or_making(entry, "download", f"downloads ({', '.join(map(str, reads))})", echo)
+        if made is not None:
+            return made
+        entry.write(DownloadDir.REQUEST, request)
+        (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
+        script = entry.path / entry.SCRIPT
+        script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.job.download"))
+        job = sbatch(script)
+        entry.write(DownloadDir.JOBS, {"download": job})
     echo(f"downloads ({', '.join(map(str, reads))}): submitted job {job} ({entry.path})")
     return [job]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from llamantino.errors import ConfigError
-from llamantino.config.method import checkpoint_gb, choose_method, memory_per_gpu_gb, signal_lead_s
+from llamantino.config.method import activation_gb, checkpoint_gb, choose_method, memory_per_gpu_gb, signal_lead_s
 from llamantino.config.schema import RL, LlamantinoConfig, time_seconds
 from llamantino.stages import stage_for
 
@@ -52,6 +52,16 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
     gpu_hours = flops / (hw.peak_tflops * 1e12 * utilisation) / 3600
     wall_hours = gpu_hours / gpus
     node_hours = wall_hours * hw.nodes
+    # Each GPU holds one micro batch; a DPO row is two sequences (chosen and rejected) through the policy.
+    activations = activation_gb(model, stage.sequence_len, stage.micro_batch_size * (2 if dpo else 1),
+                                checkpointing=stage.gradient_checkpointing, eager=hw.attn_implementation == "eager")
+    state = memory_per_gpu_gb(model.params_b, kind, gpus, method.distributed == "fsdp")
+    notices = list(method.notices)
+    if state + activations > hw.gpu_memory_gb:
+        notices.append(f"~{state + activations:.0f} GB per GPU ({state:.0f} GB weights and optimizer + "
+                       f"{activations:.0f} GB activations at sequence_len {stage.sequence_len}, micro batch "
+                       f"{stage.micro_batch_size}) exceeds {hw.gpu_memory_gb:g} GB: lower stage.micro_batch_size "
+                       "(raise stage.gradient_accumulation_steps to keep the batch) or stage.sequence_len")
     limit_text = cfg.time_limit
     qos = hw.slurm.qos
     limits = hw.slurm.qos_limits.get(qos) if qos else None
@@ -62,7 +72,8 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
     return {
         "model": model.name, "params_b": model.params_b, "stage": stage.name, "hardware": hw.name,
         "method": str(kind), "distributed": method.distributed, "gpus": gpus, "nodes": hw.nodes,
-        "memory_per_gpu_gb": round(memory_per_gpu_gb(model.params_b, kind, gpus, method.distributed == "fsdp"), 1),
+        "memory_per_gpu_gb": round(state + activations, 1),
+        "state_memory_gb": round(state, 1), "activation_gb": round(activations, 1),
         "gpu_memory_gb": hw.gpu_memory_gb,
         "tokens": tokens, "tokens_formula": how,
         "flops": flops, "flops_formula": f"{factor}·N·T ({kind}"
@@ -71,7 +82,7 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
         "gpu_hours": gpu_hours, "wall_clock_hours": wall_hours, "node_hours": node_hours,
         "budget_hours": node_hours * hw.cpus_per_node, "budget_unit": f"core hours ({hw.cpus_per_node} per node hour)",
         "time_limit": limit_text, "qos": qos, "jobs": jobs, "requeues": jobs - 1,
-        "notices": method.notices, "corpus": _corpus(cfg, method.world_size),
+        "notices": notices, "corpus": _corpus(cfg, method.world_size),
         "checkpoint_gb": checkpoint_gb(model.params_b, method.adapter, stage.lora_r),
         "signal_lead_s": cfg.launcher.signal_lead_s or signal_lead_s(model.params_b, method.adapter, stage.lora_r,
                                                                      hw.storage.write_gbps),
@@ -96,7 +107,8 @@ def _corpus(cfg: LlamantinoConfig, world_size: int) -> dict | None:
 def format_plan(p: dict) -> str:
     lines = [
         f"plan: {p['stage']} of {p['model']} ({p['params_b']}B) on {p['hardware']}: {p['nodes']} node(s), {p['gpus']} GPUs",
-        f"  method        {p['method']} with {p['distributed']}; ~{p['memory_per_gpu_gb']} GB of {p['gpu_memory_gb']:g} GB per GPU",
+        f"  method        {p['method']} with {p['distributed']}; ~{p['memory_per_gpu_gb']} GB of {p['gpu_memory_gb']:g} GB "
+        f"per GPU ({p['state_memory_gb']} GB weights and optimizer + {p['activation_gb']} GB activations)",
         f"  tokens        {p['tokens']:.3e}  = {p['tokens_formula']}",
         f"  FLOPs         {p['flops']:.3e}  = {p['flops_formula']}",
         f"  assumption    {p['mfu']:.0%} model FLOPs utilisation of {p['peak_tflops_per_gpu']:g} TFLOP/s bf16 peak per GPU",

@@ -12,7 +12,9 @@
 
 On relaunch a step that completed with the same recipe is skipped, a step that is queued or
 running is not submitted again (later steps depend on its job), and a failed or cancelled step is
-rendered afresh (its old directory is kept as ``<step>.attempt-N``).
+rendered afresh (its old directory is kept as ``<step>.attempt-N``). The same pipeline started twice
+at once is this relaunch too: the second command waits for the first's lock (records/lock.py), then
+finds every step queued and submits nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llamantino.errors import ConfigError, LlamantinoError
 from llamantino.launchers import LaunchPlan, launcher_for
 from llamantino.orchestrate.runs import build, output_root
 from llamantino.records.jobstate import JobState
+from llamantino.records.lock import directory_lock
 from llamantino.records.rundir import PipelineDir
 from llamantino.stages import PreparedRun, stage_for
 
@@ -103,35 +106,39 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
 
 
 def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=print) -> Path:
-    """Plan, check, write and launch a pipeline; returns the pipeline directory."""
+    """Plan, check, write and launch a pipeline; returns the pipeline directory.
+
+    The pipeline's lock is held from planning to the last submission: the same pipeline started
+    again meanwhile waits, then plans against this one's steps (queued: not submitted again)."""
     pipeline = PipelineDir(output_root(cfg) / "pipelines" / cfg.run.name)
-    planned = plan_steps(cfg, overrides, choices, pipeline)
+    with directory_lock(pipeline.path, echo):
+        planned = plan_steps(cfg, overrides, choices, pipeline)
 
-    def write(launcher) -> None:
-        pipeline.write_manifest({
-            "pipeline": cfg.pipeline.name,
-            "description": cfg.pipeline.description,
-            "launcher": str(cfg.launcher.name),
-            "steps": [{"name": step.name, "run_dir": str(step.run.run_dir.path), "stage": step.run.cfg.stage.name,
-                       "action": step.action} for step in planned],
-        })
-        for step in planned:
-            if step.action == "run":
-                if step.run.run_dir.path.exists():
-                    step.run.run_dir.retire()
-                step.run.write()
-            echo(f"step {step.name:12} {step.action:5} {step.state:10} {step.run.run_dir.path}")
-        for step in planned:
-            if step.action == "wait":
-                echo(f"step {step.name}: already queued or running as job {step.run.run_dir.job_id()}; "
-                     "not submitted again")
+        def write(launcher) -> None:
+            pipeline.write_manifest({
+                "pipeline": cfg.pipeline.name,
+                "description": cfg.pipeline.description,
+                "launcher": str(cfg.launcher.name),
+                "steps": [{"name": step.name, "run_dir": str(step.run.run_dir.path), "stage": step.run.cfg.stage.name,
+                           "action": step.action} for step in planned],
+            })
+            for step in planned:
+                if step.action == "run":
+                    if step.run.run_dir.path.exists():
+                        step.run.run_dir.retire()
+                    step.run.write()
+                echo(f"step {step.name:12} {step.action:5} {step.state:10} {step.run.run_dir.path}")
+            for step in planned:
+                if step.action == "wait":
+                    echo(f"step {step.name}: already queued or running as job {step.run.run_dir.job_id()}; "
+                         "not submitted again")
 
-    plan = LaunchPlan(
-        runs=[step.run for step in planned], write=write,
-        after={index: [index - 1] for index in range(1, len(planned))},  # each step after the one before it
-        skip={index for index, step in enumerate(planned) if step.action == "skip"},
-        jobs={index: step.run.run_dir.job_id() for index, step in enumerate(planned) if step.action == "wait"},
-        label=lambda index: f"step {planned[index].name}",
-    )
-    launcher_for(cfg, echo).launch(plan)
+        plan = LaunchPlan(
+            runs=[step.run for step in planned], write=write,
+            after={index: [index - 1] for index in range(1, len(planned))},  # each step after the one before it
+            skip={index for index, step in enumerate(planned) if step.action == "skip"},
+            jobs={index: step.run.run_dir.job_id() for index, step in enumerate(planned) if step.action == "wait"},
+            label=lambda index: f"step {planned[index].name}",
+        )
+        launcher_for(cfg, echo).launch(plan)
     return pipeline.path

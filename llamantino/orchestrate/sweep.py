@@ -5,7 +5,9 @@ every point. Each point is composed and built by its stage type like a single ru
 checks them all; only then is the sweep directory written, atomically (``<NNN>/`` per point,
 ``sweep.json``, and for SLURM ``job-array.sbatch``), and started: with ``launcher=slurm`` as ONE
 job array (``--array=0-N%K``, K = launcher.array_parallelism) whose task i runs point i, without
-waiting. A point that fails its checks leaves nothing written and nothing submitted.
+waiting. A point that fails its checks leaves nothing written and nothing submitted. The same sweep
+started twice at once (one ``hydra.sweep.dir``) is written and submitted once: the second command
+waits for the first's lock (records/lock.py), finds the sweep with the same points and says so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from llamantino.config.compose import typed
 from llamantino.errors import ConfigError, LlamantinoError
 from llamantino.launchers import LaunchPlan, launcher_for
+from llamantino.records.lock import directory_locks
 from llamantino.records.rundir import RunDir, SweepDir, unique_path, write_atomic
 from llamantino.orchestrate.runs import build
 
@@ -38,12 +41,38 @@ def _hydra_only(path: Path) -> bool:
 
 
 def run_sweep(config, config_loader, job_overrides, initial_job_idx: int, echo=print) -> list:
-    """Build and check every point, write the sweep directory at once, start it; Hydra's JobReturns."""
+    """Build and check every point, write the sweep directory at once, start it; Hydra's JobReturns.
+
+    The sweep directory's lock (and Hydra's sweep directory's, when ``$VAR``s make them differ) is
+    held from choosing the directory to the submission: an identical sweep started at the same time
+    (the same ``hydra.sweep.dir``) waits, then finds this one written and submits nothing."""
     from llamantino.inputs.corpus import expand
 
     hydra_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # made by Hydra's sweeper, $VARs unexpanded
     target = Path(os.path.abspath(expand(str(config.hydra.sweep.dir), "run.output_root")))
+    # A refused sweep removes its own folder below; the empty parents Hydra's sweeper made on the way
+    # go with the leftovers callback (hydra_plugins/llamantino_launcher/leftovers.py).
+    with directory_locks((target, hydra_dir), echo):
+        return _locked_sweep(target, hydra_dir, config, config_loader, job_overrides, initial_job_idx, echo)
+
+
+def _same_sweep(sweep: SweepDir, job_overrides, initial_job_idx: int) -> bool:
+    """Whether ``sweep`` holds exactly these points (read back: a broken record is refused, one line)."""
+    points = [(point.index, list(point.overrides)) for point in sweep.record().points]
+    return points == [(initial_job_idx + offset, list(overrides)) for offset, overrides in enumerate(job_overrides)]
+
+
+def _locked_sweep(target: Path, hydra_dir: Path, config, config_loader, job_overrides, initial_job_idx,
+                  echo) -> list:
     adopt = _hydra_only(hydra_dir)  # the folder Hydra just made for this sweep: its record moves to the sweep
+    existing = SweepDir(target)
+    if not adopt and existing.is_sweep() and _same_sweep(existing, job_overrides, initial_job_idx):
+        job = existing.record().job_id
+        echo(f"sweep {target} already holds these points" + (f" (job array {job})" if job else "")
+             + f"; not written or submitted again (python -m llamantino status {target}; to run it again, name "
+             "another hydra.sweep.dir)")
+        echo(f"run_dir: {target}")
+        return []
     fresh = not target.exists() or (adopt and target == hydra_dir)
     sweep = SweepDir(target if fresh else unique_path(target.parent, target.name))
     try:
@@ -52,10 +81,6 @@ def run_sweep(config, config_loader, job_overrides, initial_job_idx: int, echo=p
     except BaseException:
         if adopt and _hydra_only(hydra_dir):  # a sweep that failed its checks leaves nothing
             shutil.rmtree(hydra_dir, ignore_errors=True)
-            parent, here = hydra_dir.parent, Path.cwd()
-            while parent != here and here in parent.parents and not any(parent.iterdir()):
-                parent.rmdir()  # the empty folders Hydra's sweeper made on the way
-                parent = parent.parent
         raise
 
 

@@ -5,60 +5,104 @@ default), the ``log_history`` of the newest ``trainer_state.json`` (every checkp
 losses printed in the logs (numbered in order, for runs with neither). A requeued job's second
 attempt logs again the steps after its checkpoint: the later record of a step wins, so a curve's
 steps are strictly increasing.
+
+What the trainer left is read as untrusted (a job killed mid-save cuts a checkpoint short): a file
+that cannot be read is skipped for the next source, and said so in ``notes`` when a caller asks.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import re
+import stat
 from pathlib import Path
 
+from llamantino.errors import RunDirError
+from llamantino.records.files import MAX_STATE_BYTES, load_json, write_bytes
 from llamantino.records.logs import run_losses
 from llamantino.records.rundir import RunDir
 
 LOSS = "loss"
 
 
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def _regular(paths) -> list[tuple[Path, float]]:
+    """(path, mtime) of the regular files among ``paths`` (links and devices are not the trainer's)."""
+    found = []
+    for path in paths:
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            found.append((path, info.st_mtime))
+    return found
+
+
 def event_files(run: RunDir) -> list[Path]:
     """The run's TensorBoard event files, oldest first (a requeued job writes a second folder)."""
-    return sorted((run / RunDir.OUTPUT).glob("runs/*/events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    files = _regular((run / RunDir.OUTPUT).glob("runs/*/events.out.tfevents.*"))
+    return [path for path, _ in sorted(files, key=lambda item: item[1])]
 
 
-def _from_events(files: list[Path]) -> dict[str, dict[int, float]]:
+def _from_events(files: list[Path], notes: list[str]) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     series: dict[str, dict[int, float]] = {}
     for path in files:
-        for event in EventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                if not value.tag.startswith("train/"):
-                    continue
-                if value.HasField("simple_value"):
-                    number = value.simple_value
-                elif value.tensor.float_val:
-                    number = value.tensor.float_val[0]
-                else:
-                    continue
-                series.setdefault(value.tag.removeprefix("train/"), {})[int(event.step)] = float(number)
+        try:
+            for event in EventFileLoader(str(path)).Load():
+                for value in event.summary.value:
+                    if not value.tag.startswith("train/"):
+                        continue
+                    if value.HasField("simple_value"):
+                        number = value.simple_value
+                    elif value.tensor.float_val:
+                        number = value.tensor.float_val[0]
+                    else:
+                        continue
+                    series.setdefault(value.tag.removeprefix("train/"), {})[int(event.step)] = float(number)
+        except Exception as exc:  # noqa: BLE001 - TensorBoard's own errors for a file cut short or garbled
+            notes.append(f"{path} could not be read to its end ({type(exc).__name__}: {exc})")
     return series
 
 
-def _from_trainer_state(run: RunDir) -> dict[str, dict[int, float]]:
-    states = sorted((run / RunDir.OUTPUT).glob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[-1]))
+def _log_history(path: Path) -> dict[str, dict[int, float]]:
+    """The metrics of one trainer_state.json; RunDirError when it is not one."""
+    state = load_json(path, MAX_STATE_BYTES)
+    history = state.get("log_history") if isinstance(state, dict) else None
+    if not isinstance(history, list):
+        raise RunDirError(f"{path}: log_history must be a list")
     series: dict[str, dict[int, float]] = {}
-    if states:
-        for record in json.loads(states[-1].read_text()).get("log_history", []):
-            for key, number in record.items():
-                if key not in ("step", "epoch") and isinstance(number, (int, float)) and "step" in record:
-                    series.setdefault(key, {})[int(record["step"])] = float(number)
+    for record in history:
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int):
+            continue
+        for key, number in record.items():
+            if key not in ("step", "epoch") and isinstance(number, (int, float)) and not isinstance(number, bool):
+                series.setdefault(key, {})[step] = float(number)
     return series
 
 
-def run_metrics(run) -> dict[str, list[tuple[int, float]]]:
-    """Every training metric of a run: name -> [(global step, value)], steps strictly increasing."""
+def _from_trainer_state(run: RunDir, notes: list[str]) -> dict[str, dict[int, float]]:
+    """The newest checkpoint's log history; a checkpoint cut short gives way to the one before it."""
+    checkpoints = [path for path in (run / RunDir.OUTPUT).glob("checkpoint-*") if _CHECKPOINT.fullmatch(path.name)]
+    for checkpoint in sorted(checkpoints, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            return _log_history(checkpoint / RunDir.TRAINER_STATE)
+        except FileNotFoundError:
+            notes.append(f"{checkpoint} has no {RunDir.TRAINER_STATE}")
+        except RunDirError as exc:
+            notes.append(str(exc))
+    return {}
+
+
+def run_metrics(run, notes: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Every training metric of a run: name -> [(global step, value)], steps strictly increasing.
+    What could not be read is appended to ``notes``."""
     run = RunDir(getattr(run, "path", run))
+    notes = [] if notes is None else notes
     files = event_files(run)
-    series = _from_events(files) if files else _from_trainer_state(run)
+    series = _from_events(files, notes) if files else _from_trainer_state(run, notes)
     if LOSS not in series:
         losses = run_losses(run)
         if losses:
@@ -66,9 +110,9 @@ def run_metrics(run) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points.items()) for name, points in series.items()}
 
 
-def loss_curve(run) -> list[tuple[int, float]]:
+def loss_curve(run, notes: list[str] | None = None) -> list[tuple[int, float]]:
     """[(global step, training loss)] of a run."""
-    return run_metrics(run).get(LOSS, [])
+    return run_metrics(run, notes).get(LOSS, [])
 
 
 def pyplot():
@@ -94,6 +138,15 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
     if any(curves.values()):
         axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Draw ``figure`` as a PNG and write it atomically (never through a link at ``path``)."""
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=110)
+    finally:
+        pyplot().close(figure)
+    write_bytes(path, buffer.getvalue())
     return path

@@ -86,6 +86,7 @@ class RunStatus:
     losses: Optional[dict[str, Any]] = None  # first, last, best, count
     output: Optional[str] = None  # where the output is
     source: Optional[str] = None  # who wrote it when the job could not: scontrol or sacct
+    notes: Optional[list[str]] = None  # what the job left that could not be read (a checkpoint cut short)
 
 
 @dataclass(frozen=True)

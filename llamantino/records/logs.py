@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from llamantino.records.files import MAX_LOG_BYTES, read_bytes
 from llamantino.records.rundir import RunDir
 
 # Axolotl (HF Trainer) logs lines like: {'loss': '6.94', 'grad_norm': '0.15', ..., 'epoch': '0.17'}
@@ -19,8 +20,8 @@ def parse_losses(text: str) -> list[float]:
 
 
 def run_losses(run_dir) -> list[float]:
-    """Training losses of a run across all its logs."""
+    """Training losses of a run across all its logs (of a log longer than MAX_LOG_BYTES, its end)."""
     losses: list[float] = []
     for log in RunDir(getattr(run_dir, "path", run_dir)).logs():
-        losses += parse_losses(log.read_text(errors="replace"))
+        losses += parse_losses(read_bytes(log, MAX_LOG_BYTES, tail=True).decode("utf-8", errors="replace"))
     return losses

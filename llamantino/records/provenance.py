@@ -196,9 +196,13 @@ class Provenance:
             raise RunDirError(f"{where} is a run record of another llamantino version (record "
                               f"{data.get('record', 1)}, this one reads {RECORD_VERSION}): re-render the run")
         try:
-            return from_plain(cls, data, "provenance")
+            record = from_plain(cls, data, "provenance")
         except ConfigError as exc:
             raise RunDirError(f"{where}: {exc}") from None
+        output = record.output.path
+        if output is not None and (not output or Path(output).is_absolute() or ".." in Path(output).parts):
+            raise RunDirError(f"{where}: output.path={output!r} must be a path inside the run directory")
+        return record
 
 
 def compact(record) -> dict | None:

@@ -5,103 +5,86 @@ Nothing else in llamantino spells a file name of a run directory: it asks a :cla
 
 A directory is written atomically: files go into a hidden staging directory beside the target,
 which is renamed into place (one ``rename``, atomic on POSIX file systems). A failure on the way
-removes the staging directory; a process killed on the way leaves a ``.<name>.*.partial``
-directory that the next write in the same parent removes.
+removes the staging directory (SIGTERM included); one left by a process killed outright is removed by
+the next write in the same parent once that process is gone (llamantino/records/files.py).
+
+Every record read back is untrusted: bounded, typed and checked field by field (records/files.py),
+and the paths it names are kept inside the directory that holds it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
+import stat
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llamantino.errors import RunDirError
+from llamantino.records.files import (  # noqa: F401 - the writers every layer uses, re-exported
+    MAX_STATE_BYTES,
+    STALE_PARTIAL_S,
+    inside,
+    leftover_suffix,
+    load_object,
+    load_record,
+    load_yaml,
+    plain_name,
+    read_bytes,
+    remove_leftovers,
+    removed_unless_finished,
+    typed,
+    write_bytes,
+    write_json,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from llamantino.records.jobstate import RunStatus
+    from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, Submissions, SweepRecord
     from llamantino.records.provenance import Provenance
-
-STALE_PARTIAL_S = 3600  # a staging directory this old belongs to a process that died
-
-
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    """Replace ``path`` atomically with ``data`` as JSON."""
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path, what: str) -> dict:
-    """A JSON object from a file llamantino wrote; a broken file is named, not a traceback."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{path} not found: {what}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is not readable JSON ({exc}); was it edited or cut short?") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object read back from a file llamantino wrote: bounded, a broken file named, not a traceback."""
+    return load_object(path, what)
 
 
 def remove_stale_partials(parent: Path) -> list[Path]:
-    """Remove staging directories left by killed processes (older than STALE_PARTIAL_S)."""
-    removed = []
-    if not parent.is_dir():
-        return removed
-    for path in parent.glob(".*.partial"):
-        try:
-            if time.time() - path.stat().st_mtime > STALE_PARTIAL_S:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
+    """Remove the staging directories and temporary files of processes that are gone."""
+    return remove_leftovers(Path(parent))
 
 
 def write_atomic(target: Path, files: dict[str, str | bytes], links: dict[str, str] | None = None,
                  dirs: tuple[str, ...] = ()) -> Path:
     """Create directory ``target`` holding ``files`` (relative path -> content) and ``links``."""
     target = Path(target)
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise RunDirError(f"{target} already exists; llamantino never overwrites a run directory")
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    remove_leftovers(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=leftover_suffix("partial"), dir=target.parent))
     try:
-        for relative, content in files.items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content, encoding="utf-8")
-        for relative, destination in (links or {}).items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(destination, path)
-        for relative in dirs:
-            (staging / relative).mkdir(parents=True, exist_ok=True)
-        os.chmod(staging, 0o755)
-        os.rename(staging, target)
+        with removed_unless_finished(staging):
+            for relative, content in files.items():
+                path = staging / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, bytes):
+                    path.write_bytes(content)
+                else:
+                    path.write_text(content, encoding="utf-8")
+            for relative, destination in (links or {}).items():
+                path = staging / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(destination, path)
+            for relative in dirs:
+                (staging / relative).mkdir(parents=True, exist_ok=True)
+            os.chmod(staging, 0o755)
+            os.rename(staging, target)
     except OSError as exc:  # a full or read-only disk: named, and nothing half-written stays
-        shutil.rmtree(staging, ignore_errors=True)
         raise RunDirError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -140,6 +123,7 @@ class RunDir:
     EVAL_TASKS = "eval_tasks"
     EVAL_RESULTS = "eval_results"
     DATA_REPORT = "output/llamantino_data_report.json"
+    TRAINER_STATE = "trainer_state.json"  # in each output/checkpoint-N
     LOSS_PNG = "loss_curve.png"
     SAMPLE = "sample.txt"
     CARD = "README.md"
@@ -155,7 +139,7 @@ class RunDir:
         return self.path.name
 
     def is_run(self) -> bool:
-        return (self.path / self.PROVENANCE).is_file()
+        return os.path.lexists(self.path / self.PROVENANCE)
 
     def write(self, files: dict[str, str | bytes], links: dict[str, str]) -> Path:
         return write_atomic(self.path, files, links, dirs=(self.LOGS,))  # sbatch opens its log there first
@@ -170,79 +154,99 @@ class RunDir:
     def write_provenance(self, record: "Provenance") -> None:
         write_text(self.path / self.PROVENANCE, record.to_json())
 
+    def output_path(self, provenance: "Provenance | None" = None) -> Path | None:
+        """Where the run's output is, kept inside the run directory (None when it records none)."""
+        output = (provenance or self.provenance()).output.path
+        return inside(self.path, output, self.path / self.PROVENANCE, "output.path") if output else None
+
     def config(self):
         """The run's composed config, typed (read as data: nothing in it is resolved)."""
-        import yaml
-
-        from llamantino.config.schema import LlamantinoConfig, from_plain
+        from llamantino.config.schema import LlamantinoConfig
 
         path = self.path / self.CONFIG
-        if not path.is_file():
-            raise RunDirError(f"{self.path} is not a llamantino run directory (no {self.CONFIG})")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise RunDirError(f"{path} is not readable YAML: {exc}") from None
-        return from_plain(LlamantinoConfig, data)
+            data = load_yaml(path)
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path} is not a llamantino run directory (no {self.CONFIG})") from None
+        return typed(LlamantinoConfig, data, path, "")
 
     def read_status(self) -> "RunStatus | None":
         """The run's outcome, None before its job ended."""
-        from llamantino.config.schema import from_plain
-        from llamantino.errors import ConfigError
         from llamantino.records.jobstate import RunStatus
 
         path = self.path / self.STATUS
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
-        try:
-            return from_plain(RunStatus, read_json(path, ""), "status")
-        except ConfigError as exc:
-            raise RunDirError(f"{path}: {exc}") from None
+        return load_record(RunStatus, path, "status")
 
     def write_status(self, status: "RunStatus") -> None:
         from llamantino.config.schema import to_plain
 
         write_json(self.path / self.STATUS, to_plain(status))
 
-    def job_record(self) -> dict:
+    def job_record(self) -> "Submissions":
+        """The run's submissions (job.json); none before it was submitted."""
+        from llamantino.records.manifests import Submissions
+
         path = self.path / self.JOB
-        return read_json(path, "") if path.is_file() else {}
+        if not os.path.lexists(path):
+            return Submissions()
+        return load_record(Submissions, path, "job")
 
     def job_id(self) -> str | None:
         status = self.read_status()
-        return self.job_record().get("job_id") or (status.job_id if status else None)
+        return self.job_record().job_id or (status.job_id if status else None)
 
     def record_job(self, job_id: str, **extra) -> None:
         """Append a submission to the job record (a run can be submitted again after a failure)."""
+        from llamantino.config.schema import to_plain
+        from llamantino.records.manifests import Submission, Submissions
         from llamantino.records.provenance import now_iso
 
-        record = self.job_record() or {"submissions": []}
-        record["submissions"].append({"job_id": job_id, "submitted": now_iso(), **extra})
-        record["job_id"] = job_id
-        write_json(self.path / self.JOB, record)
+        record = self.job_record()
+        submission = Submission(job_id=job_id, submitted=now_iso(), **extra)
+        write_json(self.path / self.JOB, to_plain(Submissions(job_id=job_id,
+                                                              submissions=[*record.submissions, submission])))
+
+    def eval_plan(self) -> "EvalPlan":
+        """What the run's eval job runs (eval.json), typed."""
+        from llamantino.records.manifests import EvalPlan
+
+        return load_record(EvalPlan, self.path / self.EVAL_PLAN, "eval", "not an eval run directory (written by "
+                                                                          "stage=eval)")
+
+    def results(self) -> "EvalResults":
+        """An eval run's scores (results.json), typed."""
+        from llamantino.records.manifests import EvalResults
+
+        return load_record(EvalResults, self.path / self.RESULTS_JSON, "results", "not an eval run")
 
     def existing(self, name: str) -> Path | None:
         """The path of one of the run's files, None when the run has none."""
         path = self.path / name
-        return path if path.exists() else None
+        return path if os.path.lexists(path) else None
 
     def read_text(self, name: str) -> str | None:
-        """A file of the run as text, None when it has none."""
+        """A file of the run as text (bounded, never through a link), None when it has none."""
         path = self.path / name
-        return path.read_text(encoding="utf-8") if path.is_file() else None
+        try:
+            return read_bytes(path).decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
 
     def logs(self) -> list[Path]:
-        """The log files of a run: logs/*.log and logs/*.out, oldest first."""
+        """The log files of a run: logs/*.log and logs/*.out (regular files), oldest first."""
         folder = self.path / self.LOGS
         if not folder.is_dir():
             return []
-        return sorted((p for p in folder.iterdir() if p.suffix in (".log", ".out")), key=lambda p: p.stat().st_mtime)
+        found = [(p, p.lstat()) for p in folder.iterdir() if p.suffix in (".log", ".out")]
+        return [p for p, info in sorted(found, key=lambda item: item[1].st_mtime) if stat.S_ISREG(info.st_mode)]
 
     def output_card(self) -> Path | None:
         """The model card of a finished run's output, if it has one."""
-        output = self.provenance().output.path
-        card = self.path / output / self.CARD if output else None
-        return card if card is not None and card.is_file() else None
+        output = self.output_path()
+        card = output / self.CARD if output is not None else None
+        return card if card is not None and card.is_file() and not card.is_symlink() else None
 
     def retire(self) -> Path:
         """Move a failed attempt aside as ``<name>.attempt-N`` so the step can be written afresh."""
@@ -265,24 +269,46 @@ class PipelineDir:
         return RunDir(self.path / name)
 
     def is_pipeline(self) -> bool:
-        return (self.path / self.MANIFEST).is_file()
+        return os.path.lexists(self.path / self.MANIFEST)
 
-    def manifest(self) -> dict:
-        return read_json(self.path / self.MANIFEST, "not a pipeline directory")
+    def manifest(self) -> "PipelineManifest":
+        from llamantino.records.manifests import PipelineManifest
 
-    def write_manifest(self, manifest: dict) -> None:
+        path = self.path / self.MANIFEST
+        manifest = load_record(PipelineManifest, path, "pipeline", "not a pipeline directory")
+        for index, step in enumerate(manifest.steps):
+            plain_name(step.name, path, f"pipeline.steps[{index}].name")
+        return manifest
+
+    def write_manifest(self, manifest) -> None:
+        """Write pipeline.json from a PipelineManifest or its plain form (checked as a reader will)."""
+        from llamantino.config.schema import to_plain
+        from llamantino.records.manifests import PipelineManifest
+
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.path / self.MANIFEST, manifest)
+        typed(PipelineManifest, to_plain(manifest), self.path / self.MANIFEST, "pipeline")
+        write_json(self.path / self.MANIFEST, to_plain(manifest))
+
+
+def _member(parent: Path, name: str, record: str) -> RunDir:
+    """The run folder ``name`` of a pipeline or sweep directory, refused when it is a link."""
+    if (Path(parent) / name).is_symlink():
+        raise RunDirError(f"{Path(parent) / name} (named in {record}) is a symbolic link; a step or point of "
+                          f"{parent} is a folder inside it: remove the link")
+    return RunDir(Path(parent) / name)
 
 
 def runs_under(target: Path) -> list[tuple[str, RunDir]]:
-    """(name, run) of every run in a run, pipeline (its steps) or sweep (its points) directory."""
+    """(name, run) of every run in a run, pipeline (its steps) or sweep (its points) directory.
+
+    A step or point is the folder its record names inside the pipeline or sweep directory: a record
+    pointing elsewhere is refused, so nothing is read or written outside it."""
     pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
     if pipeline.is_pipeline():
-        return [(step["name"], RunDir(step["run_dir"])) for step in pipeline.manifest()["steps"]]
+        return [(step.name, _member(pipeline.path, step.name, pipeline.MANIFEST)) for step in pipeline.manifest().steps]
     if sweep.is_sweep():
-        return [(SweepDir.point_name(point["index"]), RunDir(sweep.path / point["run_dir"]))
-                for point in sweep.record()["points"]]
+        return [(SweepDir.point_name(point.index), _member(sweep.path, point.run_dir, sweep.RECORD))
+                for point in sweep.record().points]
     if run.is_run():
         return [(run.name, run)]
     raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
@@ -306,13 +332,27 @@ class SweepDir:
         return RunDir(self.path / self.point_name(index))
 
     def is_sweep(self) -> bool:
-        return (self.path / self.RECORD).is_file()
+        return os.path.lexists(self.path / self.RECORD)
 
-    def record(self) -> dict:
-        return read_json(self.path / self.RECORD, "not a sweep directory (collect takes the directory of a -m sweep)")
+    def record(self) -> "SweepRecord":
+        from llamantino.records.manifests import SweepRecord
 
-    def write_record(self, record: dict) -> None:
-        write_json(self.path / self.RECORD, record)
+        path = self.path / self.RECORD
+        record = load_record(SweepRecord, path, "sweep",
+                             "not a sweep directory (collect takes the directory of a -m sweep)")
+        for index, point in enumerate(record.points):
+            plain_name(point.run_dir, path, f"sweep.points[{index}].run_dir")
+            if point.index < 0:
+                raise RunDirError(f"{path}: sweep.points[{index}].index={point.index} must not be negative")
+        return record
+
+    def write_record(self, record) -> None:
+        """Write sweep.json from a SweepRecord or its plain form (checked as a reader will)."""
+        from llamantino.config.schema import to_plain
+        from llamantino.records.manifests import SweepRecord
+
+        typed(SweepRecord, to_plain(record), self.path / self.RECORD, "sweep")
+        write_json(self.path / self.RECORD, to_plain(record))
 
 
 @dataclass(frozen=True)
@@ -332,9 +372,15 @@ class SharedEntry:
     def request(self) -> dict:
         return read_json(self.path / self.REQUEST, "not an entry of the shared cache")
 
-    def jobs(self) -> dict:
+    def jobs(self) -> dict[str, str]:
+        """The jobs making the entry, by step (none before any was submitted)."""
         path = self.path / self.JOBS
-        return read_json(path, "") if path.is_file() else {}
+        if not os.path.lexists(path):
+            return {}
+        jobs = read_json(path, "")
+        if not all(isinstance(job, str) for job in jobs.values()):
+            raise RunDirError(f"{path}: every job id must be a string")
+        return jobs
 
     def write(self, name: str, data) -> None:
         (self.path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -206,8 +206,20 @@ def _recipe_start(cfg: LlamantinoConfig, inputs: Inputs) -> dict[str, Any]:
     recipe: dict[str, Any] = {"base_model": inputs.base_model}
     if inputs.base_model_revision:
         recipe["revision_of_model"] = inputs.base_model_revision
+    recipe.update(_rope_scaling(cfg.model))
     recipe["plugins"] = [PLUGIN]
     return recipe
+
+
+def _rope_scaling(model) -> dict:
+    """``model.rope_scaling`` as Axolotl 0.19 takes it: its top-level ``rope_scaling`` key is deprecated
+    (refused), ``overrides_of_model_config`` is set on the loaded config. transformers 5 stores the value
+    as the whole ``rope_parameters``, so the checkpoint's ``rope_theta`` goes with it (else 10000 is used)."""
+    scaling = model.rope_scaling
+    if scaling is None:
+        return {}
+    return {"overrides_of_model_config": {"rope_scaling": {
+        "rope_type": str(scaling.type), "factor": float(scaling.factor), "rope_theta": float(model.rope_theta)}}}
 
 
 def render_merge_recipe(cfg: LlamantinoConfig, inputs: Inputs) -> dict:

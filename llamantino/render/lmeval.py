@@ -9,10 +9,36 @@ from llamantino.errors import ConfigError
 from llamantino.records.rundir import RunDir
 
 
+# The model arguments an eval job passes to lm-eval's ``hf`` model, by name. lm-eval reads
+# ``--model_args`` as ``key=value,key=value`` with no escaping: a value holding ``,`` would add an
+# argument of its own (``revision=main,trust_remote_code=True`` runs the model's code).
+MODEL_ARGS = ("pretrained", "revision", "peft", "dtype", "add_bos_token", "parallelize")
+
+
+def model_args_text(args: dict[str, str]) -> str:
+    """``--model_args`` of ``args``; a value that lm-eval would split into further arguments is refused."""
+    for name, value in args.items():
+        if name not in MODEL_ARGS or not value or "," in value or "=" in value:
+            raise ConfigError(f"lm-eval model argument {name}={value!r}: a value may not hold ',' or '=' (lm-eval "
+                              "would read further model arguments from it, e.g. trust_remote_code=True); use a plain "
+                              "hub id, revision or path")
+    return ",".join(f"{name}={value}" for name, value in args.items())
+
+
+def checked_model_args(text: str) -> str:
+    """``--model_args`` as read back from an eval plan: only the arguments llamantino writes, once each."""
+    names = [item.split("=", 1)[0] for item in str(text).split(",")]
+    if any(name not in MODEL_ARGS for name in names) or len(set(names)) != len(names) or not all(
+            "=" in item for item in str(text).split(",")):
+        raise ConfigError(f"eval plan model_args={text!r} has arguments llamantino does not write; valid: "
+                          f"{', '.join(MODEL_ARGS)}, once each (was eval.json edited?)")
+    return text
+
+
 def lm_eval_argv(plan: dict, group: dict) -> list[str]:
     """The command of one few-shot group; with several processes, under ``accelerate launch``
     (one copy of the model per GPU, lm-eval splitting the requests between them)."""
-    argv = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", plan["model_args"],
+    argv = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", checked_model_args(plan["model_args"]),
             "--tasks", ",".join(group["tasks"]), "--num_fewshot", str(group["num_fewshot"]),
             "--batch_size", plan["batch_size"], "--device", plan["device"],
             "--output_path", f"{RunDir.EVAL_RESULTS}/fewshot_{group['num_fewshot']}"]

@@ -2,14 +2,17 @@
 
 Shell safety is structural, not a matter of care: the Jinja environment *finalizes* every
 ``{{ value }}`` with ``shlex.quote`` unless the value was built here as a :class:`Shell` fragment,
-and the only fragments built here are checked names, numbers and ``"${VAR}"`` references. A run
-name like ``x$(touch pwned)`` therefore reaches the script as ``'x$(touch pwned)'``. ``#SBATCH``
+and the only fragments built here are checked names, numbers and ``"${VAR}"`` references taken
+from config fields the schema declares ``SHELL_EXPRESSION`` (the storage roots, the container).
+A run name like ``x$(touch pwned)`` and a tag like ``$HF_TOKEN`` therefore reach the script as
+``'x$(touch pwned)'`` and ``'$HF_TOKEN'``: every other environment value is literal text. ``#SBATCH``
 lines are parsed by sbatch, not by a shell, so their values must match a strict character set
 (job names are sanitised, everything else is refused with the key that holds it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
@@ -62,6 +65,32 @@ def shell_value(value: str) -> Shell:
     if last < len(value) or not parts:
         parts.append(shlex.quote(value[last:]))
     return Shell("".join(parts))
+
+
+def shell_field(section, name: str) -> list[Shell] | Shell | None:
+    """A config value that is a shell expression, its ``$VAR``s kept live: only for fields whose schema
+    declaration says so (``SHELL_EXPRESSION``); asking for any other field is a bug."""
+    declared = next((f for f in dataclasses.fields(section) if f.name == name), None)
+    if declared is None or not declared.metadata.get("shell"):
+        raise TypeError(f"{type(section).__name__}.{name} is not declared a shell expression")
+    value = getattr(section, name)
+    if value is None:
+        return None
+    return [shell_value(str(item)) for item in value] if isinstance(value, list) else shell_value(str(value))
+
+
+def _env_pairs(cfg: LlamantinoConfig, env: dict) -> list[tuple[Shell, str]]:
+    """``export`` pairs: names checked; values literal text (quoted on output), except a variable whose value
+    is a storage field declared a shell expression and exported under that name (HF_HOME: ``${WORK}/hf_home``)."""
+    storage = cfg.hardware.storage
+    live = {f.metadata["exported_as"]: f.name for f in dataclasses.fields(storage) if f.metadata.get("exported_as")}
+    pairs = []
+    for name, value in env.items():
+        field_name = live.get(name)
+        shell = field_name is not None and getattr(storage, field_name) == value
+        pairs.append((Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")),
+                      shell_field(storage, field_name) if shell else str(value)))
+    return pairs
 
 
 def _finalize(value):
@@ -130,13 +159,11 @@ def script_context(cfg: LlamantinoConfig, command: list[str], shape: JobShape, *
                    run_dirs: list[str] | None = None, array: str | None = None, header: list[str] = ()) -> dict:
     """Everything the template reads; strings that are not Shell fragments get quoted on output.
 
-    ``job_env`` (telemetry off, offline flags) is exported first, then the hardware's own
-    ``slurm.env`` (NCCL, caches), which may reference job-time variables as ``${VAR}``.
+    ``job_env`` (telemetry off, offline flags, tracker tags) is exported first, then the hardware's own
+    ``slurm.env`` (NCCL settings), all as literal text (:func:`_env_pairs`).
     """
     slurm = cfg.hardware.slurm
-    env = []
-    for name, value in {**job_env, **slurm.env}.items():
-        env.append((Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value))))
+    env = _env_pairs(cfg, {**job_env, **slurm.env})
     return {
         "header": list(header),
         "directives": directives(cfg, shape, array),
@@ -161,10 +188,10 @@ def container_command(cfg: LlamantinoConfig) -> Shell | None:
     container = cfg.hardware.container
     if container is None:
         return None
-    argv = [str(container.runtime), "exec"] + (["--nv"] if cfg.hardware.gpu else [])
-    for bind in container.binds:
+    argv = [shlex.quote(str(container.runtime)), "exec"] + (["--nv"] if cfg.hardware.gpu else [])
+    for bind in shell_field(container, "binds"):
         argv += ["--bind", bind]
-    return Shell(" ".join(shell_value(word) for word in argv + [container.image]))
+    return Shell(" ".join(argv + [shell_field(container, "image")]))
 
 
 def render_sbatch(template: str, context: dict) -> str:
@@ -206,8 +233,7 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
         env["HF_HOME"] = cfg.hardware.storage.hf_home
     if step != "fetch" or (cfg.hardware.offline and not prepare.network and not prepare.download_partition):
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    pairs = [(Shell(_checked(_ENV_NAME, name, "hardware.slurm.env")), shell_value(str(value)))
-             for name, value in {**slurm.env, **env}.items()]
+    pairs = _env_pairs(cfg, {**slurm.env, **env})
     context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
                "modules": list(slurm.modules), "env": pairs, "entry": entry,
                "command": [module] if module != "llamantino.job.prepare" else [module, step]}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamantino.errors import ConfigError, RunDirError
-from llamantino.records.curves import pyplot
+from llamantino.records.curves import pyplot, save_figure
 from llamantino.records.provenance import OutputKind
-from llamantino.records.rundir import RunDir, read_json
+from llamantino.records.rundir import RunDir
 
 
 def evaluated(run: RunDir) -> bool:
@@ -39,16 +39,16 @@ def comparison(runs: list[RunDir], mixed_modes: bool = False) -> tuple[list[str]
     """
     rows, tasks, modes = [], [], {}
     for run in runs:
-        result = read_json(run / RunDir.RESULTS_JSON, "not an eval run")
-        for task in result["scores"]:
+        result = run.results()
+        for task in result.scores:
             if task not in tasks:
                 tasks.append(task)
         parent = run.path.parent.name
         row = {"run": run.name if parent in ("", ".") else f"{parent}/{run.name}",
-               **{t: f"{v:.4f}" for t, v in result["scores"].items()}}
-        if "average" in result:
-            row["average"] = f"{result['average']:.4f}"
-        row["mode"] = str((result.get("harness") or {}).get("mode", "unrecorded"))
+               **{t: f"{v:.4f}" for t, v in result.scores.items()}}
+        if result.average is not None:
+            row["average"] = f"{result.average:.4f}"
+        row["mode"] = result.mode
         modes.setdefault(row["mode"], row["run"])
         rows.append(row)
     if len(modes) > 1 and not mixed_modes:
@@ -77,6 +77,4 @@ def bar_chart(columns: list[str], rows: list[dict], path: Path) -> Path:
     axis.set_ylim(0, 1)
     axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -44,7 +44,7 @@ def status_rows(target: Path) -> list[dict]:
     """Rows for a run, pipeline or sweep directory."""
     rows = [run_row(name, run) for name, run in runs_under(target)]
     sweep = SweepDir(Path(target))
-    array = sweep.record().get("job_id") if sweep.is_sweep() else None
+    array = sweep.record().job_id if sweep.is_sweep() else None
     for row in rows:
         if array and row["job"] == "-":  # a point whose task has not started has no job record of its own
             job_id = f"{array}_{int(row['name'])}"

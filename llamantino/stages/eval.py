@@ -20,6 +20,7 @@ from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, from_adapt
 from llamantino.config.method import Method, model_gpus, model_ram_gb
 from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
 from llamantino.records.rundir import RunDir
+from llamantino.render.lmeval import model_args_text
 from llamantino.config.schema import EvalConfig, EvalMode, LlamantinoConfig
 from llamantino.config.schema import to_plain
 from llamantino.records.provenance import ModelSource, OutputKind, Provenance, RunOutput, SourceKind
@@ -221,17 +222,17 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     """What the eval job runs: one lm-eval call per few-shot count, on the resolved model."""
     settings = harness_settings(cfg)
     layout = eval_layout(cfg)
-    model_args = [f"pretrained={inputs.base_model}"]
+    model_args = {"pretrained": inputs.base_model}
     if inputs.base_model_revision:
-        model_args.append(f"revision={inputs.base_model_revision}")
+        model_args["revision"] = inputs.base_model_revision
     if inputs.adapter:
-        model_args.append(f"peft={inputs.adapter}")
+        model_args["peft"] = inputs.adapter
     if settings["dtype"] != "auto":
-        model_args.append(f"dtype={settings['dtype']}")
+        model_args["dtype"] = settings["dtype"]
     if settings["add_bos_token"] is not None:
-        model_args.append(f"add_bos_token={settings['add_bos_token']}")
+        model_args["add_bos_token"] = str(settings["add_bos_token"])
     if layout.sharded:
-        model_args.append("parallelize=True")  # layers spread over the job's GPUs (accelerate device_map)
+        model_args["parallelize"] = "True"  # layers spread over the job's GPUs (accelerate device_map)
     groups: dict[int, list[str]] = {}
     for task in cfg.eval.tasks:
         groups.setdefault(int(task.num_fewshot), []).append(task.name)
@@ -239,7 +240,7 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     return {
         "eval": cfg.eval.name,
         "model": to_plain(inputs.model_source),
-        "model_args": ",".join(model_args),
+        "model_args": model_args_text(model_args),
         "device": ("cuda" if layout.processes > 1 else "cuda:0") if cfg.hardware.gpu else "cpu",
         "processes": layout.processes,
         "gpus": layout.gpus,

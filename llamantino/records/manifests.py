@@ -1,0 +1,102 @@
+"""The typed records of a run's job (job.json), a sweep (sweep.json), a pipeline (pipeline.json) and an
+evaluation (eval.json, results.json): read back through :func:`llamantino.records.files.load_record`,
+every field's type checked, never read by string key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    submitted: str
+    array: Optional[str] = None  # a task of a job array: the array's id
+    dependency: Optional[str] = None  # afterok:... when it waited on other jobs
+
+
+@dataclass(frozen=True)
+class Submissions:
+    """job.json: every submission of a run (a failed run can be submitted again), the last one's id."""
+
+    job_id: Optional[str] = None
+    submissions: list[Submission] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    index: int
+    run_dir: str  # the point's folder, inside the sweep directory
+    overrides: list[str]
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """sweep.json: the points of a -m sweep and, once submitted, its job array."""
+
+    launcher: str
+    points: list[SweepPoint]
+    job_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PipelineStepRecord:
+    name: str  # the step's folder, inside the pipeline directory
+    run_dir: str
+    stage: str
+    action: str  # run, skip or wait, as planned when the pipeline was last launched
+
+
+@dataclass(frozen=True)
+class PipelineManifest:
+    """pipeline.json: the steps of a pipeline, in order."""
+
+    pipeline: str
+    launcher: str
+    steps: list[PipelineStepRecord]
+    description: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EvalGroup:
+    num_fewshot: int
+    tasks: list[str]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """eval.json: what an eval job runs (llamantino/stages/eval.py writes it)."""
+
+    eval: str
+    model: dict[str, Any]  # the evaluated model's source (provenance's ModelSource, as plain data)
+    model_args: str
+    device: str
+    processes: int
+    gpus: int
+    batch_size: str
+    limit: Optional[float]
+    include_path: Optional[str]
+    harness: dict[str, Any]
+    groups: list[EvalGroup]
+    metrics: dict[str, str]  # task -> the metric its score is
+    leaderboard: bool
+    target: Optional[dict[str, Any]]
+    evaluated_run: Optional[str]
+
+
+@dataclass(frozen=True)
+class EvalResults:
+    """results.json: an eval run's scores, and what they depend on."""
+
+    eval: str
+    scores: dict[str, float]
+    model: dict[str, Any]
+    harness: Optional[dict[str, Any]] = None
+    average: Optional[float] = None
+
+    @property
+    def mode(self) -> str:
+        """The evaluation mode (eval.mode) the scores came from."""
+        return str((self.harness or {}).get("mode", "unrecorded"))
