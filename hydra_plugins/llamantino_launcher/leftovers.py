@@ -21,17 +21,9 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 
 from llamantino.orchestrate.sweep import HYDRA_RECORD
+from llamantino.records.lock import missing_folders
 
 HYDRA_SUBDIR_FILES = "*.yaml"  # what Hydra saves in hydra.output_subdir: the config, its own, the overrides
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and its parents that do not exist yet, deepest first (what a mkdir -p would make)."""
-    missing = []
-    while not folder.exists() and folder.parent != folder:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
 
 
 def _remove(folders: list[Path], files: str | None) -> None:
@@ -62,7 +54,7 @@ class HydraLeftovers(Callback):
             path = Path(os.path.abspath(str(folder)))
         except Exception:  # noqa: BLE001 - a folder that does not resolve is Hydra's to report, later
             return
-        self._made.append((_missing_folders(path), files))
+        self._made.append((missing_folders(path), files))
 
     def _clean(self) -> None:
         made, self._made = self._made, []

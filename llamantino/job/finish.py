@@ -20,9 +20,10 @@ from pathlib import Path
 from llamantino.argparsing import ArgumentParser
 from llamantino.errors import RunDirError, entry
 from llamantino.records.curves import loss_curve, plot_curves
+from llamantino.records.files import load_object
 from llamantino.records.jobstate import JobState, RunStatus
 from llamantino.records.provenance import now_iso
-from llamantino.records.rundir import RunDir, read_json
+from llamantino.records.rundir import RunDir
 
 
 def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
@@ -44,7 +45,7 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
     if out is not None:
         if run.existing(RunDir.DATA_REPORT) is not None:
             try:
-                provenance.data_report = read_json(run / RunDir.DATA_REPORT, "")
+                provenance.data_report = load_object(run / RunDir.DATA_REPORT)
                 run.write_provenance(provenance)
             except RunDirError as exc:
                 notes.append(str(exc))

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import random
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import Iterator
 
 from llamantino.argparsing import ArgumentParser
 from llamantino.errors import DataError, entry
+from llamantino.records.files import leftover_suffix, load_object, remove_leftovers, removed_unless_finished
 from llamantino.records.rundir import PreparedDir, write_json
 from llamantino_plugin.formats import (
     MAX_FILE_BYTES_ENV,
@@ -59,7 +61,7 @@ def task_files(order: list[str], index: int, tasks: int) -> list[str]:
 def _source_files(entry_dir: PreparedDir, request: dict, source: dict) -> list[tuple[str, Path]]:
     """(relative name, local file) of a source, in sampled order."""
     if source["origin"] == "hub":
-        fetched = json.loads((entry_dir.path / PreparedDir.FETCHED).read_text()) if (
+        fetched = load_object(entry_dir.path / PreparedDir.FETCHED) if (
             entry_dir.path / PreparedDir.FETCHED).is_file() else {}
         if source["name"] not in fetched:
             raise DataError(f"{entry_dir.path}: the hub files of {source['name']} were not fetched "
@@ -271,14 +273,15 @@ def run_task(entry_dir: PreparedDir, index: int) -> dict:
     target = entry_dir.slice(index)
     made_folder = not target.parent.is_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    remove_leftovers(target.parent)  # the partial slices of tasks killed outright
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(3)}{leftover_suffix('partial')}")
     try:
-        report = _write_slice(entry_dir, request, index, tokenizer, partial)
-        # the report first: a slice in place is a finished one (finish reads its report)
-        write_json(entry_dir.slice_report(index), report)
-        os.replace(partial, target)
-    except BaseException:  # refused data, a bug or an interrupt: no partial slice stays behind
-        partial.unlink(missing_ok=True)
+        with removed_unless_finished(partial):  # refused data, a bug, an interrupt, SIGTERM: no partial slice stays
+            report = _write_slice(entry_dir, request, index, tokenizer, partial)
+            # the report first: a slice in place is a finished one (finish reads its report)
+            write_json(entry_dir.slice_report(index), report)
+            os.replace(partial, target)
+    except BaseException:
         if made_folder:
             _remove_if_empty(target.parent)
         raise
@@ -320,7 +323,7 @@ def finish(entry_dir: PreparedDir) -> dict:
     missing = [i for i in range(request["tasks"]) if not entry_dir.slice(i).is_file()]
     if missing:
         raise DataError(f"{entry_dir.path}: slices {missing} are missing; their prepare tasks did not finish")
-    reports = [json.loads(entry_dir.slice_report(i).read_text()) for i in range(request["tasks"])]
+    reports = [load_object(entry_dir.slice_report(i)) for i in range(request["tasks"])]
     sources = {}
     for source in request["sources"]:
         total: dict = {"read_files": []}

@@ -194,9 +194,14 @@ def plain_name(value: str, path: Path, key: str) -> str:
     return value
 
 
+def relative_inside(relative: str) -> bool:
+    """Whether ``relative``, as written, names a path under its folder (not empty, not absolute, no ``..``)."""
+    return bool(relative) and not Path(relative).is_absolute() and ".." not in Path(relative).parts
+
+
 def inside(base: Path, relative: str, path: Path, key: str) -> Path:
     """``base / relative``, refused unless it stays inside ``base`` (links resolved)."""
-    if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+    if not relative_inside(relative):
         raise RunDirError(f"{path}: {key}={relative!r} must be a path inside {base}")
     target = Path(base) / relative
     if not target.resolve().is_relative_to(Path(base).resolve()):

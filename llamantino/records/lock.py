@@ -51,12 +51,18 @@ def wait_limit() -> float:
     return seconds
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; the ones created, innermost first."""
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, innermost first (what a ``mkdir -p`` would make)."""
     missing = []
-    while not folder.exists():
+    while not folder.exists() and folder.parent != folder:
         missing.append(folder)
         folder = folder.parent
+    return missing
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, innermost first."""
+    missing = missing_folders(folder)
     for path in reversed(missing):
         try:
             path.mkdir(exist_ok=True)

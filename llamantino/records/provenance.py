@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llamantino.errors import ConfigError, RunDirError
+from llamantino.records.files import relative_inside
 from llamantino.paths import PROJECT_ROOT
 
 RECORD_VERSION = 2  # provenance.json's layout; 1 was the untyped record before llamantino's records/
@@ -200,7 +201,7 @@ class Provenance:
         except ConfigError as exc:
             raise RunDirError(f"{where}: {exc}") from None
         output = record.output.path
-        if output is not None and (not output or Path(output).is_absolute() or ".." in Path(output).parts):
+        if output is not None and not relative_inside(output):
             raise RunDirError(f"{where}: output.path={output!r} must be a path inside the run directory")
         return record
 

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llamantino.errors import RunDirError
-from llamantino.records.files import (  # noqa: F401 - the writers every layer uses, re-exported
-    MAX_STATE_BYTES,
-    STALE_PARTIAL_S,
+from llamantino.records.files import (  # noqa: F401 - read_bytes and the writers, re-exported for every layer
     inside,
     leftover_suffix,
     load_object,
@@ -36,7 +34,6 @@ from llamantino.records.files import (  # noqa: F401 - the writers every layer u
     remove_leftovers,
     removed_unless_finished,
     typed,
-    write_bytes,
     write_json,
     write_text,
 )
@@ -45,11 +42,6 @@ if TYPE_CHECKING:
     from llamantino.records.jobstate import RunStatus
     from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, Submissions, SweepRecord
     from llamantino.records.provenance import Provenance
-
-
-def read_json(path: Path, what: str) -> dict:
-    """A JSON object read back from a file llamantino wrote: bounded, a broken file named, not a traceback."""
-    return load_object(path, what)
 
 
 def remove_stale_partials(parent: Path) -> list[Path]:
@@ -149,7 +141,7 @@ class RunDir:
         from llamantino.records.provenance import Provenance
 
         path = self.path / self.PROVENANCE
-        return Provenance.from_data(read_json(path, "not a llamantino run directory"), str(path))
+        return Provenance.from_data(load_object(path, "not a llamantino run directory"), str(path))
 
     def write_provenance(self, record: "Provenance") -> None:
         write_text(self.path / self.PROVENANCE, record.to_json())
@@ -370,14 +362,14 @@ class SharedEntry:
         return (self.path / self.MARKER).is_file()
 
     def request(self) -> dict:
-        return read_json(self.path / self.REQUEST, "not an entry of the shared cache")
+        return load_object(self.path / self.REQUEST, "not an entry of the shared cache")
 
     def jobs(self) -> dict[str, str]:
         """The jobs making the entry, by step (none before any was submitted)."""
         path = self.path / self.JOBS
         if not os.path.lexists(path):
             return {}
-        jobs = read_json(path, "")
+        jobs = load_object(path, "")
         if not all(isinstance(job, str) for job in jobs.values()):
             raise RunDirError(f"{path}: every job id must be a string")
         return jobs
@@ -415,7 +407,7 @@ class PreparedDir(SharedEntry):
         return self.path / self.SLICES / f"{index:03d}.json"
 
     def manifest(self) -> dict:
-        return read_json(self.path / self.MANIFEST, "the prepared corpus is not complete")
+        return load_object(self.path / self.MANIFEST, "the prepared corpus is not complete")
 
 
 @dataclass(frozen=True)
