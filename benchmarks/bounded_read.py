@@ -4,17 +4,21 @@ save on a gzip bomb. Numbers go into BENCHMARKS.md by hand ("Bounded reading of 
     git archive <commit before> | tar -x -C /tmp/before
     .venv/bin/python benchmarks/bounded_read.py --before /tmp/before
 
+Each tree prepares with its own steps: this one scan, dedup and task (units), a tree before the
+units one task (``slices/``); each tree's planner writes its entry's request.
+
 1. Throughput: tokens/s of one prepare task (the corpus benchmark's mirror, 8 files x 1000
-   documents), this tree against the ``--before`` tree, alternating, median of ``--repeats``.
-2. A gzip bomb (about 1 MB of gzip, one 1 GiB line): peak RSS and exit code of one prepare task
-   under an address-space cap (``--cap-gib``), both trees.
+   documents; the task step alone and every step), this tree against the ``--before`` tree,
+   alternating, median of ``--repeats``.
+2. A gzip bomb (about 1 MB of gzip, one 1 GiB line): peak RSS and exit code of the prepare steps
+   (``python -m llamantino.job.prepare``, up to the first that fails) under an address-space cap
+   (``--cap-gib``), both trees, and what they leave in the entry.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -31,17 +35,31 @@ import corpus  # noqa: E402
 from llamantino.argparsing import ArgumentParser  # noqa: E402
 
 
-def task(entry: Path, tree: Path | None, cap: int | None = None) -> tuple[int, float, dict | None]:
-    """(exit code, peak RSS MB, slice report) of one prepare task in a fresh process."""
-    shutil.rmtree(entry / "slices", ignore_errors=True)
-    env = {**os.environ, **({"PYTHONPATH": str(tree)} if tree else {})}
-    limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap))) if cap else None
-    proc = subprocess.Popen([sys.executable, "-m", "llamantino.job.prepare", "task", str(entry), "--index", "0"],
-                            cwd=entry, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit)
-    proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    report = entry / "slices" / "000.json"
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, json.loads(report.read_text()) if report.is_file() else None
+def capped_steps(entry: Path, tree: Path | None, cap: int) -> dict:
+    """The tree's prepare steps through its command line under an address-space cap, up to the first
+    that fails: its exit code, the largest peak RSS, the last line it wrote to stderr."""
+    corpus.clear(entry)
+    steps = ["scan", "dedup", "task"] if corpus.uses_units(tree) else ["task"]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap))  # noqa: E731
+    result = {"exit": 0, "rss_mb": 0.0, "error": "", "step": None}
+    for step in steps:
+        # through prepare_step.py --exec: the step's peak RSS is its own, not this process's
+        proc = subprocess.run([sys.executable, str(corpus.STEP), "--exec", sys.executable, "-m",
+                               "llamantino.job.prepare", step, str(entry), "--index", "0"], cwd=entry,
+                              env=corpus.tree_env(tree), capture_output=True, text=True, preexec_fn=limit)
+        measured = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+        lines = proc.stderr.strip().splitlines()
+        result.update(exit=measured["exit"], rss_mb=max(result["rss_mb"], measured["rss_mb"]), step=step,
+                      error=lines[-1] if lines else "")
+        if measured["exit"]:
+            break
+    return result
+
+
+def leftovers(entry: Path) -> list[str]:
+    """Files the steps left in the entry (its request aside)."""
+    return sorted(str(path.relative_to(entry)) for path in entry.rglob("*")
+                  if path.is_file() and path.name != "request.json")
 
 
 def main() -> int:
@@ -51,16 +69,20 @@ def main() -> int:
     parser.add_argument("--cap-gib", type=float, default=3.0)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bounded-read-"))
-    entry = corpus.prepare_entry(work, corpus.mirror(work, "mirror", 8, 1000), work / "cache")
-    rates: dict[str, list[float]] = {"after": [], "before": []}
+    root = corpus.mirror(work, "mirror", 8, 1000)
+    trees = {"after": None, "before": args.before}
+    entries = {"after": corpus.prepare_entry(work, root, work / "cache"),
+               "before": corpus.tree_entry(work, root, work / "cache-before", args.before)}
+    runs: dict[str, list[dict]] = {"after": [], "before": []}
     for _ in range(args.repeats):
-        for side, tree in (("after", None), ("before", args.before)):
-            code, _, report = task(entry, tree)
-            counts = report["sources"]["clean_mc4_it"]
-            rates[side].append(counts["tokens"] / report["seconds"])
-    after, before = statistics.median(rates["after"]), statistics.median(rates["before"])
-    print(f"throughput tokens/s: after {after:,.0f}, before {before:,.0f}, ratio {after / before:.2f} "
-          f"({counts['tokens']:,} tokens, medians of {args.repeats})")
+        for side, tree in trees.items():
+            runs[side].append(corpus.task_measure(entries[side], tree))
+    for side, measured in runs.items():
+        task = statistics.median(m["tokens_per_s"] for m in measured)
+        every = statistics.median(m["all_tokens_per_s"] for m in measured)
+        print(f"throughput {side}: task step {task:,.0f} tokens/s, all steps ({', '.join(measured[0]['steps'])}) "
+              f"{every:,.0f} tokens/s, peak RSS {max(m['rss_mb'] for m in measured):,.0f} MB "
+              f"({measured[0]['tokens']:,} tokens, medians of {args.repeats})")
 
     bomb = work / "bomb"
     shard = bomb / "datasets/gsarti/clean_mc4_it/clean/c4-it.tfrecord-00000-of-01024.json.gz"
@@ -70,13 +92,14 @@ def main() -> int:
         for _ in range(1024):
             out.write(b"a" * (1 << 20))
         out.write(b'"}\n')
-    bomb_entry = corpus.prepare_entry(work, bomb, work / "cache-bomb")
+    bomb_entries = {"after": corpus.prepare_entry(work, bomb, work / "cache-bomb"),
+                    "before": corpus.tree_entry(work, bomb, work / "cache-bomb-before", args.before)}
     cap = int(args.cap_gib * (1 << 30))
-    for side, tree in (("after", None), ("before", args.before)):
-        code, rss, _ = task(bomb_entry, tree, cap)
-        leftovers = sorted(p.name for p in (bomb_entry / "slices").iterdir()) if (bomb_entry / "slices").is_dir() else []
+    for side, tree in trees.items():
+        got = capped_steps(bomb_entries[side], tree, cap)
         print(f"gzip bomb ({shard.stat().st_size:,} bytes of gzip, 1 GiB line), cap {args.cap_gib} GiB, {side}: "
-              f"exit {code}, peak RSS {rss:,.0f} MB, left in slices/: {leftovers or 'nothing'}")
+              f"step {got['step']} exit {got['exit']}, peak RSS {got['rss_mb']:,.0f} MB, last stderr line "
+              f"{got['error'][:200]!r}, left in the entry: {leftovers(bomb_entries[side]) or 'nothing'}")
     shutil.rmtree(work)
     return 0
 

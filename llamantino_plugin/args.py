@@ -48,6 +48,11 @@ class LlamantinoArgs(BaseModel):
         default=None,
         json_schema_extra={"description": "a prepared corpus (<cache>/prepared/<key>); trained on memory-mapped"},
     )
+    llamantino_prepared_blocks: dict[str, int] | None = Field(
+        default=None,
+        json_schema_extra={"description": "blocks taken from each source of the prepared corpus, in sample order "
+                                          "(unset: all); a smaller budget reads a prefix of a larger entry"},
+    )
     llamantino_text_dedup: bool = Field(
         default=True, json_schema_extra={"description": "drop exact duplicate text documents (after normalisation)"}
     )

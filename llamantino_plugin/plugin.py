@@ -72,18 +72,21 @@ def _load_prepared(cfg, args=None):
     """A prepared corpus (``llamantino.job.prepare``), memory-mapped: nothing is tokenised here.
 
     The entry must be complete (its manifest written) and hold the key the recipe names, so a
-    recipe never trains on a corpus prepared for other settings.
+    recipe never trains on a corpus prepared for other settings. Each source's blocks are taken in
+    sample order up to ``llamantino_prepared_blocks``; labels and the mask are derived per batch.
     """
     import json
     import math
     from pathlib import Path
 
+    import pyarrow.compute as pc
     from datasets import Dataset, concatenate_datasets
 
     from llamantino_plugin import report
+    from llamantino_plugin.prepared import derive_columns, select_units
 
-    prepared = (args or plugin_args(cfg)).llamantino_prepared
-    location = Path(os.path.expandvars(os.path.expanduser(prepared)))
+    args = args or plugin_args(cfg)
+    location = Path(os.path.expandvars(os.path.expanduser(args.llamantino_prepared)))
     manifest_path = location / "manifest.json"
     if not manifest_path.is_file():
         raise ValueError(f"llamantino_prepared: {location} is not a complete prepared corpus (no manifest.json); "
@@ -92,13 +95,26 @@ def _load_prepared(cfg, args=None):
     if manifest.get("key") != location.name or manifest.get("sequence_len") != cfg.sequence_len:
         raise ValueError(f"llamantino_prepared: {location} holds key {manifest.get('key')} with sequence_len "
                          f"{manifest.get('sequence_len')}, not what this recipe asks for")
-    parts = [Dataset.from_file(str(location / "slices" / name)) for name in manifest["files"]]
-    dataset = concatenate_datasets(parts).remove_columns(["source"])
+    wanted = dict(args.llamantino_prepared_blocks or {})
+    taken = select_units(manifest["units"], wanted)
+    parts = []
+    for name, rows in taken:
+        part = Dataset.from_file(str(location / "units" / f"{name}.arrow"))
+        parts.append(part if rows == len(part) else part.select(range(rows)))
+    # offsets only: the token ids stay on disk
+    tokens = sum(int(pc.sum(pc.list_value_length(part.data.column("input_ids"))).as_py() or 0) for part in parts)
+    dataset = concatenate_datasets(parts).with_transform(derive_columns)
+    (location / "last_used").touch()  # the entry's last use, for `llamantino data cache`
+    source_of = {unit["name"]: unit["source"] for unit in manifest["units"]}
+    blocks_of: dict[str, int] = {}
+    for name, rows in taken:
+        blocks_of[source_of[name]] = blocks_of.get(source_of[name], 0) + rows
     for name, counts in manifest["sources"].items():
         shown = {key: value for key, value in counts.items() if isinstance(value, int) and not isinstance(value, bool)}
+        shown["blocks"] = blocks_of.get(name, 0)
         report.record(cfg, name, "text (prepared)", shown)
-    # Exact counts from the manifest: Axolotl would otherwise read every label once to count them.
-    cfg.total_num_tokens = cfg.total_supervised_tokens = manifest["tokens"]
+    # Exact counts: Axolotl would otherwise read every label once to count them.
+    cfg.total_num_tokens = cfg.total_supervised_tokens = tokens
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world
     steps = math.ceil(len(dataset) * float(cfg.num_epochs or 1) / per_step)

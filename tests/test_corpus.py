@@ -51,23 +51,26 @@ def test_hub_download_is_sized_to_the_budget_not_the_corpus():
     mc4 = plan.sources[0]
     per_file = cfg.data.approx_tokens / cfg.data.file_count
     assert mc4.origin == "hub" and mc4.blocks == plan.blocks_with_margin
-    assert mc4.fetch_files == math.ceil(plan.blocks_with_margin * 1024 / per_file) < cfg.data.file_count
+    assert mc4.read_files == math.ceil(plan.blocks_with_margin * 1024 / per_file) < cfg.data.file_count
     assert plan.entry.startswith("${FAST}/llamantino/prepared/")
     # the same settings give the same key; another seed, sequence length or budget another one
     assert plan_corpus(cfg, source, 12).key == plan.key
     assert plan_corpus(cfg, source, 24).key != plan.key
     other = compose_config(["experiment=llamantino2_7b_adapt", "data.sample_seed=7"])
     assert plan_corpus(other, source, 12).key != plan.key
+    # the task count decides who makes which unit, not what the sample holds
+    more_tasks = compose_config(["experiment=llamantino2_7b_adapt", "hardware.prepare.tasks=3"])
+    assert plan_corpus(more_tasks, source, 12).key == plan.key
 
 
 def test_sampled_order_is_seeded_and_tasks_split_it_without_overlap():
-    from llamantino.job.prepare import sampled_order, task_files
+    from llamantino.job.units import sampled_order, task_units
 
     names = [f"f{i:03d}" for i in range(50)]
     order = sampled_order(names, 42, "clean_mc4_it")
     assert order == sampled_order(list(reversed(names)), 42, "clean_mc4_it")  # listing order does not matter
     assert order != sampled_order(names, 43, "clean_mc4_it") and sorted(order) == names
-    slices = [task_files(order, i, 3) for i in range(3)]
+    slices = [task_units(order, i, 3) for i in range(3)]
     assert sorted(sum(slices, [])) == names and not set(slices[0]) & set(slices[1])
 
 
@@ -94,10 +97,10 @@ def test_mixture_prepares_once_trains_and_reports_every_source(mirror, tmp_path)
     assert [s["name"] for s in provenance["data"]["corpus"]["sources"]] == ["clean_mc4_it", "wikipedia_it"]
     assert provenance["data"]["corpus"]["key"] == entry.name
     # a second run with other optimiser settings shares the entry: nothing is prepared again
-    before = {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()}
+    before = {path.name: path.stat().st_mtime_ns for path in (entry / "units").iterdir()}
     second = ok(cli(*args, "stage.learning_rate=1e-3", cwd=tmp_path))
     assert "already prepared" in second.stdout and "preparing in" not in second.stdout
-    assert {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()} == before
+    assert {path.name: path.stat().st_mtime_ns for path in (entry / "units").iterdir()} == before
     assert read_json(entry / "manifest.json")["created"] == manifest["created"]
 
 
@@ -115,8 +118,12 @@ def test_training_reads_the_prepared_blocks_memory_mapped(mirror, tmp_path):
     meta = _load_prepared(cfg)
     data = meta.train_dataset
     assert data.cache_files and all(f["filename"].startswith(entry) for f in data.cache_files)  # mapped, not copied
-    assert set(data.column_names) == {"input_ids", "attention_mask", "labels"}
-    assert all(len(row) == 64 for row in data["input_ids"]) and data["input_ids"] == data["labels"]
+    # on disk: token ids only, in the smallest type that holds the vocabulary; read: labels and mask derived
+    assert data.column_names == ["input_ids"] and data.features["input_ids"].feature.dtype == "uint16"
+    rows = data[:len(data)]
+    assert set(rows) == {"input_ids", "attention_mask", "labels"} and len(rows["input_ids"]) == len(data) >= 6
+    assert all(len(row) == 64 for row in rows["input_ids"]) and rows["input_ids"] == rows["labels"]
+    assert all(mask == [1] * 64 for mask in rows["attention_mask"])
     assert meta.total_num_steps == 3
 
 
@@ -131,11 +138,13 @@ def test_without_packing_each_document_is_one_row_cut_at_the_sequence_length(mir
     for packing in ("true", "false"):
         proc = ok(cli("data=clean_mc4_it", *TINY_ADAPT, f"stage.sample_packing={packing}", *storage(mirror, tmp_path),
                       "launcher=local", cwd=tmp_path))
-        runs[packing] = yaml.safe_load((run_dir_of(proc) / "axolotl.yaml").read_text())["llamantino_prepared"]
+        recipe = yaml.safe_load((run_dir_of(proc) / "axolotl.yaml").read_text())
+        runs[packing], blocks = recipe["llamantino_prepared"], recipe["llamantino_prepared_blocks"]
     assert runs["true"] != runs["false"]
     entry = str(tmp_path / "cache" / "prepared" / runs["false"].rsplit("/", 1)[1])
     cfg = DictDefault({"llamantino_prepared": entry, "sequence_len": 64, "micro_batch_size": 2,
-                       "gradient_accumulation_steps": 1, "num_epochs": 1, "max_steps": 3})
+                       "gradient_accumulation_steps": 1, "num_epochs": 1, "max_steps": 3,
+                       "llamantino_prepared_blocks": blocks})
     rows = _load_prepared(cfg).train_dataset["input_ids"]
     from transformers import AutoTokenizer
 
@@ -152,7 +161,7 @@ def test_without_packing_each_document_is_one_row_cut_at_the_sequence_length(mir
 def test_a_budget_larger_than_the_sources_fails_naming_the_shortfall(mirror, tmp_path):
     proc = fails(cli("data=clean_mc4_it", "stage=adapt", "stage.max_steps=5000", "stage.sequence_len=64",
                      "stage.micro_batch_size=8", *storage(mirror, tmp_path), "launcher=local", cwd=tmp_path))
-    assert "blocks but the budget needs" in proc.stderr and "clean_mc4_it" in proc.stderr
+    assert "but the budget needs 40,000" in proc.stderr and "clean_mc4_it" in proc.stderr
 
 
 @pytest.mark.parametrize("override, message", [
@@ -194,8 +203,8 @@ def test_prepare_scripts_quote_every_value(mirror, tmp_path):
     fetch = prepare_script(cfg, "fetch", "/fast/x y/prepared/k", "k" * 32)
     task = prepare_script(cfg, "task", "/fast/x y/prepared/k", "k" * 32, tasks=8)
     assert "#SBATCH --partition=lrd_all_serial" in fetch and "HF_HUB_OFFLINE" not in fetch
-    assert "#SBATCH --array=0-7" in task and "#SBATCH --partition=boost_usr_prod" in task
-    assert "export HF_HUB_OFFLINE=1" in task and "export RAYON_NUM_THREADS=32" in task
+    assert "#SBATCH --array=0-7" in task and "#SBATCH --partition=dcgp_usr_prod" in task  # CPUs, not GPU nodes
+    assert "export HF_HUB_OFFLINE=1" in task and "export RAYON_NUM_THREADS=56" in task
     assert "cd '/fast/x y/prepared/k'" in task and 'export HF_HOME="${WORK}"/hf_home' in task
     bad = compose_config(["hardware=leonardo_booster", "hardware.prepare.partition='a;b'"])
     from llamantino.errors import ConfigError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import build, cli, ok, run_dir_of
@@ -71,8 +73,15 @@ def test_prepare_caches_eval_task_data(tmp_path):
 def test_every_registry_entry_composes_and_renders_for_its_stage(compose, tmp_path):
     from llamantino.config.registry import registry
 
+    from llamantino.errors import ConfigError
+
     for name, entry in registry().items():
         cfg = compose(f"data={name}", f"stage={entry.purpose[0]}", "hardware=leonardo_booster", "launcher=dry")
+        if entry.corpus_scale and not entry.sources and not (entry.approx_tokens and entry.file_count):
+            # nothing would bound its download from the hub: refused, naming what to set
+            with pytest.raises(ConfigError, match="set data.approx_tokens and data.file_count"):
+                build(cfg, tmp_path / name, validate=False)
+            continue
         prepared = build(cfg, tmp_path / name, validate=False)
         if entry.sources:  # a mixture: one dataset per source, read from the prepared corpus
             sources = registry()

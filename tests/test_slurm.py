@@ -238,8 +238,9 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert len(entries) == 1
     entry = entries[0]
     jobs = read_json(entry / "jobs.json")
-    assert set(jobs) == {"task", "finish"}  # a mirror needs no download
-    assert "#SBATCH --array=0-1" in (entry / "prepare-task.sbatch").read_text()
+    assert list(jobs) == ["scan", "dedup", "task", "finish"]  # a mirror needs no download
+    for step in ("scan", "dedup", "task"):
+        assert "#SBATCH --array=0-1" in (entry / f"prepare-{step}.sbatch").read_text()
     pipeline = tmp_path / "runs" / "pipelines" / "corpus"
     adapt = read_json(pipeline / "adapt" / "job.json")
     assert adapt["submissions"][-1]["dependency"] == f"afterok:{jobs['finish']}"
@@ -250,16 +251,16 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert wait(f"{jobs['task']}_0").state == "COMPLETED" and wait(f"{jobs['task']}_1").state == "COMPLETED"
     assert job(read_json(pipeline / "adapt" / "job.json")["job_id"]).nodes == "2"
     manifest = read_json(entry / "manifest.json")
-    assert len(manifest["files"]) == 2 and all(n > 0 for n in (s["blocks"] for s in manifest["sources"].values()))
+    assert manifest["units"] and all(n > 0 for n in (s["blocks"] for s in manifest["sources"].values()))
     report = read_json(pipeline / "adapt" / "output" / "llamantino_data_report.json")
     assert set(report) == {"clean_mc4_it", "wikipedia_it"}
     # A sweep over the same data and budget finds the corpus complete: no prepare job, no dependency.
-    slices = {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()}
+    units = {path.name: path.stat().st_mtime_ns for path in (entry / "units").iterdir()}
     sweep = ok(cli("-m", "stage.learning_rate=1e-3,3e-3", *SLURM, *store, "stage=adapt", "data=it_web_mix",
                    "stage.max_steps=3", "stage.sequence_len=64", "stage.micro_batch_size=2", cwd=tmp_path))
     assert "already prepared" in sweep.stdout and "submitted task" not in sweep.stdout
     assert read_json(entry / "jobs.json") == jobs and read_json(entry / "manifest.json") == manifest
-    assert {path.name: path.stat().st_mtime_ns for path in (entry / "slices").iterdir()} == slices
+    assert {path.name: path.stat().st_mtime_ns for path in (entry / "units").iterdir()} == units
     assert list((tmp_path / "cache" / "prepared").iterdir()) == [entry]
     array_id = read_json(run_dir_of(sweep) / "sweep.json")["job_id"]
     assert wait(f"{array_id}_0", timeout=600).state == "COMPLETED"

@@ -5,6 +5,7 @@
     python -m llamantino data preview it_ultrachat_sample --template llamantino2_chat -n 2
     python -m llamantino data prepare runs/adapt-llama2_7b-clean_mc4_it/<run>   # on a machine with network
     python -m llamantino data pin clean_mc4_it                                  # pin the hub revision
+    python -m llamantino data cache --remove --dry-run                          # cache entries no run names
 
 ``preview`` encodes rows with the plugin's own code and prints every example as alternating
 ``[masked]`` and ``[trained]`` spans, so you see exactly what the model will learn from.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from llamantino.argparsing import ArgumentParser
+from llamantino.cli.cache import add_cache_parser
 from llamantino.errors import DataError
 from llamantino_plugin.formats import FORMATS, shown_path
 from llamantino_plugin.templates import default_template
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("pin", help="pin a hub dataset's revision in its registry entry (needs network)")
     p.add_argument("name")
     p.set_defaults(fn=cmd_pin)
+    add_cache_parser(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -29,9 +29,9 @@ class Verb:
 VERBS: dict[str, Verb] = {
     "status": Verb("llamantino.cli.status", "where every job of a run, pipeline or sweep stands",
                    "<run, pipeline or sweep dir> [--json]"),
-    "launch": Verb("llamantino.cli.launch", "start a run directory written earlier (launcher=dry, submit=false, imports)",
-                   "<run dir> [--launcher NAME]"),
-    "data": Verb("llamantino.cli.data", "the Italian dataset registry: list, check, preview, prepare, pin",
+    "launch": Verb("llamantino.cli.launch", "start what was written earlier (launcher=dry, submit=false, imports): a run, "
+                   "or a pipeline's or sweep's whole job graph", "<run, pipeline or sweep dir> [--launcher NAME]"),
+    "data": Verb("llamantino.cli.data", "the Italian dataset registry: list, check, preview, prepare, pin, cache",
                  "list | check | preview | prepare | pin ..."),
     "recipe": Verb("llamantino.cli.recipe", "share runs as files: list, export, import, diff, presets",
                    "list | export | import | diff | presets ..."),

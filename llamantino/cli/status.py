@@ -1,7 +1,10 @@
 """``python -m llamantino status <run, pipeline or sweep dir>``: where every job stands.
 
-One line per run: step or point, SLURM job id, state (from ``scontrol``; from ``status.json``
-once SLURM has forgotten the job or for local runs), elapsed time, and the last logged loss.
+One line per job: first the jobs making what the runs read (a download, each step preparing a
+corpus), then each run, step or point: SLURM job id, state (from ``scontrol``; from ``sacct`` or
+``status.json`` once SLURM has forgotten the job, or for local runs), elapsed time, and the last
+logged loss. Under the table, each failed job's reason: the last ``error:`` line of its log (for a
+run cancelled because a job it waited on failed: that job).
 """
 
 from __future__ import annotations

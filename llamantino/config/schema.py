@@ -335,6 +335,25 @@ class DataConfig(Checked):
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.sources names a registry entry twice: {names}")
+        self.row_slice()  # a malformed split is refused when composed
+
+    def row_slice(self) -> tuple[str, int, int | None] | None:
+        """``train[:100000]`` -> ("train", 0, 100000); ``train[10:20]`` -> ("train", 10, 20); a plain
+        split name -> None. Percentages (``train[:10%]``) come back as None here: only ``datasets``
+        resolves them (the corpus path refuses them)."""
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[(\d*):(\d*)\])?", self.split)
+        if match is None:
+            if re.fullmatch(r"[A-Za-z0-9_.-]+\[\d*%?:\d*%?\]", self.split):
+                return None
+            raise ConfigError(f"data.split={self.split!r} is not a split: give a name (train) or a row slice "
+                              "(train[:100000], train[1000:2000])")
+        name, start, stop = match.groups()
+        if start is None and stop is None:
+            return None
+        start_row, stop_row = int(start or 0), (int(stop) if stop else None)
+        if stop_row is not None and stop_row <= start_row:
+            raise ConfigError(f"data.split={self.split!r} selects no row: the end must be after the start")
+        return name, start_row, stop_row
 
     @property
     def corpus_scale(self) -> bool:
@@ -394,7 +413,8 @@ class StageConfig(Checked):
     excess_length_strategy: ExcessLength = ExcessLength["drop"]
     bad_rows: BadRows = BadRows.strict
     text_min_chars: int = field(default=20, metadata=at_least(0))
-    text_dedup: bool = True
+    text_dedup: bool = True  # drop exact duplicate documents (a prepared corpus: across the whole sample)
+    text_near_dedup: bool = False  # prepared corpora: also drop near duplicates (MinHash, ~0.75 Jaccard or more)
     seed: int = 42
     # Extra Axolotl keys, passed through; keys Axolotl does not know are refused.
     axolotl: dict[str, Any] = field(default_factory=dict)
@@ -746,6 +766,14 @@ def _value(hint, value, key: str):
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
         return [_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is tuple:  # tuple[X, ...] or a fixed tuple[X, Y]; written to JSON as a list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}")
+        return tuple(_value(arg, item, f"{key}[{index}]") for index, (arg, item) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")

@@ -3,15 +3,18 @@
 :meth:`Launcher.launch` is the one launch sequence: every command that starts runs (one run, a
 pipeline, a sweep) builds a :class:`LaunchPlan` and hands it over, and the sequence is
 
-    check -> prepare -> notices -> obligations -> write -> prepare inputs -> submit
+    check -> prepare -> notices -> obligations -> write -> start the plan
 
 Its caller (orchestrate/) holds the lock of the run, pipeline or sweep directory (records/lock.py)
 from before it planned until the sequence ends, so one directory is never written or submitted by
 two commands at once.
 
 Subclasses say only what differs: how to refuse (``check``), which files they add (``prepare``),
-how to make what runs read (``prepare_inputs``), how to start one run or one array (``submit``,
-``submit_array``), how to start a run written earlier (``start``) and where a run stands (``state``).
+how to start a written plan (``start_plan``), how to start a run written earlier (``start``) or a
+job graph recorded earlier (``start_graph``, SLURM's) and where a run stands (``state``). :class:`InOrderLauncher` (dry, local) starts a plan here, in order:
+it makes what the runs read (``prepare_inputs``), then starts each run (``submit``) or a sweep's
+points (``submit_array``). The SLURM launcher writes the plan's whole job graph, then submits it
+(llamantino/records/jobgraph.py).
 """
 
 from __future__ import annotations
@@ -33,20 +36,21 @@ from llamantino.stages import PreparedRun, Stage, stage_for
 class LaunchPlan:
     """What one command starts: runs in order, each waiting (afterok) on the runs it names.
 
-    ``write`` puts the plan's directories on disk, atomically (a run, a pipeline's steps and manifest,
-    a sweep's points and record); ``sweep`` starts the runs together as one array; ``jobs`` holds
-    the job ids of runs already queued or running (a relaunched pipeline's steps), which later runs
-    wait on; ``skip`` names runs already done. ``label`` names a run in messages.
+    ``home`` is the directory the plan writes (the run's, the pipeline's or the sweep's; its job graph
+    goes there); ``write`` puts it on disk, atomically (a run, a pipeline's steps and manifest, a
+    sweep's points and record); ``sweep`` starts the runs together as one array; ``jobs`` holds the
+    job ids of runs already queued or running (a relaunched pipeline's steps), which later runs wait
+    on; ``skip`` names runs already done. ``label`` names a run in messages.
     """
 
     runs: list[PreparedRun]
     write: Callable[["Launcher"], None]
+    home: Path
     after: dict[int, list[int]] = field(default_factory=dict)
     skip: set[int] = field(default_factory=set)
     jobs: dict[int, str] = field(default_factory=dict)
     sweep: SweepDir | None = None
     label: Callable[[int], str] = lambda index: ""  # "" for a single run: its messages need no name
-    on_array: Callable[[str], None] = lambda job_id: None  # records a sweep's array job
 
     def starting(self) -> list[int]:
         return [index for index in range(len(self.runs)) if index not in self.skip and index not in self.jobs]
@@ -60,8 +64,8 @@ class Launcher(ABC):
 
     # --- the one launch sequence -----------------------------------------------------------------
 
-    def launch(self, plan: LaunchPlan) -> dict[int, str | None]:
-        """Check, prepare, write and start a plan; returns the job id (or None) of each run started."""
+    def launch(self, plan: LaunchPlan) -> None:
+        """Check, prepare, write and start a plan."""
         starting = plan.starting()
         runs = [plan.runs[index] for index in starting]
         self.check(runs)
@@ -74,28 +78,7 @@ class Launcher(ABC):
         for run in runs:
             self.obligations(run)
         plan.write(self)
-        ready = self.prepare_inputs(runs)
-        if plan.sweep is not None:
-            after = sorted({job for run in runs for job in waits_for(run, ready)})
-            job_id = self.submit_array(plan.sweep, runs, after=after)
-            if job_id:
-                plan.on_array(job_id)
-            return {index: job_id for index in starting}
-        jobs: dict[int, str | None] = dict(plan.jobs)
-        for index in starting:
-            run = plan.runs[index]
-            earlier = [jobs[dep] for dep in plan.after.get(index, []) if jobs.get(dep)]
-            if plan.label(index):
-                self.echo(f"{plan.label(index)}:")
-            try:
-                jobs[index] = self.submit(run, after=waits_for(run, ready, earlier))
-            except LaunchError as exc:
-                rest = [plan.label(later) for later in starting if later > index]
-                if not rest:
-                    raise
-                raise LaunchError(f"{plan.label(index)} failed; the steps after it did not run ({', '.join(rest)}). "
-                                  f"{exc}") from None
-        return jobs
+        self.start_plan(plan, starting)
 
     def start_written(self, run: RunDir) -> None:
         """Start a run directory written earlier (``llamantino launch``): its obligations, then ``start``.
@@ -129,20 +112,14 @@ class Launcher(ABC):
         """Files the launcher adds to a sweep directory (checked before anything is written)."""
         return {}
 
-    def prepare_inputs(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
-        """Make (or start the jobs that make) what the runs read first: prepared corpora, downloads.
-        Returns the job ids to wait for, by corpus key (and DOWNLOADS). By default nothing is made."""
-        for plan in corpora(runs).values():
-            self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
-        return {}
-
     @abstractmethod
-    def submit(self, run: PreparedRun, after: list[str] = ()) -> str | None:
-        """Start a written run after the jobs ``after``; its job id, if it has one."""
+    def start_plan(self, plan: LaunchPlan, starting: list[int]) -> None:
+        """Start the runs ``starting`` of a written plan, and what they read first."""
 
-    @abstractmethod
-    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun], after: list[str] = ()) -> str | None:
-        """Start every point of a written sweep together; the array's job id, if it has one."""
+    def start_graph(self, home: Path, graph, only: set[str] | None = None) -> None:
+        """Submit a job graph recorded earlier (``llamantino launch``); only SLURM writes them."""
+        raise ConfigError(f"{home} holds a SLURM job graph ({graph.FILE}); launcher={self.name} does not submit "
+                          "job graphs: launch it with --launcher slurm (or launch one run directory of it)")
 
     @abstractmethod
     def start(self, run: RunDir, cfg, provenance: Provenance, stage: Stage) -> None:
@@ -198,6 +175,47 @@ class Launcher(ABC):
         if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
             raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in "
                               f"{corpus['entry']}: run the command that wrote it again (it prepares the corpus first)")
+
+
+class InOrderLauncher(Launcher):
+    """A launcher that starts a plan here, in order: the inputs first, then each run (dry, local)."""
+
+    def start_plan(self, plan: LaunchPlan, starting: list[int]) -> None:
+        runs = [plan.runs[index] for index in starting]
+        ready = self.prepare_inputs(runs)
+        if plan.sweep is not None:
+            after = sorted({job for run in runs for job in waits_for(run, ready)})
+            self.submit_array(plan.sweep, runs, after=after)
+            return
+        jobs: dict[int, str | None] = dict(plan.jobs)
+        for index in starting:
+            run = plan.runs[index]
+            earlier = [jobs[dep] for dep in plan.after.get(index, []) if jobs.get(dep)]
+            if plan.label(index):
+                self.echo(f"{plan.label(index)}:")
+            try:
+                jobs[index] = self.submit(run, after=waits_for(run, ready, earlier))
+            except LaunchError as exc:
+                rest = [plan.label(later) for later in starting if later > index]
+                if not rest:
+                    raise
+                raise LaunchError(f"{plan.label(index)} failed; the steps after it did not run ({', '.join(rest)}). "
+                                  f"{exc}") from None
+
+    def prepare_inputs(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
+        """Make (or start the jobs that make) what the runs read first: prepared corpora, downloads.
+        Returns the job ids to wait for, by corpus key (and DOWNLOADS). By default nothing is made."""
+        for plan in corpora(runs).values():
+            self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
+        return {}
+
+    @abstractmethod
+    def submit(self, run: PreparedRun, after: list[str] = ()) -> str | None:
+        """Start a written run after the jobs ``after``; its job id, if it has one."""
+
+    @abstractmethod
+    def submit_array(self, sweep: SweepDir, runs: list[PreparedRun], after: list[str] = ()) -> str | None:
+        """Start every point of a written sweep together; the array's job id, if it has one."""
 
 
 def corpora(runs: list[PreparedRun]) -> dict:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shlex
 
 from llamantino.errors import ConfigError
-from llamantino.launchers.base import Launcher
+from llamantino.launchers.base import InOrderLauncher
 from llamantino.config.schema import LauncherName
 
 
-class DryLauncher(Launcher):
+class DryLauncher(InOrderLauncher):
     name = LauncherName.dry
 
     def obligations(self, run):

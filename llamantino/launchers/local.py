@@ -14,7 +14,7 @@ import sys
 from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
 from llamantino.job.finish import finish_run
-from llamantino.launchers.base import Launcher, corpora
+from llamantino.launchers.base import InOrderLauncher, corpora
 from llamantino.records.jobstate import RunStatus
 from llamantino.records.rundir import RunDir
 
@@ -33,7 +33,7 @@ def progress_line(line: str, step: int) -> str | None:
     return None
 
 
-class LocalLauncher(Launcher):
+class LocalLauncher(InOrderLauncher):
     name = LauncherName.local
 
     def check(self, runs):

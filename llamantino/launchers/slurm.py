@@ -2,10 +2,17 @@
 
 Checks that can fail (QoS node and time limits, the account, data an offline cluster cannot
 download) run before anything is written or submitted. Job ids go to the run's job record.
+
+A plan is started in two halves with one code path: :func:`write_plan_graph` writes every script its
+submission makes (the runs', a sweep's job array, the shared cache entries' download and prepare
+steps) and records the job graph (llamantino/records/jobgraph.py) in the run, pipeline or sweep
+directory; :func:`submit_graph` submits a recorded graph. ``launcher.submit=false`` stops after the
+first half, and ``python -m llamantino launch <dir>`` does the second.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -15,11 +22,22 @@ import sys
 from pathlib import Path
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher
+from llamantino.launchers.base import Launcher, LaunchPlan
+from llamantino.records.files import write_text
+from llamantino.records.jobgraph import (
+    DOWNLOAD_STEP,
+    ancestors,
+    run_of,
+    shared_dir,
+    step_script,
+    write_graph,
+)
 from llamantino.records.jobstate import JobRecord, JobState
 from llamantino.records.lock import directory_lock
+from llamantino.records.manifests import GraphEntry, GraphNode, JobGraph
+from llamantino.records.provenance import SourceKind
 from llamantino.render.sbatch import render_sbatch, script_context
-from llamantino.records.rundir import RunDir, SweepDir
+from llamantino.records.rundir import DownloadDir, PreparedDir, RunDir, SharedEntry, SweepDir
 from llamantino.config.schema import LauncherName, LlamantinoConfig, time_seconds
 from llamantino.stages import PreparedRun
 
@@ -59,7 +77,7 @@ def check_corpus_download(run: PreparedRun) -> None:
     """A corpus sampled from the hub needs a node with network for its fetch job."""
     plan, hw = run.inputs.corpus, run.cfg.hardware
     hub = [s.hub_id for s in plan.sources if s.origin == "hub"] if plan is not None else []
-    if hub and hw.offline and not hw.prepare.network and not hw.prepare.download_partition:
+    if hub and not can_download(run.cfg):
         raise ConfigError(f"data {run.cfg.data.name} samples {', '.join(hub)} from the hub, but {hw.name}'s nodes have "
                           "no network: set hardware.prepare.download_partition=<a partition with network> (or "
                           "hardware.prepare.network=true), or hardware.storage.hub_mirror=<a local mirror folder>")
@@ -160,6 +178,7 @@ def _scontrol_job(job_id: str) -> dict:
     return record
 
 
+
 class SlurmLauncher(Launcher):
     name = LauncherName.slurm
 
@@ -170,8 +189,7 @@ class SlurmLauncher(Launcher):
         for run in submitting:
             check_account(run.cfg)
             reads = run.stage.hub_reads(run.cfg, run.inputs) if run.cfg.hardware.offline else []
-            prepare = run.cfg.hardware.prepare
-            if reads and not (prepare.network or prepare.download_partition):
+            if reads and not can_download(run.cfg):
                 raise ConfigError(
                     f"{run.cfg.hardware.name} compute nodes have no internet and this run reads "
                     f"{' and '.join(map(str, reads))} from the hub: set hardware.prepare.download_partition=<a "
@@ -187,41 +205,9 @@ class SlurmLauncher(Launcher):
     def prepare(self, run):
         run.files[RunDir.SCRIPT] = job_script(run)
 
-    def prepare_inputs(self, runs):
-        """Submit fetch (hub sources) -> tokenise array -> finish for each corpus not in the cache.
-
-        A corpus that another command is already preparing is not prepared twice: its finish job is
-        waited for instead.
-        """
-        from llamantino.launchers.base import DOWNLOADS, corpora
-
-        plans = corpora(runs)
-        ready: dict[str, list[str]] = {}
-        if plans and not runs[0].cfg.launcher.submit:
-            for plan in plans.values():
-                self.echo(f"{plan.describe()}: not prepared (launcher.submit=false)")
-            return ready
-        if plans:
-            self.ensure_model(runs)
-        for key, plan in plans.items():
-            cfg = next(run.cfg for run in runs if run.inputs.corpus is not None and run.inputs.corpus.key == key)
-            ready[key] = submit_prepare(cfg, plan, self.echo)
-        reading = [run for run in runs if run.cfg.hardware.offline and run.stage.hub_reads(run.cfg, run.inputs)]
-        if reading and reading[0].cfg.launcher.submit:
-            ready[DOWNLOADS] = submit_download(reading, self.echo)
-        return ready
-
     def obligations(self, run):
         if run.cfg.launcher.submit:  # only what is submitted must be able to run
             super().obligations(run)
-
-    def submit(self, run, after=()):
-        if not run.cfg.launcher.submit:
-            self.echo("not submitted (launcher.submit=false): python -m llamantino launch "
-                      + shlex.quote(str(run.run_dir.path)))
-            return None
-        self.ensure_model([run])
-        return submit_script(run.run_dir, list(after), self.echo)
 
     def sweep_files(self, sweep, runs):
         if len({job_resources(run) for run in runs}) != 1:
@@ -229,39 +215,55 @@ class SlurmLauncher(Launcher):
                               "stage); a job array is uniform: sweep those settings in separate runs")
         return {SweepDir.ARRAY_SCRIPT: array_script(sweep, runs)}
 
-    def submit_array(self, sweep: SweepDir, runs, after=()):
-        if not runs[0].cfg.launcher.submit:
-            self.echo(f"not submitted (launcher.submit=false): sbatch {shlex.quote(str(sweep.path / SweepDir.ARRAY_SCRIPT))}")
-            return None
-        self.ensure_model(runs)
-        job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT, dependency=dependency_on(list(after)))
-        for index, run in enumerate(runs):
-            run.run_dir.record_job(f"{job_id}_{index}", array=job_id)
-        parallelism = runs[0].cfg.launcher.array_parallelism
-        self.echo(f"submitted job array {job_id} ({len(runs)} points, at most {parallelism} at once): "
-                  f"python -m llamantino status {shlex.quote(str(sweep.path))}")
-        return job_id
+    def start_plan(self, plan, starting):
+        """Write every script of the plan's submission and its job graph; then submit the graph
+        (``launcher.submit=false``: print the one command that does)."""
+        graph = write_plan_graph(plan, starting, self.echo)
+        if plan.runs[0].cfg.launcher.submit:
+            submit_graph(plan.home, graph, self.echo)
+            return
+        self.echo(f"not submitted (launcher.submit=false): {len(graph.nodes)} job script(s) written, what each "
+                  f"waits on in {plan.home / JobGraph.FILE}; submit them all with: python -m llamantino launch "
+                  + shlex.quote(str(plan.home)))
+
+    def start_graph(self, home, graph, only=None):
+        submit_graph(home, graph, self.echo, only=only)
 
     def start(self, run, cfg, provenance, stage):
         if run.existing(RunDir.SCRIPT) is None:
             raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
         check_queue(cfg, provenance.method.nodes if provenance.method is not None else cfg.hardware.nodes)
         check_account(cfg)
-        if cfg.hardware.offline and stage.reads_hub(cfg, provenance) and run.existing(RunDir.LOCK) is None:
-            raise ConfigError(f"{run.path} reads from the hub but {cfg.hardware.name} is offline: run "
-                              f"python -m llamantino data prepare {run.path} on a machine with network first")
+        check_hub_reads(run, cfg, provenance, stage)
         check_sbatch()
         submit_script(run, [], self.echo)
 
     def state(self, run: RunDir) -> JobState:
-        """COMPLETED / FAILED from status.json, else the SLURM state of its last job, else WRITTEN/NEW."""
-        status = run.read_status()
-        if status is not None:
-            return status.state
-        job_id = run.job_id()
-        if job_id:
-            return job_state(job_id)
-        return JobState.WRITTEN if run.path.exists() else JobState.NEW
+        return written_state(run)
+
+
+def written_state(run: RunDir) -> JobState:
+    """COMPLETED / FAILED from status.json, else the SLURM state of its last job, else WRITTEN/NEW."""
+    status = run.read_status()
+    if status is not None:
+        return status.state
+    job_id = run.job_id()
+    if job_id:
+        return job_state(job_id)
+    return JobState.WRITTEN if run.path.exists() else JobState.NEW
+
+
+def can_download(cfg: LlamantinoConfig) -> bool:
+    """Whether a job of this hardware can reach the hub (its nodes, or the download partition's)."""
+    hw = cfg.hardware
+    return not hw.offline or hw.prepare.network or bool(hw.prepare.download_partition)
+
+
+def check_hub_reads(run: RunDir, cfg: LlamantinoConfig, provenance, stage) -> None:
+    """A written run that reads the hub on an offline cluster needs its reads prepared first."""
+    if cfg.hardware.offline and stage.reads_hub(cfg, provenance) and run.existing(RunDir.LOCK) is None:
+        raise ConfigError(f"{run.path} reads from the hub but {cfg.hardware.name} is offline: run "
+                          f"python -m llamantino data prepare {run.path} on a machine with network first")
 
 
 def array_script(sweep: SweepDir, runs: list[PreparedRun]) -> str:
@@ -276,84 +278,320 @@ def dependency_on(jobs: list[str]) -> str | None:
     return "afterok:" + ":".join(jobs) if jobs else None
 
 
-def made_or_making(entry, job_name: str, what: str, echo=print) -> list[str] | None:
+# --- shared cache entries: a download, a prepared corpus -------------------------------------------
+
+
+def entry_jobs(entry: SharedEntry, job_name: str) -> list[str] | None:
     """A shared cache entry: [] when complete, [job] while its ``job_name`` job is queued or running,
     None when it must be made (never made, or its jobs failed)."""
     if entry.complete():
-        echo(f"{what}: already prepared in {entry.path}")
         return []
     job = entry.jobs().get(job_name)
     if job and job_state(job).active:
-        echo(f"{what}: being prepared by job {job}; waiting for it")
         return [job]
     return None
 
 
-def submit_prepare(cfg: LlamantinoConfig, plan, echo=print) -> list[str]:
-    """The jobs that make one prepared corpus (none when it is complete); returns the job to wait for."""
-    entry = plan.entry_dir()
-    # Two commands needing one corpus at once (a pipeline and a sweep): the second finds it submitted.
-    with directory_lock(entry.path, echo):
-        made = made_or_making(entry, "finish", plan.describe(), echo)
-        if made is not None:
-            return made
-        return _submit_prepare(cfg, plan, entry, echo)
+def made_or_making(entry: SharedEntry, job_name: str, what: str, echo=print) -> list[str] | None:
+    """:func:`entry_jobs`, said in one line when the entry is complete or being made."""
+    made = entry_jobs(entry, job_name)
+    if made == []:
+        echo(f"{what}: already prepared in {entry.path}")
+    elif made:
+        echo(f"{what}: being prepared by job {made[0]}; waiting for it")
+    return made
 
 
-def _submit_prepare(cfg: LlamantinoConfig, plan, entry, echo) -> list[str]:
-    from llamantino.render.sbatch import prepare_script
-    from llamantino.records.rundir import PreparedDir
-
-    entry.write(PreparedDir.REQUEST, plan.as_request())
-    (entry.path / PreparedDir.LOGS).mkdir(exist_ok=True)
-    hub = any(source.origin == "hub" for source in plan.sources)
-    jobs: dict[str, str] = {}
-    steps = (["fetch"] if hub else []) + ["task", "finish"]
-    previous: list[str] = []
-    for step in steps:
-        script = entry.script(step)
-        script.write_text(prepare_script(cfg, step, str(entry.path), plan.key, plan.tasks))
-        jobs[step] = sbatch(script, dependency=dependency_on(previous))
-        previous = [jobs[step]]
-    entry.write(PreparedDir.JOBS, jobs)
-    echo(f"{plan.describe()}: submitted " + " -> ".join(
-        f"{step} {job}" + (f" (array of {plan.tasks})" if step == "task" else "") for step, job in jobs.items()))
-    return [jobs["finish"]]
-
-
-def submit_download(runs: list[PreparedRun], echo=print) -> list[str]:
-    """One job, where there is network, fetching every hub read of the runs into the shared HF_HOME."""
-    import dataclasses
+def download_request(runs: list[PreparedRun]) -> tuple[dict, str]:
+    """What one download job fetches for the runs (every hub read, into the shared HF_HOME), and its key."""
     import hashlib
     import json
 
-    from llamantino.inputs.corpus import expand
-    from llamantino.render.sbatch import prepare_script
-    from llamantino.records.rundir import DownloadDir
-
-    cfg = runs[0].cfg
     reads = sorted({read for run in runs for read in run.stage.hub_reads(run.cfg, run.inputs)}, key=str)
-    request = {"reads": [dataclasses.asdict(read) for read in reads], "hf_home": cfg.hardware.storage.hf_home}
-    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:32]
-    entry = DownloadDir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")) / DownloadDir.ROOT / key)
-    with directory_lock(entry.path, echo):
-        made = made_or_making(entry, "download", f"downloads ({', '.join(map(str, reads))})", echo)
+    request = {"reads": [dataclasses.asdict(read) for read in reads], "hf_home": runs[0].cfg.hardware.storage.hf_home}
+    return request, hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def entry_dir(cfg: LlamantinoConfig, entry: GraphEntry) -> SharedEntry:
+    """The folder of a graph's entry on this machine (ConfigError when the cache names an unset variable)."""
+    from llamantino.inputs.corpus import expand
+
+    return shared_dir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")), entry.id)
+
+
+def entry_name(entry: GraphEntry) -> str:
+    kind, key = entry.id.split("/", 1)
+    return f"corpus {key[:12]}" if kind == PreparedDir.ROOT else f"downloads {key[:12]}"
+
+
+def write_entry_scripts(cfg: LlamantinoConfig, folder: SharedEntry, entry: GraphEntry, steps: list[str],
+                        keep: bool = False) -> None:
+    """An entry's request.json and the script of each step (``keep``: scripts already there are kept
+    as written, so what ``launcher.submit=false`` wrote is what is submitted)."""
+    folder.write(folder.REQUEST, entry.request)
+    (folder.path / folder.LOGS).mkdir(exist_ok=True)
+    from llamantino.render.sbatch import prepare_script
+
+    key = entry.id.split("/", 1)[1]
+    for step in steps:
+        script = step_script(folder, step)
+        if keep and script.is_file():
+            continue
+        if isinstance(folder, PreparedDir):
+            text = prepare_script(cfg, step, str(folder.path), key, entry.tasks)
+        else:
+            text = prepare_script(cfg, "fetch", str(folder.path), key, module="llamantino.job.download")
+        write_text(script, text)
+
+
+def write_entry(cfg: LlamantinoConfig, entry: GraphEntry, steps: list[str], echo=print) -> None:
+    """Write a shared entry's request and scripts, unless it is complete or another command's jobs are
+    making it. Where its folder names a variable not set here (``launcher.submit=false`` rendering for
+    another machine), ``launch`` writes them there."""
+    try:
+        folder = entry_dir(cfg, entry)
+    except ConfigError:
+        if cfg.launcher.submit:
+            raise
+        echo(f"notice: {entry_name(entry)}: its job scripts are written into {cfg.hardware.storage.cache}/{entry.id} "
+             "when it is launched (the cache names a variable that is not set here)")
+        return
+    with directory_lock(folder.path, echo):
+        if entry_jobs(folder, steps[-1]) is None:
+            write_entry_scripts(cfg, folder, entry, steps)
+
+
+def make_entry(cfg: LlamantinoConfig, entry: GraphEntry, nodes: list[GraphNode], echo=print) -> dict[str, str | None]:
+    """Submit the steps making one shared entry, chained with afterok, unless it is complete or being
+    made (then the job making it is waited on); the job of each node (None: nothing to wait on)."""
+    folder = entry_dir(cfg, entry)
+    steps = [node.step for node in nodes]
+    # Two commands needing one entry at once (a pipeline and a sweep): the second finds it submitted.
+    with directory_lock(folder.path, echo):
+        made = made_or_making(folder, steps[-1], entry_name(entry), echo)
         if made is not None:
-            return made
-        entry.write(DownloadDir.REQUEST, request)
-        (entry.path / DownloadDir.LOGS).mkdir(exist_ok=True)
-        script = entry.path / entry.SCRIPT
-        script.write_text(prepare_script(cfg, "fetch", str(entry.path), key, module="llamantino.job.download"))
-        job = sbatch(script)
-        entry.write(DownloadDir.JOBS, {"download": job})
-    echo(f"downloads ({', '.join(map(str, reads))}): submitted job {job} ({entry.path})")
-    return [job]
+            return {node.name: (made[0] if made else None) for node in nodes}
+        write_entry_scripts(cfg, folder, entry, steps, keep=True)
+        jobs: dict[str, str] = {}
+        previous: list[str] = []
+        for step in steps:
+            jobs[step] = sbatch(step_script(folder, step), dependency=dependency_on(previous))
+            previous = [jobs[step]]
+        folder.write(folder.JOBS, jobs)
+    if isinstance(folder, PreparedDir):
+        echo(f"{entry_name(entry)}: submitted " + " -> ".join(
+            f"{step} {job}" + (f" (array of {entry.tasks})" if step in PreparedDir.ARRAY_STEPS else "")
+            for step, job in jobs.items()))
+    else:
+        echo(f"{entry_name(entry)}: submitted job {jobs[DOWNLOAD_STEP]} ({folder.path})")
+    return {node.name: jobs[node.step] for node in nodes}
 
 
-def submit_script(run: RunDir, after: list[str], echo=print) -> str:
+# --- the job graph: every script written and recorded, then submitted --------------------------------
+
+
+def write_plan_graph(plan: LaunchPlan, starting: list[int], echo=print) -> JobGraph:
+    """Write every script a plan's submission makes and record its job graph in ``plan.home``.
+
+    The runs starting wait on the steps making the corpora they read and, on an offline cluster with a
+    partition that reaches the hub, on one download job fetching their hub reads; each run waits on
+    the runs the plan puts before it; a sweep's points start together as one job array."""
+    from llamantino.launchers.base import DOWNLOADS, corpora, waits_for
+
+    home = Path(plan.home)
+    runs = [plan.runs[index] for index in starting]
+
+    def member(run: PreparedRun) -> str:
+        return "." if run.run_dir.path == home else run.run_dir.name
+
+    entries: list[GraphEntry] = []
+    nodes: list[GraphNode] = []
+    makers: dict[str, LlamantinoConfig] = {}
+    last: dict[str, list[str]] = {}  # corpus key (or DOWNLOADS) -> the node the runs reading it wait on
+    for key, corpus in corpora(runs).items():
+        reader = next(run for run in runs if run.inputs.corpus is not None and run.inputs.corpus.key == key)
+        entry = GraphEntry(id=f"{PreparedDir.ROOT}/{key}", config=member(reader), request=corpus.as_request(),
+                           tasks=corpus.tasks)
+        echo(f"{corpus.describe()}; entry {corpus.entry}")
+        previous: list[str] = []
+        for step in corpus.steps:
+            nodes.append(GraphNode(name=f"prepare-{key[:12]}-{step}", after=previous, entry=entry.id, step=step))
+            previous = [nodes[-1].name]
+        entries.append(entry)
+        makers[entry.id], last[key] = reader.cfg, previous
+    reading = [run for run in runs if run.cfg.hardware.offline and run.stage.hub_reads(run.cfg, run.inputs)]
+    if reading and can_download(reading[0].cfg):
+        request, key = download_request(reading)
+        entry = GraphEntry(id=f"{DownloadDir.ROOT}/{key}", config=member(reading[0]), request=request)
+        nodes.append(GraphNode(name=f"download-{key[:12]}", entry=entry.id, step=DOWNLOAD_STEP))
+        entries.append(entry)
+        makers[entry.id], last[DOWNLOADS] = reading[0].cfg, [nodes[-1].name]
+    if plan.sweep is not None:
+        nodes.append(GraphNode(name="array", after=sorted({name for run in runs for name in waits_for(run, last)}),
+                               array=True))
+    else:
+        for index, run in enumerate(plan.runs):
+            earlier = [plan.runs[dep].run_dir.name for dep in plan.after.get(index, [])]
+            after = waits_for(run, last, earlier) if index in starting else earlier
+            nodes.append(GraphNode(name=run.run_dir.name, after=list(dict.fromkeys(after)), run=member(run)))
+    for entry in entries:
+        write_entry(makers[entry.id], entry, [node.step for node in nodes if node.entry == entry.id], echo)
+    graph = JobGraph(nodes=nodes, entries=entries)
+    write_graph(home, graph)
+    return graph
+
+
+def _points(home: Path) -> list[RunDir]:
+    return [run_of(home, point.run_dir) for point in SweepDir(home).record().points]
+
+
+def _standing(home: Path, node: GraphNode) -> tuple[bool, str | None, str]:
+    """Whether a run (or the sweep's array) starts; if not, the job later jobs wait on, and why not."""
+    if node.array:
+        job = SweepDir(home).record().job_id
+        if job is None:
+            return True, None, ""
+        state = job_state(job)
+        return False, (job if state.active else None), (f"{home} was already submitted as job array {job} "
+                                                        f"({state}); not submitted again")
+    run = run_of(home, node.run)
+    if not run.is_run():
+        raise ConfigError(f"{run.path} (a run of {home / JobGraph.FILE}) is missing or not a run directory: "
+                          "write it again with the command that wrote it")
+    state, job = written_state(run), run.job_id()
+    if state.failed or (state in (JobState.WRITTEN, JobState.NEW) and job is None):
+        return True, None, ""
+    if node.run == ".":
+        what = f"already submitted as job {job}" if job else "already run"
+        return False, (job if state.active else None), (f"{run.path} was {what} ({state}); not started again: "
+                                                        f"python -m llamantino status {shlex.quote(str(run.path))}")
+    if state.active:
+        return False, job, f"{node.name}: already queued or running as job {job}; not submitted again"
+    return False, None, f"{node.name}: {state}; not submitted again"
+
+
+def _config(run: RunDir, configs: dict) -> LlamantinoConfig:
+    """A run's config, read once per submission."""
+    if run.path not in configs:
+        configs[run.path] = run.config()
+    return configs[run.path]
+
+
+def _check_run(home: Path, graph: JobGraph, node: GraphNode, run: RunDir, configs: dict) -> None:
+    """A run about to be submitted from a recorded graph: what ``launch`` of a run checks, and its inputs
+    made by the graph, already made, or (hub reads) prepared with ``data prepare``."""
+    from llamantino.stages import stage_for
+
+    cfg, provenance = _config(run, configs), run.provenance()
+    check_queue(cfg, provenance.method.nodes if provenance.method is not None else cfg.hardware.nodes)
+    check_account(cfg)
+    by_name = {other.name: other for other in graph.nodes}
+    made = {by_name[name].entry for name in ancestors(graph, {node.name}) if by_name[name].entry}
+    corpus = provenance.data.corpus if provenance.data is not None else None
+    if corpus and f"{PreparedDir.ROOT}/{corpus['key']}" not in made:
+        Launcher.corpus_prepared(run, provenance)
+    if not any(entry.startswith(f"{DownloadDir.ROOT}/") for entry in made):
+        check_hub_reads(run, cfg, provenance, stage_for(run))
+
+
+def _check_entry(home: Path, entry: GraphEntry, steps: list[str], cfg: LlamantinoConfig) -> None:
+    """An entry about to be made: its account, and a node that can download when a step downloads."""
+    folder = entry_dir(cfg, entry)
+    if entry_jobs(folder, steps[-1]) is not None:
+        return
+    check_account(cfg)
+    if ("fetch" in steps or DOWNLOAD_STEP in steps) and not can_download(cfg):
+        reader = run_of(home, entry.config).path
+        raise ConfigError(f"{entry_name(entry)} downloads from the hub, but {cfg.hardware.name}'s nodes have no "
+                          "network and hardware.prepare.download_partition is not set: prepare it where there is "
+                          f"network (python -m llamantino data prepare {shlex.quote(str(reader))}), then launch again")
+
+
+def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None = None) -> None:
+    """Submit a recorded job graph in its order, each job after the jobs it waits on (afterok).
+
+    A run completed, queued or running is not submitted again (the runs after it wait on its job, if
+    it has one); an entry complete, or being made by another command's jobs, is not made again. Only
+    what the runs to submit wait on is made. ``only``: those nodes and what they wait on. Everything
+    is checked before the first job is submitted."""
+    home = Path(home)
+    scope = ancestors(graph, only) if only is not None else {node.name for node in graph.nodes}
+    jobs: dict[str, str | None] = {}
+    starting: list[GraphNode] = []
+    for node in graph.nodes:
+        if node.entry is not None or node.name not in scope:
+            continue
+        starts, job, why = _standing(home, node)
+        if starts:
+            starting.append(node)
+        else:
+            jobs[node.name] = job
+            echo(why)
+    needed = ancestors(graph, {node.name for node in starting})
+    configs: dict[Path, LlamantinoConfig] = {}
+    tiny = False
+    for node in starting:
+        runs = _points(home) if node.array else [run_of(home, node.run)]
+        if node.array and not (home / SweepDir.ARRAY_SCRIPT).is_file():
+            raise ConfigError(f"{home} has no {SweepDir.ARRAY_SCRIPT}: write the sweep again with launcher=slurm")
+        for run in runs:
+            if not node.array and run.existing(RunDir.SCRIPT) is None:
+                raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
+            _check_run(home, graph, node, run, configs)
+            tiny = tiny or run.provenance().model.kind == SourceKind.tiny_llama
+    entries = {entry.id: entry for entry in graph.entries}
+    for entry_id in dict.fromkeys(node.entry for node in graph.nodes if node.entry is not None and node.name in needed):
+        entry = entries[entry_id]
+        _check_entry(home, entry, [node.step for node in graph.nodes if node.entry == entry_id],
+                     _config(run_of(home, entry.config), configs))
+    if not starting:
+        return
+    check_sbatch()
+    if tiny:
+        from llamantino.inputs.tiny import ensure_tiny_model
+
+        echo(f"llamantino: tiny model at {ensure_tiny_model()}")
+    for node in graph.nodes:
+        if node.name not in needed or node.name in jobs:
+            continue
+        after = [jobs[name] for name in node.after if jobs.get(name)]
+        if node.entry is not None:
+            entry = entries[node.entry]
+            cfg = _config(run_of(home, entry.config), configs)
+            jobs.update(make_entry(cfg, entry, [other for other in graph.nodes if other.entry == entry.id], echo))
+            continue
+        try:
+            if node.array:
+                jobs[node.name] = submit_array_job(SweepDir(home), after, echo)
+            else:
+                label = "" if node.run == "." else f"{node.name}: "
+                jobs[node.name] = submit_script(run_of(home, node.run), after, echo, label)
+        except LaunchError as exc:
+            rest = [other.name for other in starting if other.name not in jobs and other is not node]
+            if not rest:
+                raise
+            raise LaunchError(f"{node.name} failed; the runs after it were not submitted ({', '.join(rest)}); "
+                              f"submit them with python -m llamantino launch {shlex.quote(str(home))}. {exc}") from None
+
+
+def submit_array_job(sweep: SweepDir, after: list[str], echo=print) -> str:
+    """Submit a sweep's job array; record its job in the sweep record and each point's job record."""
+    record = sweep.record()
+    points = _points(sweep.path)
+    job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT, dependency=dependency_on(after))
+    sweep.write_record(dataclasses.replace(record, job_id=job_id))
+    for index, run in enumerate(points):
+        run.record_job(f"{job_id}_{index}", array=job_id)
+    parallelism = points[0].config().launcher.array_parallelism
+    echo(f"submitted job array {job_id} ({len(points)} points, at most {parallelism} at once): "
+         f"python -m llamantino status {shlex.quote(str(sweep.path))}")
+    return job_id
+
+
+def submit_script(run: RunDir, after: list[str], echo=print, label: str = "") -> str:
     dependency = dependency_on(after)
     job_id = sbatch(run / RunDir.SCRIPT, dependency=dependency)
     run.record_job(job_id, dependency=dependency)
-    echo(f"submitted job {job_id}" + (f" ({dependency})" if dependency else "")
+    echo(f"{label}submitted job {job_id}" + (f" ({dependency})" if dependency else "")
          + f": squeue -j {job_id}; python -m llamantino status {shlex.quote(str(run.path))}")
     return job_id

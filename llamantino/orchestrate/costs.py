@@ -36,6 +36,9 @@ def plan(cfg: LlamantinoConfig, mfu: float | None = None, tokens_per_row: int | 
         how = f"{stage.max_steps} steps x {stage.micro_batch_size} x {stage.gradient_accumulation_steps} x {gpus} GPUs x {per_row} tokens"
     else:
         rows = cfg.data.num_rows
+        sliced = cfg.data.row_slice()  # train[:100000]: the rows of the slice
+        if sliced is not None and (sliced[2] is not None or rows):
+            rows = (sliced[2] if sliced[2] is not None else rows) - sliced[1]
         if not rows:
             raise ConfigError(f"data {cfg.data.name} has no num_rows: set data.num_rows=<rows> to plan an epoch-based stage")
         held_out = stage.val_set_size if stage.val_set_size < 1 else stage.val_set_size / rows
@@ -100,7 +103,7 @@ def _corpus(cfg: LlamantinoConfig, world_size: int) -> dict | None:
 
     corpus = plan_corpus(cfg, base_model(cfg, tiny_model_dir, {}).model_source, world_size)
     return {"key": corpus.key, "summary": corpus.describe(), "entry": corpus.entry, "notes": corpus.notes,
-            "sources": [{"name": s.name, "origin": s.origin, "blocks": s.blocks, "fetch_files": s.fetch_files}
+            "sources": [{"name": s.name, "origin": s.origin, "blocks": s.blocks, "read_files": s.read_files}
                         for s in corpus.sources]}
 
 
@@ -123,8 +126,8 @@ def format_plan(p: dict) -> str:
     corpus = p.get("corpus")
     if corpus:
         lines.append(f"  data          {corpus['summary']}")
-        lines += [f"  data          {s['name']}: downloads {s['fetch_files']} sampled files" for s in corpus["sources"]
-                  if s["origin"] == "hub" and s["fetch_files"]]
+        lines += [f"  data          {s['name']}: downloads {s['read_files']} sampled files" for s in corpus["sources"]
+                  if s["origin"] == "hub" and s["read_files"]]
         lines.append(f"  data cache    {corpus['entry']}")
         lines += [f"  notice        {n}" for n in corpus["notes"]]
     lines += [f"  notice        {n}" for n in p["notices"]]

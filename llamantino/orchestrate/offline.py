@@ -2,19 +2,27 @@
 
 ``llamantino data prepare <run dir>`` downloads the run's model and data (or eval task data) into the
 HF cache, runs what its stage type needs so the job finds everything ready (Axolotl's preprocess,
-lm-eval's task loader), and writes the lock file that records what was resolved.
+lm-eval's task loader), and writes the lock file that records what was resolved. A run on a prepared
+corpus gets its cache entry made here, every step in this process (only the sampled files are
+fetched from the hub), never a download of the whole data repository; ``llamantino launch`` then
+finds the entry complete and submits no preparation.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from llamantino.errors import DataError
+from llamantino.records.jobgraph import graph_home, read_graph, shared_dir
+from llamantino.records.lock import directory_lock
 from llamantino.records.provenance import SourceKind, compact
-from llamantino.records.rundir import RunDir, write_json
+from llamantino.records.rundir import PreparedDir, RunDir, write_json
 from llamantino.stages import stage_for
+
+_KEY = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
 def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
@@ -25,6 +33,7 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
         raise DataError(f"{run_dir} is not a run directory written by llamantino (no {RunDir.PROVENANCE})")
     provenance = run.provenance()
     model, data = provenance.model, provenance.data
+    corpus = data.corpus if data is not None else None
     lock = {"model": compact(model), "data": compact(data), "resolved": {}}
     env = {**os.environ, **provenance.env}
     offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -38,12 +47,14 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
 
         if model.kind == SourceKind.hub:
             lock["resolved"]["model"] = snapshot_download(model.hub_id, revision=model.revision)
-        if data is not None and data.hub_id:
+        if data is not None and data.hub_id and corpus is None:  # a corpus fetches only its sample, below
             lock["resolved"]["data"] = snapshot_download(data.hub_id, repo_type="dataset", revision=data.revision)
     if model.kind == SourceKind.tiny_llama:
         from llamantino.inputs.tiny import ensure_tiny_model
 
         ensure_tiny_model()
+    if corpus is not None:
+        lock["resolved"]["corpus"] = str(prepare_corpus(run, str(corpus.get("key")), local_only))
     command, recorded = stage_for(run).prepare_command(run)  # no command: the downloads are all its job reads
     lock.update(recorded)
     if command is not None:
@@ -59,3 +70,38 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
     write_json(run / RunDir.LOCK, lock)
     return lock
 
+
+def prepare_corpus(run: RunDir, key: str, local_only: bool = False, echo=print) -> Path:
+    """Make the prepared corpus a written run reads, here (unless it is complete); its folder.
+
+    What to make is the request its submission recorded (the job graph of the run, pipeline or
+    sweep; else the entry's own request.json). A corpus that SLURM jobs are making is not made twice."""
+    from llamantino.inputs.corpus import expand
+    from llamantino.job.prepare import run_all
+    from llamantino.launchers.slurm import made_or_making
+
+    if not _KEY.fullmatch(key):
+        raise DataError(f"{run.path / RunDir.PROVENANCE}: data.corpus.key={key!r} is not a prepared corpus key")
+    cfg = run.config()
+    entry = shared_dir(Path(expand(cfg.hardware.storage.cache, "hardware.storage.cache")), f"{PreparedDir.ROOT}/{key}")
+    home = graph_home(run.path)
+    graph = read_graph(home)
+    recorded = next((item for item in graph.entries if item.id == f"{PreparedDir.ROOT}/{key}"), None) if graph else None
+    with directory_lock(entry.path, echo):
+        made = made_or_making(entry, "finish", f"corpus {key[:12]}", echo)
+        if made:
+            raise DataError(f"corpus {key[:12]} is being prepared by job {made[0]}: wait for it, then launch the run")
+        if made == []:
+            return entry.path
+        if recorded is not None:
+            entry.write(entry.REQUEST, recorded.request)
+        elif not (entry.path / entry.REQUEST).is_file():
+            raise DataError(f"{run.path} reads corpus {key[:12]}, which has no request in {entry.path}: write the run "
+                            "again with launcher=slurm launcher.submit=false (it records what to prepare)")
+        if local_only and any(source.get("origin") == "hub" for source in entry.request().get("sources", [])):
+            raise DataError(f"corpus {key[:12]} samples files from the hub: run this without --local-only where "
+                            "there is network")
+        echo(f"corpus {key[:12]}: preparing in {entry.path}")
+        manifest = run_all(entry, echo=echo)
+        echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry.path}")
+    return entry.path

@@ -1,9 +1,10 @@
 """One stage from config to job: build (stage type) -> launch plan -> the launcher's one sequence.
 
-The main command's single-run path and ``llamantino launch`` for a run directory written earlier;
-pipelines (``pipeline.py``) and sweeps (``sweep.py``) build their plans from the same pieces. Each
-holds its directory's lock (records/lock.py) from choosing the directory to the last submission, so
-a command running at the same time never writes or submits it again.
+The main command's single-run path and ``llamantino launch`` for a directory written earlier (a run,
+or the job graph of a run, pipeline or sweep); pipelines (``pipeline.py``) and sweeps (``sweep.py``)
+build their plans from the same pieces. Each holds its directory's lock (records/lock.py) from
+choosing the directory to the last submission, so a command running at the same time never writes
+or submits it again.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import os
 from pathlib import Path
 
 from llamantino.config.schema import LauncherName, LlamantinoConfig
+from llamantino.errors import ConfigError
 from llamantino.launchers import LAUNCHERS, LaunchPlan, launcher_for
+from llamantino.records.jobgraph import graph_home, node_of, read_graph
 from llamantino.records.lock import directory_lock
+from llamantino.records.manifests import JobGraph
 from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, unique_path
 from llamantino.stages import PreparedRun, stage_for
 
@@ -52,19 +56,37 @@ def start_run(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=p
                 run.write()
                 echo(f"wrote {run.run_dir.path}: {', '.join(sorted(name for name in run.files if '/' not in name))}")
 
-            launcher_for(cfg, echo).launch(LaunchPlan(runs=[run], write=write))
+            launcher_for(cfg, echo).launch(LaunchPlan(runs=[run], write=write, home=run_dir))
             return run.run_dir
 
 
-def owning_directory(run: RunDir) -> Path:
-    """The directory whose lock covers a run: its pipeline's or sweep's (whose command submits it), else its own."""
-    parent = run.path.parent
-    return parent if PipelineDir(parent).is_pipeline() or SweepDir(parent).is_sweep() else run.path
+def start_written(target: Path, launcher: str | None, echo=print) -> None:
+    """Start what a directory written earlier holds, with its own launcher or the one named.
 
-
-def start_written(run: RunDir, launcher: str | None, echo=print) -> None:
-    """Start a run directory written earlier, with its own launcher or the one named; a run already
-    submitted or started (by this command running twice, or by its pipeline) is not started again."""
+    A pipeline or sweep directory: its recorded job graph (every job, each after what it waits on).
+    A run directory: the part of its own or its pipeline's graph it needs (the run and what it waits
+    on, as written: downloads, corpus preparation, earlier steps), else the run alone. Whatever is
+    already submitted or run (and not failed) is not started again."""
+    target = Path(os.path.abspath(target))
+    pipeline, sweep = PipelineDir(target), SweepDir(target)
+    if pipeline.is_pipeline() or sweep.is_sweep():
+        own = pipeline.manifest().launcher if pipeline.is_pipeline() else sweep.record().launcher
+        with directory_lock(target, echo):
+            graph = read_graph(target)
+            if graph is None:
+                raise ConfigError(f"{target} holds no job graph ({JobGraph.FILE}): launcher={own} records none. Write "
+                                  "it again with launcher=slurm launcher.submit=false and launch that, or launch its "
+                                  "runs one by one (python -m llamantino launch <run dir> --launcher NAME)")
+            LAUNCHERS[LauncherName(launcher or own)](echo=echo).start_graph(target, graph)
+        return
+    run = RunDir(target)
     own = run.config().launcher.name  # refuses a folder that is not a run before anything is locked
-    with directory_lock(owning_directory(run), echo):
-        LAUNCHERS[LauncherName(launcher) if launcher else own](echo=echo).start_written(run)
+    named = LauncherName(launcher) if launcher else own
+    home = graph_home(run.path)  # its pipeline's or sweep's lock covers it: their command submits it too
+    with directory_lock(home, echo):
+        graph = read_graph(home) if named == own else None  # another launcher starts the run alone
+        node = node_of(graph, home, run) if graph else None
+        if node is None:
+            LAUNCHERS[named](echo=echo).start_written(run)
+        else:
+            LAUNCHERS[named](echo=echo).start_graph(home, graph, only={node})

@@ -130,8 +130,7 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
                      dirs=(RunDir.LOGS, *(f"{run.run_dir.name}/{RunDir.LOGS}" for run in runs)))
         echo(f"wrote {sweep.path}: {len(runs)} points")
 
-    launcher.launch(LaunchPlan(runs=runs, write=write, sweep=sweep,
-                               label=lambda index: f"point {runs[index].run_dir.name}",
-                               on_array=lambda job_id: sweep.write_record({**record, "job_id": job_id})))
+    launcher.launch(LaunchPlan(runs=runs, write=write, home=sweep.path, sweep=sweep,
+                               label=lambda index: f"point {runs[index].run_dir.name}"))
     echo(f"run_dir: {sweep.path}")
     return returns

@@ -1,12 +1,12 @@
-"""The typed records of a run's job (job.json), a sweep (sweep.json), a pipeline (pipeline.json) and an
-evaluation (eval.json, results.json): read back through :func:`llamantino.records.files.load_record`,
-every field's type checked, never read by string key.
+"""The typed records of a run's job (job.json), a sweep (sweep.json), a pipeline (pipeline.json), a
+submission's job graph (graph.json) and an evaluation (eval.json, results.json): read back through
+:func:`llamantino.records.files.load_record`, every field's type checked, never read by string key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,40 @@ class PipelineManifest:
     launcher: str
     steps: list[PipelineStepRecord]
     description: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """A folder of the shared cache that jobs of a graph make: a prepared corpus or a download."""
+
+    id: str  # "<root>/<key>" under hardware.storage.cache: prepared/<key> or downloads/<key>
+    config: str  # the run whose config.yaml renders its scripts ("." : the graph's own directory)
+    request: dict[str, Any]  # what to make: the entry's request.json
+    tasks: int = 1  # tasks of its array steps
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One job of a graph: a run's, a sweep's job array, or one step making a shared entry."""
+
+    name: str  # unique in the graph
+    after: list[str] = field(default_factory=list)  # the nodes it waits on (afterok), all earlier in the graph
+    run: Optional[str] = None  # a run's job: the run's folder ("." : the graph's own directory)
+    array: bool = False  # the job array over every point of the sweep the graph belongs to
+    entry: Optional[str] = None  # a step making one of the graph's entries: the entry's id
+    step: Optional[str] = None  # ... and which step (its key in the entry's jobs.json)
+
+
+@dataclass(frozen=True)
+class JobGraph:
+    """graph.json: every job one submission makes, in submission order, each with the jobs it waits on.
+
+    launcher=slurm writes it into the run, pipeline or sweep directory and submits it;
+    ``launcher.submit=false`` writes it only, and ``python -m llamantino launch <dir>`` submits it."""
+
+    FILE: ClassVar[str] = "graph.json"
+    nodes: list[GraphNode]
+    entries: list[GraphEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -383,28 +383,46 @@ class SharedEntry:
 class PreparedDir(SharedEntry):
     """``<storage.cache>/prepared/<key>``: one prepared corpus, shared by every run with the same key.
 
-    Each prepare task renames its ``slices/NNN.arrow`` into place when done; ``manifest.json``,
-    written last by the finish job, marks the entry complete.
+    The corpus is made of **units** (one sampled file of a source, or a sliced split read whole):
+    each unit's blocks depend on that unit and the units before it only (duplicates are dropped in
+    favour of their first occurrence), never on how units were dealt to tasks, so the task count is
+    not part of the key and a smaller budget reads a prefix of a larger entry. Each unit is renamed
+    into ``units/<unit>.arrow`` when done, after its report ``units/<unit>.json``; ``manifest.json``,
+    written last by the finish step, marks the entry complete.
     """
 
     ROOT: ClassVar[str] = "prepared"
     # Part of every entry's key: raise it with any change to llamantino/job/prepare.py that alters the
-    # blocks a sample turns into (reading, normalising, filtering, tokenising, packing).
-    LAYOUT: ClassVar[int] = 1
+    # blocks a sample turns into (reading, normalising, filtering, deduplicating, tokenising, packing).
+    LAYOUT: ClassVar[int] = 2
     MANIFEST: ClassVar[str] = "manifest.json"
     MARKER: ClassVar[str] = MANIFEST
-    SLICES: ClassVar[str] = "slices"
+    UNITS: ClassVar[str] = "units"
+    SCAN: ClassVar[str] = "scan"  # document keys of each unit, by shard (removed by finish)
+    DEDUP: ClassVar[str] = "dedup"  # the documents each shard drops (removed by finish)
     FETCHED: ClassVar[str] = "fetched.json"
+    LAST_USED: ClassVar[str] = "last_used"  # touched by the training plugin: its mtime is the entry's last use
+    # The steps of a preparation, in order: fetch (hub sources; needs network), scan (document
+    # keys, sharded), dedup (one shard of keys each: what to drop), task (tokenise), finish.
+    # Steps in ARRAY_STEPS run as SLURM arrays of ``tasks`` (one process per index, --index i).
+    STEPS: ClassVar[tuple[str, ...]] = ("fetch", "scan", "dedup", "task", "finish")
+    ARRAY_STEPS: ClassVar[frozenset[str]] = frozenset({"scan", "dedup", "task"})
 
-    def slice(self, index: int) -> Path:
-        return self.path / self.SLICES / f"{index:03d}.arrow"
+    def unit(self, name: str) -> Path:
+        return self.path / self.UNITS / f"{name}.arrow"
+
+    def unit_report(self, name: str) -> Path:
+        return self.path / self.UNITS / f"{name}.json"
+
+    def scan(self, name: str) -> Path:
+        return self.path / self.SCAN / f"{name}.npy"
+
+    def drops(self, shard: int) -> Path:
+        return self.path / self.DEDUP / f"{shard:03d}.npy"
 
     def script(self, step: str) -> Path:
-        """The sbatch script of one prepare step (fetch, task, finish)."""
+        """The sbatch script of one prepare step."""
         return self.path / f"prepare-{step}.sbatch"
-
-    def slice_report(self, index: int) -> Path:
-        return self.path / self.SLICES / f"{index:03d}.json"
 
     def manifest(self) -> dict:
         return load_object(self.path / self.MANIFEST, "the prepared corpus is not complete")

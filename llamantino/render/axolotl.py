@@ -91,11 +91,12 @@ def _corpus_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         entry: dict[str, Any] = {"path": source.hub_id or source.name}
         if source.subset:
             entry["name"] = source.subset
-        entries.append({**entry, "split": "train", "type": corpus.loader_type})
+        entries.append({**entry, "split": source.split, "type": corpus.loader_type})
         specs.append({**entry, "format": str(corpus.format),
                       **({"columns": dict(source.columns)} if source.columns else {})})
     return {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows),
-            "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry}
+            "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry,
+            **({"llamantino_prepared_blocks": plan.taken_blocks()} if plan.taken_blocks() else {})}
 
 
 def _anita_script_quirks(cfg: LlamantinoConfig, fmt: str) -> bool:

@@ -207,26 +207,30 @@ def render_sbatch(template: str, context: dict) -> str:
 
 def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks: int = 1,
                    module: str = "llamantino.job.prepare") -> str:
-    """The sbatch text of one corpus preparation step: fetch (with network), task (an array) or finish."""
+    """The sbatch text of one corpus preparation step (``PreparedDir.STEPS``); the steps in
+    ``PreparedDir.ARRAY_STEPS`` are arrays of ``tasks``."""
+    from llamantino.records.rundir import PreparedDir
+
+    array = step in PreparedDir.ARRAY_STEPS
     slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
     download = step == "fetch" and not prepare.network and prepare.download_partition
     partition = prepare.download_partition if download else (prepare.partition or slurm.partition)
     qos = prepare.download_qos if download else (prepare.qos or (slurm.qos if not prepare.partition else None))
     time = prepare.download_time if download else prepare.time
-    cpus = prepare.cpus if step == "task" else 1
+    cpus = prepare.cpus if array else 1
     lines = [f"--job-name=llamantino-prepare-{key[:12]}-{step}", "--nodes=1", "--ntasks=1",
              f"--cpus-per-task={int(cpus)}",
              f"--time={_checked(_TIME, time, 'hardware.prepare.download_time' if download else 'hardware.prepare.time')}"]
-    if prepare.mem and step == "task":
+    if prepare.mem and array:
         lines.append(f"--mem={_checked(_MEM, prepare.mem, 'hardware.prepare.mem')}")
     for name, value, key_name in (("partition", partition, "hardware.prepare.partition"),
                                   ("qos", qos, "hardware.prepare.qos"),
                                   ("account", slurm.account, "hardware.slurm.account")):
         if value:
             lines.append(f"--{name}={_checked(_WORD, value, key_name)}")
-    lines.append("--output=logs/%x-%A_%a.out" if step == "task" else "--output=logs/%x-%j.out")
+    lines.append("--output=logs/%x-%A_%a.out" if array else "--output=logs/%x-%j.out")
     lines.append("--open-mode=append")
-    if step == "task":
+    if array:
         lines.append(f"--array=0-{int(tasks) - 1}")
     env = {"TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(int(cpus)), "PYTHONUNBUFFERED": "1"}
     if cfg.hardware.storage.hf_home:
