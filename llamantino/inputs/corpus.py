@@ -197,17 +197,24 @@ def _listed(root: Path, patterns: tuple[str, ...], name: str) -> tuple[str, ...]
     return matched
 
 
-def _read_files(entry: DataConfig, blocks: int | None, sequence_len: int, rows) -> int | None:
+ROWS_MARGIN = 0.05  # a sliced split's files are sized from rows per file, an average: read 5% more
+
+
+def _tokens_per_file(entry: DataConfig) -> float | None:
+    return entry.approx_tokens / entry.file_count if entry.approx_tokens and entry.file_count else None
+
+
+def _read_files(entry: DataConfig, blocks: int | None, sequence_len: int, rows, local: bool) -> int | None:
     """How many files of the read order the sample needs, from the registry's estimates (None: all)."""
     if rows is not None:  # a sliced split: its files in order, up to the last row
         _, start, stop = rows
-        if stop is None or not (entry.num_rows and entry.file_count):
-            return None
+        if local or stop is None or not (entry.num_rows and entry.file_count):
+            return None  # local files are read in order until the last row: no estimate needed
         per_file = entry.num_rows / entry.file_count
-        return min(entry.file_count, math.ceil(stop * 1.05 / per_file) + 1)
-    if blocks is None or not (entry.approx_tokens and entry.file_count):
+        return min(entry.file_count, math.ceil(stop * (1 + ROWS_MARGIN) / per_file) + 1)
+    per_file = _tokens_per_file(entry)
+    if blocks is None or per_file is None:
         return None
-    per_file = entry.approx_tokens / entry.file_count
     return min(entry.file_count, max(1, math.ceil(blocks * sequence_len / per_file)))
 
 
@@ -226,11 +233,8 @@ def _source(entry: DataConfig, weight: float, blocks: int | None, cfg: Llamantin
     storage = cfg.hardware.storage
     patterns = tuple(entry.files) or DATA_FILES
     rows = _rows(entry)
-    read = _read_files(entry, blocks, cfg.stage.sequence_len, rows)
-    local = bool(entry.path or storage.hub_mirror)
-    if rows is not None and local:  # read in file order up to the last row: no estimate needed
-        read = None
-    per_file = entry.approx_tokens / entry.file_count if entry.approx_tokens and entry.file_count else None
+    read = _read_files(entry, blocks, cfg.stage.sequence_len, rows, local=bool(entry.path or storage.hub_mirror))
+    per_file = _tokens_per_file(entry)
     common = dict(name=entry.name, hub_id=entry.hub_id, subset=entry.subset, revision=entry.revision,
                   patterns=patterns, columns=dict(entry.columns), weight=weight, blocks=blocks,
                   rows=None if rows is None else (rows[1], rows[2]), approx_tokens_per_file=per_file)

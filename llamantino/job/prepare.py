@@ -341,6 +341,17 @@ def run_all(entry_dir: PreparedDir, echo=print) -> dict:
         raise
 
 
+def prepare_here(entry_dir: PreparedDir, what: str, request: dict | None = None, echo=print) -> dict:
+    """Make an entry in this process (the local launcher, ``data prepare``): its request written when
+    given, every step, then the line that says what it holds. The caller holds the entry's lock."""
+    echo(f"{what}: preparing in {entry_dir.path}")
+    if request is not None:
+        entry_dir.write(PreparedDir.REQUEST, request)
+    manifest = run_all(entry_dir, echo=echo)
+    echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry_dir.path}")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m llamantino.job.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=[*PreparedDir.STEPS, "all"])

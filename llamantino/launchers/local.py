@@ -16,6 +16,7 @@ from llamantino.errors import ConfigError, LaunchError
 from llamantino.job.finish import finish_run
 from llamantino.launchers.base import InOrderLauncher, corpora
 from llamantino.records.jobstate import RunStatus
+from llamantino.records.lock import directory_lock
 from llamantino.records.rundir import RunDir
 
 _LOSS = re.compile(r"\{'loss': '?([^',]+)'?.*?'learning_rate': '?([^',]+)'?.*'epoch': '?([^',}]+)'?")
@@ -43,20 +44,18 @@ class LocalLauncher(InOrderLauncher):
 
     def prepare_inputs(self, runs):
         """Prepare every corpus not yet in the cache here, now, one task after the other."""
-        from llamantino.job.prepare import run_all
+        from llamantino.job.prepare import prepare_here
 
         plans = corpora(runs)
         if plans:
             self.ensure_model(runs)
         for plan in plans.values():
             entry = plan.entry_dir()
-            if entry.complete():
-                self.echo(f"{plan.describe()}: already prepared in {entry.path}")
-                continue
-            self.echo(f"{plan.describe()}: preparing in {entry.path}")
-            entry.write(entry.REQUEST, plan.as_request())
-            manifest = run_all(entry, echo=self.echo)
-            self.echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry.path}")
+            with directory_lock(entry.path, self.echo):  # two commands needing one corpus: made once
+                if entry.complete():
+                    self.echo(f"{plan.describe()}: already prepared in {entry.path}")
+                    continue
+                prepare_here(entry, plan.describe(), plan.as_request(), echo=self.echo)
         return {}
 
     def submit(self, run, after=()):

@@ -77,7 +77,7 @@ def prepare_corpus(run: RunDir, key: str, local_only: bool = False, echo=print) 
     What to make is the request its submission recorded (the job graph of the run, pipeline or
     sweep; else the entry's own request.json). A corpus that SLURM jobs are making is not made twice."""
     from llamantino.inputs.corpus import expand
-    from llamantino.job.prepare import run_all
+    from llamantino.job.prepare import prepare_here
     from llamantino.launchers.slurm import made_or_making
 
     if not _KEY.fullmatch(key):
@@ -101,7 +101,5 @@ def prepare_corpus(run: RunDir, key: str, local_only: bool = False, echo=print) 
         if local_only and any(source.get("origin") == "hub" for source in entry.request().get("sources", [])):
             raise DataError(f"corpus {key[:12]} samples files from the hub: run this without --local-only where "
                             "there is network")
-        echo(f"corpus {key[:12]}: preparing in {entry.path}")
-        manifest = run_all(entry, echo=echo)
-        echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry.path}")
+        prepare_here(entry, f"corpus {key[:12]}", echo=echo)
     return entry.path
