@@ -43,7 +43,9 @@ class LlamantinoPlugin(BasePlugin):
         cfg["chat_template_jinja"] = template_source(name, args.llamantino_system_prompt)
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        return [CheckpointComplete()]
+        from llamantino_plugin.progress import progress_callback
+
+        return [CheckpointComplete(), progress_callback(trainer)]
 
     def load_datasets(self, cfg, preprocess: bool = False):
         world = int(os.environ.get("WORLD_SIZE", "1"))

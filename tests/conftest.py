@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import time
 import subprocess as _subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,17 @@ def run_dir_of(proc) -> Path:
 def ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     return proc
+
+
+def until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate`` until it returns something true; fail saying ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 def read_json(path: Path) -> dict:

@@ -70,7 +70,7 @@ def test_console_script_runs_a_verb(tmp_path):
 
 
 def test_a_bare_word_that_is_no_verb_names_the_verbs(tmp_path):
-    one_error_line(console("statu", str(tmp_path), cwd=tmp_path), "'statu' is not a verb (status, launch,", "--help")
+    one_error_line(console("statu", str(tmp_path), cwd=tmp_path), "'statu' is not a verb (status, runs, logs, cancel, launch,", "--help")
     one_error_line(cli("train", cwd=tmp_path), "'train' is not a verb", "key=value")
     assert not (tmp_path / "runs").exists()
 

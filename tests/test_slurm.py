@@ -194,7 +194,7 @@ def test_usr1_checkpoints_requeues_and_resumes_from_the_checkpoint(tmp_path):
     assert "USR1" in batch_log and "checkpoint output/checkpoint-" in batch_log and "requeued" in batch_log
     assert "(restart 1)" in batch_log
     assert f"{cut_short.relative_to(run_dir)} is incomplete" in batch_log
-    assert not cut_short.exists() and (run_dir / "output" / f"incomplete-{cut_short.name}.restart-1").is_dir()
+    assert not cut_short.exists() and (run_dir / "output" / f"incomplete-{cut_short.name}.job-{job_id}-restart-1").is_dir()
     saved = int(batch_log.split("checkpoint output/checkpoint-")[1].split()[0])
     assert 20 <= saved < 1500
     # the restarted run resumed from that checkpoint instead of starting over

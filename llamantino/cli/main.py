@@ -27,10 +27,17 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {
-    "status": Verb("llamantino.cli.status", "where every job of a run, pipeline or sweep stands",
-                   "<run, pipeline or sweep dir> [--json]"),
+    "status": Verb("llamantino.cli.status", "where every job of a run, pipeline or sweep stands: state, step, ETA, "
+                   "elapsed, GPU hours, memory", "<run, pipeline or sweep dir> [--json] [--watch [SECONDS]]"),
+    "runs": Verb("llamantino.cli.runs", "every run, pipeline and sweep under an output root, newest first",
+                 "[ROOT] [--state STATE] [--json]"),
+    "logs": Verb("llamantino.cli.logs", "the logs of a run's current job; -f follows them until the job ends",
+                 "<run dir> [-f]"),
+    "cancel": Verb("llamantino.cli.cancel", "cancel exactly the queued or running jobs of a run, pipeline or sweep",
+                   "<run, pipeline or sweep dir> [--dry-run]"),
     "launch": Verb("llamantino.cli.launch", "start what was written earlier (launcher=dry, submit=false, imports): a run, "
-                   "or a pipeline's or sweep's whole job graph", "<run, pipeline or sweep dir> [--launcher NAME]"),
+                   "or a pipeline's or sweep's whole job graph; relaunch what failed (resumed) or did not run",
+                   "<run, pipeline or sweep dir> [--launcher NAME] [--again] [--dry-run]"),
     "data": Verb("llamantino.cli.data", "the Italian dataset registry: list, check, preview, prepare, pin, cache",
                  "list | check | preview | prepare | pin ..."),
     "recipe": Verb("llamantino.cli.recipe", "share runs as files: list, export, import, diff, presets",

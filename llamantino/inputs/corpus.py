@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,7 +103,7 @@ class CorpusPlan:
 
     def entry_dir(self) -> PreparedDir:
         """The entry on this machine (raises ConfigError when a variable it names is unset)."""
-        return PreparedDir(Path(expand(self.entry, "hardware.storage.cache")))
+        return PreparedDir(Path(expand(self.cache, "hardware.storage.cache")) / PreparedDir.ROOT / self.key)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -138,12 +139,23 @@ class CorpusPlan:
         return f"corpus {self.key[:12]}: {budget}; {shares}; seed {self.seed}, {self.tasks} prepare tasks"
 
 
+# Where a key's default comes from (conf/config.yaml), named in the fix for an unset variable.
+_DEFAULT_FROM = {"run.output_root": "hardware.storage.runs"}
+
+
 def expand(value: str, key: str) -> str:
-    """``~`` and ``$VAR`` expanded; ConfigError naming ``key`` when a variable is unset."""
+    """``~`` and ``$VAR`` expanded; ConfigError naming ``key``, the unset variable and what to set or pass."""
     expanded = os.path.expandvars(os.path.expanduser(value))
-    if "$" in expanded:
-        raise ConfigError(f"{key}={value!r} names an environment variable that is not set here")
-    return expanded
+    if "$" not in expanded:
+        return expanded
+    unset = list(dict.fromkeys(re.findall(r"\$\{?(\w+)", expanded)))  # expandvars leaves unset ones as written
+    if not unset:
+        raise ConfigError(f"{key}={value!r} holds a '$' that names no environment variable: pass {key}=<folder> "
+                          "without one")
+    origin = f" (its default comes from the hardware option's {_DEFAULT_FROM[key]})" if key in _DEFAULT_FROM else ""
+    names = " and ".join(f"${name}" for name in unset)
+    raise ConfigError(f"{key}={value!r} names {names}, which {'is' if len(unset) == 1 else 'are'} not set here: "
+                      f"export {' '.join(f'{name}=<folder>' for name in unset)}, or pass {key}=<folder>{origin}")
 
 
 def token_budget(cfg: LlamantinoConfig, world_size: int) -> int | None:

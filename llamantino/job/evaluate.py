@@ -9,7 +9,9 @@ type wrote (``llamantino/stages/eval.py``), runs lm-eval once per few-shot count
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -24,6 +26,77 @@ from llamantino.records.rundir import RunDir, write_json, write_text
 from llamantino.render.lmeval import lm_eval_argv
 
 LEADERBOARD = DATASETS_DIR / "leaderboard.yaml"
+MAX_LINE_BYTES = 1 << 20
+PROGRESS_SECONDS = 30  # a bar's line at least this often (besides one per tenth done)
+# tqdm's bar as lm-eval draws it: "Running loglikelihood requests:  45%|####5     | 450/1000 [00:30<00:40, ...]"
+_BAR = re.compile(r"^(?P<what>[^|]*?):?\s*(?P<percent>\d{1,3})%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)"
+                  r"(?:\s*\[(?P<elapsed>[0-9:]+)<(?P<left>[0-9:?]+))?")
+
+
+class HarnessOutput:
+    """lm-eval's output as lines: each tqdm bar (carriage returns, unreadable in a log file) becomes
+    a ``llamantino eval:`` line per tenth done and at least every PROGRESS_SECONDS; other lines pass."""
+
+    def __init__(self, emit=print) -> None:
+        self.emit = emit
+        self.shown: dict[str, tuple[int, int, float]] = {}  # bar -> (tenths shown, done, when)
+
+    def feed(self, segment: str) -> None:
+        match = _BAR.match(segment.strip())
+        if not match:
+            if segment.strip():
+                self.emit(segment.rstrip())
+            return
+        what, done, total = match["what"].strip() or "progress", int(match["done"]), int(match["total"])
+        tenths = 10 * done // total if total else 10
+        shown_tenths, shown_done, when = self.shown.get(what, (-1, -1, 0.0))
+        if done < shown_done:  # the same bar drawn again for the next group
+            shown_tenths, when = -1, 0.0
+        now = time.monotonic()
+        if tenths > shown_tenths or (done > shown_done and now - when >= PROGRESS_SECONDS):
+            timing = f", {match['elapsed']} elapsed, {match['left']} left" if match["elapsed"] else ""
+            self.emit(f"llamantino eval: {what}: {done:,}/{total:,} ({match['percent']}%){timing}")
+            self.shown[what] = (tenths, done, now)
+        else:
+            self.shown[what] = (shown_tenths, shown_done, when)
+
+
+def run_harness(argv: list[str], cwd: Path) -> int:
+    """Run lm-eval with its output (stdout and stderr, in order) passed through HarnessOutput."""
+    lines = HarnessOutput(lambda line: print(line, flush=True))
+    with subprocess.Popen(argv, cwd=cwd, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        pending = b""
+        while chunk := proc.stdout.read1(1 << 16):
+            *segments, pending = re.split(rb"[\r\n]", pending + chunk)
+            if len(pending) > MAX_LINE_BYTES:  # a line without end is passed on in pieces, not held
+                segments.append(pending)
+                pending = b""
+            for segment in segments:
+                lines.feed(segment.decode("utf-8", errors="replace"))
+        if pending:
+            lines.feed(pending.decode("utf-8", errors="replace"))
+        return proc.wait()
+
+
+def task_lines(results_dir: Path, group: dict, plan: EvalPlan, seconds: float) -> list[str]:
+    """One line per task of a finished few-shot group: samples, time, score (from its newest results file)."""
+    files = sorted(results_dir.rglob("results_*.json"), key=lambda path: path.stat().st_mtime)
+    written = load_json(files[-1], MAX_STATE_BYTES) if files else {}
+    results = written.get("results") if isinstance(written, dict) else None
+    samples = written.get("n-samples") if isinstance(written, dict) else None
+    lines = []
+    for task in group["tasks"]:
+        counted = samples.get(task) if isinstance(samples, dict) else None
+        count = counted.get("effective") if isinstance(counted, dict) else None
+        metric = plan.metrics.get(task)
+        value = results.get(task, {}).get(f"{metric},none") if isinstance(results, dict) and isinstance(
+            results.get(task), dict) else None
+        together = f" ({len(group['tasks'])} tasks together)" if len(group["tasks"]) > 1 else ""
+        lines.append(f"llamantino eval: task {task}: "
+                     + (f"{count:,} samples" if isinstance(count, int) and not isinstance(count, bool) else "? samples")
+                     + f" in {seconds:.0f}s{together}; {metric}="
+                     + (f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"))
+    return lines
 
 
 def leaderboard() -> dict:
@@ -111,9 +184,13 @@ def run_evaluation(run_dir: Path) -> dict:
     argv_plan = to_plain(plan)  # the rendered command takes the plan as plain data
     for group in argv_plan["groups"]:
         print(f"llamantino eval: {' '.join(lm_eval_argv(argv_plan, group)[1:])}", flush=True)
-        rc = subprocess.run(lm_eval_argv(argv_plan, group), cwd=run_dir, env=os.environ).returncode
+        started = time.monotonic()
+        rc = run_harness(lm_eval_argv(argv_plan, group), run_dir)
         if rc != 0:
             raise LaunchError(f"lm-eval failed with exit code {rc} on {', '.join(group['tasks'])}")
+        results_dir = run_dir / RunDir.EVAL_RESULTS / f"fewshot_{group['num_fewshot']}"
+        for line in task_lines(results_dir, group, plan, time.monotonic() - started):
+            print(line, flush=True)
     scores, versions = read_scores(run_dir, plan)
     harness = harness_record(plan, versions)
     table = results_table(run.config().run.name, scores, plan, harness)

@@ -1,6 +1,7 @@
 """``python -m llamantino.job.finish <run_dir> --rc N``: close a run, its outcome in status.json.
 
-On success it also writes the model card.
+On success it also writes the model card. A stage ended by a signal after ``llamantino cancel``
+recorded CANCELLED for this job stays CANCELLED (not FAILED).
 
 Both launchers call it after the stage command: the local launcher in-process, SLURM jobs as
 ``python -m llamantino.job.finish <run_dir> --rc <exit code>`` on the batch host.
@@ -26,6 +27,18 @@ from llamantino.records.provenance import now_iso
 from llamantino.records.rundir import RunDir
 
 
+def cancelled(run: RunDir, rc: int, job_id: str | None) -> bool:
+    """Whether the stage ended by a signal ``cancel`` sent: cancel records CANCELLED (for this job)
+    before it signals, and that outcome stands over a FAILED."""
+    if not (rc < 0 or rc >= 128):
+        return False
+    try:
+        previous = run.read_status()
+    except RunDirError:  # a broken record says nothing of a cancel
+        return False
+    return previous is not None and previous.state == JobState.CANCELLED and previous.job_id == job_id
+
+
 def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
     """Write status.json (and the model card when ``rc == 0``); return the status."""
     run = RunDir(run.path.resolve())
@@ -35,7 +48,7 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
     curve = loss_curve(run, notes)
     losses = [loss for _, loss in curve]
     status = RunStatus(
-        state=JobState.COMPLETED if rc == 0 else JobState.FAILED,
+        state=JobState.COMPLETED if rc == 0 else JobState.CANCELLED if cancelled(run, rc, job_id) else JobState.FAILED,
         exit_code=rc,
         finished=now_iso(),
         job_id=job_id,

@@ -52,6 +52,15 @@ from llamantino_plugin.prepared import select_units
 
 # A change here that alters the blocks a sample turns into raises PreparedDir.LAYOUT (part of every key).
 WRITE_BLOCKS = 1024  # blocks per Arrow record batch
+PROGRESS_SECONDS = 30  # a unit being tokenised says how far it is at least this often
+
+
+def amount(count: int) -> str:
+    """``950``, ``120,000``, ``40.1M``, ``2.3B``."""
+    for limit, suffix in ((10**9, "B"), (10**6, "M")):
+        if count >= limit:
+            return f"{count / limit:.1f}{suffix}"
+    return f"{count:,}"
 
 
 # --- tokenising a unit ------------------------------------------------------------------------------
@@ -74,8 +83,9 @@ def _batch(blocks: list[list[int]], id_type):
     return pa.record_batch([ids], names=["input_ids"])
 
 
-def tokenise_unit(entry_dir: PreparedDir, request: dict, unit: Unit, tokenizer) -> dict:
-    """The unit's blocks into ``units/<unit>.arrow`` (renamed into place after its report)."""
+def tokenise_unit(entry_dir: PreparedDir, request: dict, unit: Unit, tokenizer, progress=None) -> dict:
+    """The unit's blocks into ``units/<unit>.arrow`` (renamed into place after its report);
+    ``progress`` (a callable taking a line) hears how far it is every PROGRESS_SECONDS."""
     import pyarrow as pa
 
     target = entry_dir.unit(unit.name)
@@ -87,13 +97,14 @@ def tokenise_unit(entry_dir: PreparedDir, request: dict, unit: Unit, tokenizer) 
     reader = UnitReader(unit, request)
     counts = {"tokens": 0, "blocks": 0, "block_tokens": 0, "cut_tokens": 0, "leftover_tokens": 0}
     buffer: list[int] = []
+    said = time.monotonic()
     with removed_unless_finished(partial):  # refused data, a bug, an interrupt, SIGTERM: no partial unit stays
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([("input_ids", pa.list_(id_type))])) as writer:
             pending: list[list[int]] = []
             texts: list[str] = []
 
             def flush_texts():
-                nonlocal buffer
+                nonlocal buffer, said
                 for ids in tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]:
                     ids.append(tokenizer.eos_token_id)
                     counts["tokens"] += len(ids)
@@ -106,6 +117,9 @@ def tokenise_unit(entry_dir: PreparedDir, request: dict, unit: Unit, tokenizer) 
                     pending.extend(buffer[i * length:(i + 1) * length] for i in range(full))
                     buffer = buffer[full * length:]
                 texts.clear()
+                if progress is not None and time.monotonic() - said >= PROGRESS_SECONDS:
+                    said = time.monotonic()
+                    progress(f"{reader.counts['kept']:,} documents, {amount(counts['tokens'])} tokens so far")
 
             for _, text in reader.documents(unit_drops(entry_dir, request, unit)):
                 texts.append(text)
@@ -143,9 +157,10 @@ def load_tokenizer(request: dict):
 _WORKER: dict = {}
 
 
-def _work(job: tuple[str, str, str]) -> dict:
-    """One unit of one step, in a worker process (the request and tokenizer loaded once per process)."""
-    step, path, name = job
+def _work(job: tuple[str, str, str, str]) -> dict:
+    """One unit of one step, in a worker process (the request and tokenizer loaded once per process);
+    ``label`` starts the lines it prints while it works."""
+    step, path, name, label = job
     if _WORKER.get("path") != path:
         entry_dir = PreparedDir(Path(path))
         request = read_request(entry_dir)
@@ -157,7 +172,8 @@ def _work(job: tuple[str, str, str]) -> dict:
         return scan_unit(entry_dir, request, unit)
     if _WORKER["tokenizer"] is None:
         _WORKER["tokenizer"] = load_tokenizer(request)
-    return tokenise_unit(entry_dir, request, unit, _WORKER["tokenizer"])
+    return tokenise_unit(entry_dir, request, unit, _WORKER["tokenizer"],
+                         progress=lambda line: print(f"{label}: {line}", flush=True))
 
 
 def run_units(entry_dir: PreparedDir, step: str, index: int, echo=print) -> list[dict]:
@@ -172,21 +188,33 @@ def run_units(entry_dir: PreparedDir, step: str, index: int, echo=print) -> list
     folder.mkdir(parents=True, exist_ok=True)
     remove_leftovers(folder)  # the partial files of tasks killed outright
     todo = [unit for unit in mine if not done(unit.name).is_file()]
-    jobs = [(step, str(entry_dir.path), unit.name) for unit in todo]
+    task = f"llamantino prepare: {'scan' if step == 'scan' else 'task'} {index + 1}/{tasks}"
+    before = len(mine) - len(todo)  # a requeued task's units made before
+    jobs = [(step, str(entry_dir.path), unit.name, f"{task}: unit {unit.name}") for unit in todo]
     workers = max(1, min(int(request.get("workers", 1)), len(jobs)))
+    results: list[dict] = []
     if workers == 1:
-        results = [_work(job) for job in jobs]
+        for job in jobs:
+            _said_done(task, _work(job), results, before, len(mine), echo)
     else:
         import multiprocessing
 
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core, not threads on top
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = list(pool.imap_unordered(_work, jobs))
-    for result in results:
-        echo(f"llamantino: prepare {step} {result['unit']}: " + (
-            f"{result['keys']} keys of {result['kept']} documents" if step == "scan" else
-            f"{result['blocks']} blocks from {result['kept']} documents ({result['duplicates']} duplicates)"))
+            for result in pool.imap_unordered(_work, jobs):  # each unit said as it finishes
+                _said_done(task, result, results, before, len(mine), echo)
     return results
+
+
+def _said_done(task: str, result: dict, results: list[dict], before: int, units: int, echo) -> None:
+    """Add a finished unit to ``results`` and say it, with the task's documents and tokens so far."""
+    results.append(result)
+    documents = sum(done["kept"] for done in results)
+    tokens = sum(done.get("tokens", 0) for done in results)
+    made = (f"{result['keys']:,} keys of {result['kept']:,} documents" if "keys" in result else
+            f"{result['blocks']:,} blocks from {result['kept']:,} documents ({result['duplicates']:,} duplicates)")
+    echo(f"{task}: unit {before + len(results)}/{units} {result['unit']} done: {made}; "
+         f"{documents:,} documents" + (f", {amount(tokens)} tokens" if tokens else "") + " so far")
 
 
 def run_dedup(entry_dir: PreparedDir, shard: int) -> dict:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
+from typing import Optional
 
 from llamantino.records.jobstate import JobState, worst
 
 # Columns that exist in SLURM 22.05's sacct (Debian 12) and later.
 FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "NNodes", "MaxRSS",
-          "ReqMem", "Timelimit")
+          "ReqMem", "Timelimit", "ElapsedRaw", "AllocTRES")
 TIMEOUT_S = 30
 
 
@@ -34,7 +36,7 @@ def sacct_available() -> bool:
     return proc is not None and proc.returncode == 0
 
 
-def _rss_bytes(text: str) -> int:
+def rss_bytes(text: str) -> int:
     """sacct's ``524316K`` as bytes (0 when empty): to keep the largest of several steps."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     text = text.strip()
@@ -68,7 +70,7 @@ def job_states(job_id: str) -> list[dict]:
         if not step:
             row["State"] = JobState.parse(row["State"])
             jobs[job] = row
-        elif _rss_bytes(row["MaxRSS"]) > _rss_bytes(peaks.get(job, "")):
+        elif rss_bytes(row["MaxRSS"]) > rss_bytes(peaks.get(job, "")):
             peaks[job] = row["MaxRSS"]
     for job, row in jobs.items():
         row["MaxRSS"] = peaks.get(job, row["MaxRSS"])
@@ -78,3 +80,24 @@ def job_states(job_id: str) -> list[dict]:
 def true_state(job_id: str) -> JobState | None:
     """The final (or current) state of a job; for an array job, of its worst task. None if unknown."""
     return worst(row["State"] for row in job_states(job_id))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a job used so far (sacct counts a running job's time too)."""
+
+    seconds: int
+    nodes: int
+    gpus: Optional[int]  # all the job's GPUs (AllocTRES gres/gpu); None when accounting does not track GPUs
+    max_rss: int  # bytes, the largest step's peak; 0 when not measured yet
+
+
+def usage(job_id: str) -> Usage | None:
+    """The job's elapsed time, nodes, GPUs and peak memory; None when sacct does not know it."""
+    row = next((r for r in job_states(job_id) if r["JobID"] == str(job_id)), None)
+    if row is None or not row["ElapsedRaw"].isdigit():
+        return None
+    tres = dict(item.partition("=")[::2] for item in row["AllocTRES"].split(",") if "=" in item)
+    gpus = tres.get("gres/gpu")
+    return Usage(seconds=int(row["ElapsedRaw"]), nodes=int(row["NNodes"]) if row["NNodes"].isdigit() else 1,
+                 gpus=int(gpus) if gpus is not None and gpus.isdigit() else None, max_rss=rss_bytes(row["MaxRSS"]))

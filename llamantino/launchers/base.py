@@ -19,8 +19,10 @@ points (``submit_array``). The SLURM launcher writes the plan's whole job graph,
 
 from __future__ import annotations
 
+import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -28,7 +30,7 @@ from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
 from llamantino.records.jobstate import JobState
 from llamantino.records.provenance import Provenance, SourceKind
-from llamantino.records.rundir import PreparedDir, RunDir, SweepDir
+from llamantino.records.rundir import PreparedDir, RunDir, SweepDir, runs_under
 from llamantino.stages import PreparedRun, Stage, stage_for
 
 
@@ -71,34 +73,59 @@ class Launcher(ABC):
         self.check(runs)
         for run in runs:
             self.prepare(run)
-        for index in range(len(plan.runs)):
-            prefix = f"{plan.label(index)}: " if plan.label(index) else ""
-            for notice in plan.runs[index].notices:
-                self.echo(f"notice: {prefix}{notice}")
+        if plan.sweep is not None:  # each distinct notice once, with the points it applies to
+            points: dict[str, list[str]] = {}
+            for run in plan.runs:
+                for notice in dict.fromkeys(run.notices):
+                    points.setdefault(notice, []).append(run.run_dir.name)
+            for notice, names in points.items():
+                which = "" if len(names) == len(plan.runs) else ": " + ", ".join(
+                    names[:8] + ([f"{len(names) - 8} more"] if len(names) > 8 else []))
+                self.echo(f"notice: ({len(names)} of {len(plan.runs)} points{which}) {notice}")
+        else:  # a single run's notices, or each pipeline step's under its label
+            for index in range(len(plan.runs)):
+                prefix = f"{plan.label(index)}: " if plan.label(index) else ""
+                for notice in plan.runs[index].notices:
+                    self.echo(f"notice: {prefix}{notice}")
         for run in runs:
             self.obligations(run)
         plan.write(self)
         self.start_plan(plan, starting)
 
-    def start_written(self, run: RunDir) -> None:
+    def start_written(self, run: RunDir, dry_run: bool = False, made: dict[str, str] | None = None) -> None:
         """Start a run directory written earlier (``llamantino launch``): its obligations, then ``start``.
 
-        A run submitted or started before (a job record, or an outcome that is not a failure) is
-        not started again: that is said in one line and nothing else happens. The caller holds the
-        run's lock (orchestrate/runs.py), so two launches of one run submit it once."""
-        state, job = self.state(run), run.job_id()
-        if not (state.failed or (state in (JobState.WRITTEN, JobState.NEW) and job is None)):
-            what = f"already submitted as job {job}" if job else "already run"
-            self.echo(f"{run.path} was {what} ({state}); not started again: python -m llamantino status {run.path}")
+        A COMPLETED run is never started again (``launch --again`` writes a new run from it); a run
+        queued or running is not submitted twice (one line says so); a failed, cancelled or timed-out
+        run resumes from its last complete checkpoint. ``made``: runs started before it by the same
+        command (a dry run's earlier steps). The caller holds the run's lock (orchestrate/runs.py), so
+        two launches of one run submit it once."""
+        state = self.state(run)
+        if not self.startable(run, state):
             return
         cfg, provenance = run.config(), run.provenance()
         stage = stage_for(run)
         self.corpus_prepared(run, provenance)
+        check_inputs(run, provenance, made)
+        if dry_run:
+            self.echo(f"would {'resume' if state.failed else 'start'} {run.path} with launcher={self.name}")
+            return
         if provenance.model.kind == SourceKind.tiny_llama:
             from llamantino.inputs.tiny import ensure_tiny_model
 
             ensure_tiny_model()
         self.start(run, cfg, provenance, stage)
+
+    def startable(self, run: RunDir, state: JobState) -> bool:
+        """Whether a written run starts: refused when COMPLETED, said in one line when queued or running."""
+        job = run.job_id()
+        refuse_completed(run, state, job)
+        if state.failed or (state in (JobState.WRITTEN, JobState.NEW) and job is None):
+            return True
+        what = f"already submitted as job {job}" if job else "already run"
+        self.echo(f"{run.path} was {what} ({state}); not started again: python -m llamantino status "
+                  f"{shlex.quote(str(run.path))}")
+        return False
 
     # --- what a launcher says ---------------------------------------------------------------------
 
@@ -116,7 +143,20 @@ class Launcher(ABC):
     def start_plan(self, plan: LaunchPlan, starting: list[int]) -> None:
         """Start the runs ``starting`` of a written plan, and what they read first."""
 
-    def start_graph(self, home: Path, graph, only: set[str] | None = None) -> None:
+    def start_members(self, home: Path, dry_run: bool = False) -> None:
+        """A pipeline's steps or a sweep's points with no recorded job graph (written by launcher=local or
+        dry), started here in order: the COMPLETED ones skipped (their outputs reused), the rest
+        started (a failed one resumes); the first that fails stops the steps after it."""
+        started: dict[str, str] = {}
+        for name, run in runs_under(home):
+            if self.state(run).done:
+                self.echo(f"{name}: COMPLETED; skipped, its output reused")
+                continue
+            self.echo(f"{name}:")
+            self.start_written(run, dry_run=dry_run, made=started)
+            started[os.path.abspath(run.path)] = name
+
+    def start_graph(self, home: Path, graph, only: set[str] | None = None, dry_run: bool = False) -> None:
         """Submit a job graph recorded earlier (``llamantino launch``); only SLURM writes them."""
         raise ConfigError(f"{home} holds a SLURM job graph ({graph.FILE}); launcher={self.name} does not submit "
                           "job graphs: launch it with --launcher slurm (or launch one run directory of it)")
@@ -234,3 +274,37 @@ def waits_for(run: PreparedRun, ready: dict[str, list[str]], after: list[str] = 
     if run.stage.hub_reads(run.cfg, run.inputs):
         jobs += ready.get(DOWNLOADS, [])
     return jobs
+
+
+def refuse_completed(run: RunDir, state: JobState, job: str | None = None) -> None:
+    """A COMPLETED run is never started again: its output, card and scores would be overwritten."""
+    if state.done:
+        where = shlex.quote(str(run.path))
+        raise ConfigError(f"{run.path} is COMPLETED{f' (job {job})' if job else ''}; a finished run is never started "
+                          f"again (its output and card would be overwritten): python -m llamantino launch --again "
+                          f"{where} writes a new run directory from it")
+
+
+def input_runs(provenance: Provenance) -> list[str]:
+    """The earlier runs whose output a run reads (its model, its adapter), as recorded."""
+    model = provenance.model
+    return [path for path in (model.run_dir, model.adapter_run) if path]
+
+
+def check_inputs(run: RunDir, provenance: Provenance, made: dict[str, str] | None = None) -> None:
+    """Refuse a run whose inputs are neither present and complete nor made by a job it waits on
+    (``made``: run directory -> the node of the same submission that makes it)."""
+    for path in input_runs(provenance):
+        source = RunDir(Path(path))
+        if made and os.path.abspath(path) in made:
+            continue
+        status = source.read_status() if source.is_run() else None
+        output = source.output_path() if status is not None and status.state.done else None
+        if output is not None and output.exists():
+            continue
+        state = status.state if status is not None else (JobState.MISSING if not source.path.exists()
+                                                          else JobState.WRITTEN)
+        raise ConfigError(f"{run.path} reads the output of {path}, which is {state} (no complete output): start "
+                          f"that run first (python -m llamantino launch {shlex.quote(path)}), or launch the whole "
+                          f"pipeline (python -m llamantino launch {shlex.quote(str(Path(path).parent))}), which "
+                          "submits the steps in order")

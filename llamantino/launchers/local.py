@@ -1,13 +1,17 @@
 """``launcher=local``: run the stage here, in a subprocess, its progress streamed.
 
-The full output goes to ``<run>/logs/train.log``; the console shows the data report, each logged
-loss and errors. A failing run raises LaunchError naming the log.
+The full output goes to ``<run>/logs/train.log``; the console shows the data report, each step's
+progress (step/total, s/step, tokens/s, ETA; a live bar on a terminal) and errors. A failing run
+raises LaunchError naming the log; a relaunch appends to the log and resumes from the last
+complete checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 
@@ -15,20 +19,21 @@ from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
 from llamantino.job.finish import finish_run
 from llamantino.launchers.base import InOrderLauncher, corpora
-from llamantino.records.jobstate import RunStatus
+from llamantino.launchers.console import ConsoleProgress
+from llamantino.records.jobstate import JobState, LocalProcess, RunStatus
+from llamantino.records.provenance import now_iso
 from llamantino.records.lock import directory_lock
+from llamantino.records.progress import parse_progress
 from llamantino.records.rundir import RunDir
 
-_LOSS = re.compile(r"\{'loss': '?([^',]+)'?.*?'learning_rate': '?([^',]+)'?.*'epoch': '?([^',}]+)'?")
 _SHOW = re.compile(r"^llamantino (data|eval):|^\|.*\|$|Error|Traceback|Killed")
 
 
-def progress_line(line: str, step: int) -> str | None:
-    """The console's view of one log line: losses condensed, data reports and errors as they are."""
-    match = _LOSS.search(line)
-    if match:
-        loss, lr, epoch = match.groups()
-        return f"  step {step}: loss {loss}  lr {lr}  epoch {epoch}"
+def progress_line(line: str) -> str | None:
+    """The console's view of one log line: the plugin's progress lines (for ConsoleProgress), data
+    reports, evaluation progress and errors as they are."""
+    if parse_progress(line.strip()) is not None:
+        return line.strip()
     if _SHOW.search(line) and "Warning" not in line:
         return "  " + line.strip()[:300]
     return None
@@ -110,7 +115,11 @@ def check_fits_here(cfg, nodes: int) -> None:
 
 
 def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) -> RunStatus:
-    """Run a written run's stage command in its directory; returns its status or raises LaunchError."""
+    """Run a written run's stage command in its directory; returns its status or raises LaunchError.
+
+    The stage runs in its own process group, recorded in process.json (``cancel`` ends that group;
+    ``status`` and ``runs`` see it running). A relaunch appends to the log and resumes from the last
+    complete checkpoint (RunDir.begin_attempt)."""
     argv = [sys.executable, *command]
     if processes > 1:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
@@ -118,21 +127,31 @@ def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) ->
     env = {**os.environ, **run.provenance().env, "PYTHONUNBUFFERED": "1"}
     log_path = run / RunDir.TRAIN_LOG
     log_path.parent.mkdir(exist_ok=True)
+    attempt, resumed = run.begin_attempt()
     echo(f"llamantino: running {' '.join(argv[1:])} in {run.path} (log: {log_path})")
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+    if resumed:
+        echo(f"llamantino: attempt {attempt}: resuming from {resumed}")
+    with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
         argv, cwd=run.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-        bufsize=1,
+        bufsize=1, start_new_session=True,
     ) as proc:
-        step = 0
+        run.record_process(LocalProcess(pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), started=now_iso(),
+                                        attempt=attempt))
+        if attempt > 1:
+            log.write(f"llamantino: attempt {attempt}" + (f": resuming from {resumed}" if resumed else "") + "\n")
+        console = ConsoleProgress(echo)  # a live bar on a terminal, lines elsewhere
         for line in proc.stdout:
             log.write(line)
             for part in line.replace("\r", "\n").splitlines():
-                step += bool(_LOSS.search(part))
-                shown = progress_line(part, step)
+                shown = progress_line(part)
                 if shown:
-                    echo(shown)
+                    console.feed(shown)
+        console.close()
         rc = proc.wait()
     status = finish_run(run, rc)
+    if status.state == JobState.CANCELLED:
+        raise LaunchError(f"{run.path} was cancelled (python -m llamantino cancel); relaunch it with "
+                          f"python -m llamantino launch {shlex.quote(str(run.path))}")
     if rc != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise LaunchError(

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher, LaunchPlan
+from llamantino.launchers.base import Launcher, LaunchPlan, check_inputs, refuse_completed
 from llamantino.records.files import write_text
 from llamantino.records.jobgraph import (
     DOWNLOAD_STEP,
@@ -114,9 +114,12 @@ def job_resources(run: PreparedRun) -> tuple:
             tuple(context["modules"]))
 
 
-def sbatch(script: Path, *, dependency: str | None = None) -> str:
-    """``sbatch --parsable`` from the script's folder; returns the job id."""
+def sbatch(script: Path, *, dependency: str | None = None, array: str | None = None) -> str:
+    """``sbatch --parsable`` from the script's folder; returns the job id. ``array`` (``1,3%4``)
+    replaces the script's own ``--array``."""
     argv = ["sbatch", "--parsable"]
+    if array:
+        argv.append(f"--array={array}")
     if dependency:
         argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
     argv.append(script.name)
@@ -226,8 +229,13 @@ class SlurmLauncher(Launcher):
                   f"waits on in {plan.home / JobGraph.FILE}; submit them all with: python -m llamantino launch "
                   + shlex.quote(str(plan.home)))
 
-    def start_graph(self, home, graph, only=None):
-        submit_graph(home, graph, self.echo, only=only)
+    def start_members(self, home, dry_run=False):
+        raise ConfigError(f"{home} holds no job graph ({JobGraph.FILE}): it was not written with launcher=slurm. "
+                          "Write it again with launcher=slurm launcher.submit=false and launch that, or launch its "
+                          "runs one by one (python -m llamantino launch <run dir> --launcher slurm)")
+
+    def start_graph(self, home, graph, only=None, dry_run=False):
+        submit_graph(home, graph, self.echo, only=only, dry_run=dry_run)
 
     def start(self, run, cfg, provenance, stage):
         if run.existing(RunDir.SCRIPT) is None:
@@ -446,19 +454,26 @@ def _points(home: Path) -> list[RunDir]:
 
 
 def _standing(home: Path, node: GraphNode) -> tuple[bool, str | None, str]:
-    """Whether a run (or the sweep's array) starts; if not, the job later jobs wait on, and why not."""
+    """Whether a run (or the sweep's array) starts; if not, the job later jobs wait on, and why not.
+    A COMPLETED run launched by itself is refused (launch --again); in a pipeline it is skipped."""
     if node.array:
-        job = SweepDir(home).record().job_id
-        if job is None:
+        record = SweepDir(home).record()
+        if record.job_id is None:
             return True, None, ""
-        state = job_state(job)
-        return False, (job if state.active else None), (f"{home} was already submitted as job array {job} "
-                                                        f"({state}); not submitted again")
+        rerun = _points_to_rerun(home)
+        if rerun:
+            return True, None, ""
+        state = job_state(record.job_id)
+        return False, (record.job_id if state.active else None), (
+            f"{home}: every point is COMPLETED, queued or running (job array {record.job_id}, {state}); "
+            "nothing submitted again")
     run = run_of(home, node.run)
     if not run.is_run():
         raise ConfigError(f"{run.path} (a run of {home / JobGraph.FILE}) is missing or not a run directory: "
                           "write it again with the command that wrote it")
     state, job = written_state(run), run.job_id()
+    if node.run == ".":
+        refuse_completed(run, state, job)
     if state.failed or (state in (JobState.WRITTEN, JobState.NEW) and job is None):
         return True, None, ""
     if node.run == ".":
@@ -467,7 +482,17 @@ def _standing(home: Path, node: GraphNode) -> tuple[bool, str | None, str]:
                                                         f"python -m llamantino status {shlex.quote(str(run.path))}")
     if state.active:
         return False, job, f"{node.name}: already queued or running as job {job}; not submitted again"
-    return False, None, f"{node.name}: {state}; not submitted again"
+    return False, None, f"{node.name}: {state}; skipped, its output reused"
+
+
+def _points_to_rerun(home: Path) -> list[int]:
+    """The points of a submitted sweep that failed or never ran (their task cancelled before it started)."""
+    indexes = []
+    for index, run in enumerate(_points(home)):
+        state = written_state(run)
+        if state.failed or state in (JobState.WRITTEN, JobState.NEW, JobState.UNKNOWN):
+            indexes.append(index)
+    return indexes
 
 
 def _config(run: RunDir, configs: dict) -> LlamantinoConfig:
@@ -477,9 +502,10 @@ def _config(run: RunDir, configs: dict) -> LlamantinoConfig:
     return configs[run.path]
 
 
-def _check_run(home: Path, graph: JobGraph, node: GraphNode, run: RunDir, configs: dict) -> None:
+def _check_run(home: Path, graph: JobGraph, node: GraphNode, run: RunDir, configs: dict, making: set[str]) -> None:
     """A run about to be submitted from a recorded graph: what ``launch`` of a run checks, and its inputs
-    made by the graph, already made, or (hub reads) prepared with ``data prepare``."""
+    made by the graph, already made, or (hub reads) prepared with ``data prepare``. ``making``: the
+    nodes this submission starts or waits on (queued or running)."""
     from llamantino.stages import stage_for
 
     cfg, provenance = _config(run, configs), run.provenance()
@@ -492,6 +518,9 @@ def _check_run(home: Path, graph: JobGraph, node: GraphNode, run: RunDir, config
         Launcher.corpus_prepared(run, provenance)
     if not any(entry.startswith(f"{DownloadDir.ROOT}/") for entry in made):
         check_hub_reads(run, cfg, provenance, stage_for(run))
+    earlier = {os.path.abspath(run_of(home, by_name[name].run).path): name
+               for name in ancestors(graph, {node.name}) if by_name[name].run is not None and name != node.name}
+    check_inputs(run, provenance, {path: name for path, name in earlier.items() if name in making})
 
 
 def _check_entry(home: Path, entry: GraphEntry, steps: list[str], cfg: LlamantinoConfig) -> None:
@@ -507,13 +536,14 @@ def _check_entry(home: Path, entry: GraphEntry, steps: list[str], cfg: Llamantin
                           f"network (python -m llamantino data prepare {shlex.quote(str(reader))}), then launch again")
 
 
-def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None = None) -> None:
+def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None = None, dry_run: bool = False) -> None:
     """Submit a recorded job graph in its order, each job after the jobs it waits on (afterok).
 
     A run completed, queued or running is not submitted again (the runs after it wait on its job, if
-    it has one); an entry complete, or being made by another command's jobs, is not made again. Only
-    what the runs to submit wait on is made. ``only``: those nodes and what they wait on. Everything
-    is checked before the first job is submitted."""
+    it has one); a sweep's array is submitted again for its points that failed or never ran; an entry
+    complete, or being made by another command's jobs, is not made again. Only what the runs to
+    submit wait on is made. ``only``: those nodes and what they wait on. Everything is checked
+    before the first job is submitted; ``dry_run`` stops there and says what would be submitted."""
     home = Path(home)
     scope = ancestors(graph, only) if only is not None else {node.name for node in graph.nodes}
     jobs: dict[str, str | None] = {}
@@ -528,6 +558,7 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
             jobs[node.name] = job
             echo(why)
     needed = ancestors(graph, {node.name for node in starting})
+    making = {node.name for node in starting} | {name for name, job in jobs.items() if job}
     configs: dict[Path, LlamantinoConfig] = {}
     tiny = False
     for node in starting:
@@ -537,13 +568,22 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
         for run in runs:
             if not node.array and run.existing(RunDir.SCRIPT) is None:
                 raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
-            _check_run(home, graph, node, run, configs)
+            _check_run(home, graph, node, run, configs, making)
             tiny = tiny or run.provenance().model.kind == SourceKind.tiny_llama
     entries = {entry.id: entry for entry in graph.entries}
     for entry_id in dict.fromkeys(node.entry for node in graph.nodes if node.entry is not None and node.name in needed):
         entry = entries[entry_id]
         _check_entry(home, entry, [node.step for node in graph.nodes if node.entry == entry_id],
                      _config(run_of(home, entry.config), configs))
+    if dry_run:
+        for node in graph.nodes:
+            if node.name in needed and node.name not in jobs:
+                waits = [f"{name} (job {jobs[name]})" if jobs.get(name) else name for name in node.after]
+                what = f"job array over points {_array_indexes(home)}" if node.array else node.name
+                echo(f"would submit {what}" + (f" after {', '.join(waits)}" if waits else ""))
+        if not starting:
+            echo("nothing would be submitted")
+        return
     if not starting:
         return
     check_sbatch()
@@ -574,22 +614,37 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
                               f"submit them with python -m llamantino launch {shlex.quote(str(home))}. {exc}") from None
 
 
+def _array_indexes(home: Path) -> list[int]:
+    """The points a sweep's array runs: all of them before its first submission, then those to rerun."""
+    record = SweepDir(home).record()
+    return list(range(len(record.points))) if record.job_id is None else _points_to_rerun(home)
+
+
 def submit_array_job(sweep: SweepDir, after: list[str], echo=print) -> str:
-    """Submit a sweep's job array; record its job in the sweep record and each point's job record."""
+    """Submit a sweep's job array (again: only its points that failed or never ran, by index); record
+    its job in the sweep record and each point's job record."""
     record = sweep.record()
     points = _points(sweep.path)
-    job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT, dependency=dependency_on(after))
-    sweep.write_record(dataclasses.replace(record, job_id=job_id))
-    for index, run in enumerate(points):
-        run.record_job(f"{job_id}_{index}", array=job_id)
+    indexes = _array_indexes(sweep.path)
     parallelism = points[0].config().launcher.array_parallelism
-    echo(f"submitted job array {job_id} ({len(points)} points, at most {parallelism} at once): "
+    array = None if len(indexes) == len(points) else f"{','.join(map(str, indexes))}%{parallelism}"
+    for index in indexes:
+        points[index].keep_outcome()
+    job_id = sbatch(sweep.path / SweepDir.ARRAY_SCRIPT, dependency=dependency_on(after), array=array)
+    sweep.write_record(dataclasses.replace(record, job_id=job_id))
+    for index in indexes:
+        points[index].record_job(f"{job_id}_{index}", array=job_id)
+    which = f"{len(points)} points" if array is None else f"points {', '.join(map(str, indexes))} of {len(points)}"
+    echo(f"submitted job array {job_id} ({which}, at most {parallelism} at once): "
          f"python -m llamantino status {shlex.quote(str(sweep.path))}")
     return job_id
 
 
 def submit_script(run: RunDir, after: list[str], echo=print, label: str = "") -> str:
+    """Submit a run's job.sbatch; a run submitted again (it failed) keeps its last outcome under logs/
+    and its job resumes from the last complete checkpoint."""
     dependency = dependency_on(after)
+    run.keep_outcome()
     job_id = sbatch(run / RunDir.SCRIPT, dependency=dependency)
     run.record_job(job_id, dependency=dependency)
     echo(f"{label}submitted job {job_id}" + (f" ({dependency})" if dependency else "")

@@ -11,8 +11,10 @@
    (``--kill-on-invalid-dep=yes``: when a step fails, the steps after it are cancelled).
 
 On relaunch a step that completed with the same recipe is skipped, a step that is queued or
-running is not submitted again (later steps depend on its job), and a failed or cancelled step is
-rendered afresh (its old directory is kept as ``<step>.attempt-N``). The same pipeline started twice
+running is not submitted again (later steps depend on its job), a failed or cancelled step with the
+same recipe resumes in its directory from its last complete checkpoint, and one whose recipe changed
+is rendered afresh (its old directory is kept as ``<step>.attempt-N``). ``python -m llamantino
+launch <pipeline dir>`` does the same without composing anything again. The same pipeline started twice
 at once is this relaunch too: the second command waits for the first's lock (records/lock.py), then
 finds every step queued and submits nothing.
 
@@ -80,7 +82,7 @@ class PlannedStep:
     name: str
     run: PreparedRun
     state: JobState  # where the step's directory stands now: NEW, WRITTEN, COMPLETED, RUNNING, ...
-    action: str  # run, skip (completed with the same recipe) or wait (queued or running)
+    action: str  # run, skip (completed with the same recipe), wait (queued or running) or resume (failed)
 
 
 def _step_input(steps: list[PipelineStep], index: int, pipeline: PipelineDir) -> Path | None:
@@ -103,7 +105,7 @@ def _strip_header(text: str | None) -> str | None:
 
 
 def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipeline: PipelineDir,
-               per_step: dict[str, list[str]] | None = None) -> list[PlannedStep]:
+               per_step: dict[str, list[str]] | None = None, echo=lambda line: None) -> list[PlannedStep]:
     """Compose, build and validate every step; decide for each: skip, wait (queued) or run.
     ``per_step``: the command line's overrides of single steps (:func:`step_overrides`)."""
     steps = cfg.pipeline.steps
@@ -119,6 +121,7 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
         input_dir = _step_input(steps, index, pipeline)
         own = list(step.overrides) + per_step.get(step.name, [])
         run_dir = pipeline.step(step.name)
+        echo(f"step {step.name} ({index + 1}/{len(steps)}): composing, rendering and checking with Axolotl")
         # the command line as it applies to this step: its +pipeline.<step> list is the step's own
         recorded = [o for o in overrides if not o.lstrip("+").startswith(("pipeline.", "run.input_model=",
                                                                            "run.input_adapter="))]
@@ -148,7 +151,9 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
         if state.active and not same:
             raise ConfigError(f"pipeline step {step.name} is {state} in SLURM with a different recipe; "
                               "cancel it (scancel) or use a new run.name")
-        action = "skip" if state.done else ("wait" if state.active else "run")
+        # A failed step with the same recipe resumes in its directory from its last complete checkpoint.
+        action = ("skip" if state.done else "wait" if state.active else
+                  "resume" if state.failed and same and run_dir.is_run() else "run")
         known[str(run_dir.path.resolve())] = run.provenance
         planned.append(PlannedStep(step.name, run, state, action))
     return planned
@@ -162,7 +167,7 @@ def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, ech
     pipeline = PipelineDir(output_root(cfg) / "pipelines" / cfg.run.name)
     per_step = step_overrides(cfg, overrides)  # refused before anything is locked or written
     with directory_lock(pipeline.path, echo):
-        planned = plan_steps(cfg, overrides, choices, pipeline, per_step)
+        planned = plan_steps(cfg, overrides, choices, pipeline, per_step, echo)
 
         def write(launcher) -> None:
             pipeline.write_manifest({
@@ -173,7 +178,7 @@ def run_pipeline(cfg: LlamantinoConfig, overrides: list[str], choices: dict, ech
                            "action": step.action} for step in planned],
             })
             for step in planned:
-                if step.action == "run":
+                if step.action == "run":  # resume: the failed step's own directory starts again
                     if step.run.run_dir.path.exists():
                         step.run.run_dir.retire()
                     step.run.write()

@@ -9,6 +9,7 @@ or submits it again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from pathlib import Path
@@ -16,9 +17,9 @@ from pathlib import Path
 from llamantino.config.schema import LauncherName, LlamantinoConfig
 from llamantino.errors import ConfigError
 from llamantino.launchers import LAUNCHERS, LaunchPlan, launcher_for
+from llamantino.launchers.base import refuse_completed
 from llamantino.records.jobgraph import graph_home, node_of, read_graph
 from llamantino.records.lock import directory_lock
-from llamantino.records.manifests import JobGraph
 from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, unique_path
 from llamantino.stages import PreparedRun, stage_for
 
@@ -60,33 +61,70 @@ def start_run(cfg: LlamantinoConfig, overrides: list[str], choices: dict, echo=p
             return run.run_dir
 
 
-def start_written(target: Path, launcher: str | None, echo=print) -> None:
+def start_written(target: Path, launcher: str | None, echo=print, *, again: bool = False, dry_run: bool = False) -> None:
     """Start what a directory written earlier holds, with its own launcher or the one named.
 
-    A pipeline or sweep directory: its recorded job graph (every job, each after what it waits on).
-    A run directory: the part of its own or its pipeline's graph it needs (the run and what it waits
-    on, as written: downloads, corpus preparation, earlier steps), else the run alone. Whatever is
-    already submitted or run (and not failed) is not started again."""
+    A pipeline or sweep directory: its recorded job graph (every job not done, each after what it
+    waits on; a sweep's points that failed or never ran as one array), or, written by launcher=local
+    or dry, its steps or points in order here (the done ones skipped). A run directory: the part of
+    its own or its pipeline's graph it needs, else the run alone. A COMPLETED run is refused
+    (``again``: a new run directory is written from it and started); what is queued or running is
+    not started again; what failed resumes from its last complete checkpoint."""
     target = Path(os.path.abspath(target))
     pipeline, sweep = PipelineDir(target), SweepDir(target)
     if pipeline.is_pipeline() or sweep.is_sweep():
+        if again:
+            raise ConfigError(f"--again writes a new run from one run directory; {target} is a "
+                              f"{'pipeline' if pipeline.is_pipeline() else 'sweep'}: run the command that wrote it "
+                              "with a new run.name, or launch it as it is (its unfinished runs start)")
         own = pipeline.manifest().launcher if pipeline.is_pipeline() else sweep.record().launcher
+        named = LauncherName(launcher or own)
         with directory_lock(target, echo):
             graph = read_graph(target)
-            if graph is None:
-                raise ConfigError(f"{target} holds no job graph ({JobGraph.FILE}): launcher={own} records none. Write "
-                                  "it again with launcher=slurm launcher.submit=false and launch that, or launch its "
-                                  "runs one by one (python -m llamantino launch <run dir> --launcher NAME)")
-            LAUNCHERS[LauncherName(launcher or own)](echo=echo).start_graph(target, graph)
+            if graph is not None:
+                LAUNCHERS[named](echo=echo).start_graph(target, graph, dry_run=dry_run)
+            else:
+                LAUNCHERS[named](echo=echo).start_members(target, dry_run=dry_run)
         return
     run = RunDir(target)
     own = run.config().launcher.name  # refuses a folder that is not a run before anything is locked
     named = LauncherName(launcher) if launcher else own
+    if again:
+        start_again(run, named, echo, dry_run)
+        return
     home = graph_home(run.path)  # its pipeline's or sweep's lock covers it: their command submits it too
     with directory_lock(home, echo):
+        starter = LAUNCHERS[named](echo=echo)
+        refuse_completed(run, starter.state(run), run.job_id())
         graph = read_graph(home) if named == own else None  # another launcher starts the run alone
         node = node_of(graph, home, run) if graph else None
         if node is None:
-            LAUNCHERS[named](echo=echo).start_written(run)
+            starter.start_written(run, dry_run=dry_run)
         else:
-            LAUNCHERS[named](echo=echo).start_graph(home, graph, only={node})
+            starter.start_graph(home, graph, only={node}, dry_run=dry_run)
+
+
+def start_again(run: RunDir, launcher: LauncherName, echo=print, dry_run: bool = False) -> RunDir | None:
+    """``launch --again``: a new run directory written from a run's recorded config and overrides
+    (rendered and checked afresh), its provenance naming the run it was derived from; then started."""
+    cfg, provenance = run.config(), run.provenance()
+    cfg = dataclasses.replace(cfg, launcher=dataclasses.replace(cfg.launcher, name=launcher, submit=True))
+    if dry_run:
+        echo(f"would write a new run directory from {run.path} under {output_root(cfg) / cfg.run.name} and start it "
+             f"with launcher={launcher}")
+        return None
+    while True:
+        run_dir = new_run_dir(cfg)
+        with directory_lock(run_dir, echo):
+            if run_dir.exists():
+                continue
+            new = build(cfg, run_dir, overrides=list(provenance.overrides), choices=dict(provenance.choices))
+            new.provenance.derived_from = str(run.path)
+            new.files[RunDir.PROVENANCE] = new.provenance.to_json()
+
+            def write(launcher) -> None:
+                new.write()
+                echo(f"wrote {new.run_dir.path} (again, from {run.path})")
+
+            launcher_for(cfg, echo).launch(LaunchPlan(runs=[new], write=write, home=run_dir))
+            return new.run_dir

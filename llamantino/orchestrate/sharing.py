@@ -461,8 +461,10 @@ def checked_config(record: dict, allow: tuple[str, ...] = ()) -> LlamantinoConfi
 
 
 def import_record(record: dict, dest_root: Path, *, allow_mismatch: bool = False,
-                  allow_version_mismatch: bool = False, allow: tuple[str, ...] = ()) -> Path:
-    """Re-create the run directory; returns it. Verifies checksum, versions, data hashes, renders."""
+                  allow_version_mismatch: bool = False, allow: tuple[str, ...] = (), echo=print) -> Path:
+    """Re-create the run directory; returns it. Verifies checksum, versions, data hashes, renders.
+    ``echo`` hears a line before each slow phase (validating with Axolotl takes most of a minute)."""
+    echo("recipe import: checking the checksum, versions and settings")
     if checksum(record) != record["checksum"] and not allow_mismatch:
         raise ConfigError("recipe checksum mismatch: the file was changed after export (tampered or damaged); "
                           "pass --allow-mismatch to import it anyway")
@@ -470,13 +472,16 @@ def import_record(record: dict, dest_root: Path, *, allow_mismatch: bool = False
     cfg = checked_config(record, allow)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_root=str(Path(dest_root).resolve())))
     run_dir = unique_path(Path(dest_root).resolve() / cfg.run.name, "imported")
+    echo(f"recipe import: rendering the {cfg.stage.name} run and validating it with Axolotl")
     prepared = stage_for(cfg).build(cfg, run_dir, overrides=list(record["overrides"]), choices={}, validate=True)
     expected = ((record.get("lock") or {}).get("data") or {}).get("sha256")
     found = (prepared.inputs.data or {}).get("sha256")
     if found and found != expected and not allow_mismatch:  # a lock without the hash must not skip the check
         raise ConfigError(f"data {cfg.data.name}: sha256 {found} here, {expected or 'none'} in the recipe: the data "
                           "differs or the recipe's lock was cut; pass --allow-mismatch to use this data anyway")
+    echo(f"recipe import: rendering its launcher={cfg.launcher.name} files")
     launcher_for(cfg).prepare(prepared)  # its job script; submission checks run when it is launched
+    echo("recipe import: comparing what rendered here with the recipe's files")
     rendered = {"axolotl_yaml": prepared.files.get(RunDir.RECIPE), "eval_json": None,
                 "job_sbatch": prepared.files.get(RunDir.SCRIPT)}
     for key, text in rendered.items():
@@ -490,6 +495,7 @@ def import_record(record: dict, dest_root: Path, *, allow_mismatch: bool = False
                                                 "recipe", "rendered here", n=1))
             raise ConfigError(f"the {key.replace('_', '.')} rendered here differs from the recipe's "
                               f"(different code or data?):\n{diff[:3000]}")
+    echo(f"recipe import: writing {run_dir}")
     return prepared.write()
 
 

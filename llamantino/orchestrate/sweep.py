@@ -92,6 +92,8 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
     runs, returns = [], []
     for offset, overrides in enumerate(job_overrides):
         index = initial_job_idx + offset
+        if len(job_overrides) > 1:  # a long sweep renders and validates for minutes: say where it is
+            echo(f"sweep point {offset + 1}/{len(job_overrides)}: composing, rendering and checking with Axolotl")
         point = config_loader.load_sweep_config(config, list(overrides))
         with open_dict(point):
             point.hydra.job.num = index

@@ -105,3 +105,15 @@ class JobRecord:
     array_job_id: Optional[str] = None  # a task of a job array: the array's id
     dependency: Optional[str] = None  # what it waits on (afterok:...), while scontrol knows it
     source: str = "scontrol"
+
+
+@dataclass(frozen=True)
+class LocalProcess:
+    """process.json: the process a local launcher runs a run's stage in (``cancel`` ends its group;
+    ``status`` reports it RUNNING while it lives, and its elapsed time)."""
+
+    pid: int
+    pgid: int
+    host: str
+    started: str  # ISO time the stage started
+    attempt: int = 1  # 1 for the first start, 2 for the first relaunch (a resume), ...

@@ -46,7 +46,7 @@ class PipelineStepRecord:
     name: str  # the step's folder, inside the pipeline directory
     run_dir: str
     stage: str
-    action: str  # run, skip or wait, as planned when the pipeline was last launched
+    action: str  # run, skip, wait or resume, as planned when the pipeline was last launched
 
 
 @dataclass(frozen=True)

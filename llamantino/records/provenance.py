@@ -181,6 +181,7 @@ class Provenance:
     output: RunOutput
     env: dict[str, str] = field(default_factory=dict)  # the stage process's environment (no secrets)
     data_report: Optional[dict[str, Any]] = None  # the plugin's loader report, added when the run finished
+    derived_from: Optional[str] = None  # launch --again: the run this one was written afresh from
     record: int = RECORD_VERSION
 
     def to_json(self) -> str:

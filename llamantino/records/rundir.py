@@ -39,7 +39,7 @@ from llamantino.records.files import (  # noqa: F401 - read_bytes and the writer
 )
 
 if TYPE_CHECKING:
-    from llamantino.records.jobstate import RunStatus
+    from llamantino.records.jobstate import LocalProcess, RunStatus
     from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, Submissions, SweepRecord
     from llamantino.records.provenance import Provenance
 
@@ -99,6 +99,7 @@ class RunDir:
     CONFIG = "config.yaml"
     PROVENANCE = "provenance.json"
     STATUS = "status.json"
+    PROCESS = "process.json"  # launcher=local: the stage's process (records/jobstate.py LocalProcess)
     JOB = "job.json"
     SCRIPT = "job.sbatch"
     RESULTS_JSON = "results.json"
@@ -116,6 +117,8 @@ class RunDir:
     EVAL_RESULTS = "eval_results"
     DATA_REPORT = "output/llamantino_data_report.json"
     TRAINER_STATE = "trainer_state.json"  # in each output/checkpoint-N
+    CHECKPOINT_COMPLETE = "llamantino_complete.json"  # in each output/checkpoint-N, written last (the plugin's)
+    PREVIOUS_STATUS = "logs/status.attempt-{attempt}.json"  # the outcome of an attempt a relaunch resumed
     LOSS_PNG = "loss_curve.png"
     SAMPLE = "sample.txt"
     CARD = "README.md"
@@ -175,6 +178,58 @@ class RunDir:
         from llamantino.config.schema import to_plain
 
         write_json(self.path / self.STATUS, to_plain(status))
+
+    def local_process(self) -> "LocalProcess | None":
+        """The local process running (or that ran) the stage; None for runs never run here."""
+        from llamantino.records.jobstate import LocalProcess
+
+        path = self.path / self.PROCESS
+        if not os.path.lexists(path):
+            return None
+        return load_record(LocalProcess, path, "process")
+
+    def record_process(self, process: "LocalProcess") -> None:
+        from llamantino.config.schema import to_plain
+
+        write_json(self.path / self.PROCESS, to_plain(process))
+
+    def checkpoints(self) -> list[tuple[int, Path, bool]]:
+        """(step, folder, complete) of every ``output/checkpoint-N``, oldest first."""
+        found = []
+        output = self.path / self.OUTPUT
+        for folder in output.glob("checkpoint-*") if output.is_dir() and not output.is_symlink() else ():
+            step = folder.name.removeprefix("checkpoint-")
+            if step.isdigit() and folder.is_dir() and not folder.is_symlink():
+                found.append((int(step), folder, (folder / self.CHECKPOINT_COMPLETE).is_file()))
+        return sorted(found)
+
+    def keep_outcome(self) -> Path | None:
+        """Move the last attempt's status.json under logs/ before the run starts again (a stale FAILED
+        must not stand for the attempt now running); None when it has none."""
+        if not os.path.lexists(self.path / self.STATUS):
+            return None
+        attempt = 1
+        while os.path.lexists(self.path / self.PREVIOUS_STATUS.format(attempt=attempt)):
+            attempt += 1
+        kept = self.path / self.PREVIOUS_STATUS.format(attempt=attempt)
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(self.path / self.STATUS, kept)
+        return kept
+
+    def begin_attempt(self) -> tuple[int, str | None]:
+        """Make a written run ready to start again here: the last attempt's outcome kept under logs/,
+        checkpoints cut short moved aside (``auto_resume_from_checkpoints`` takes the newest
+        folder, complete or not). Returns (this attempt's number, the checkpoint it resumes from)."""
+        previous = self.local_process()
+        attempt = previous.attempt + 1 if previous is not None else 1
+        self.keep_outcome()
+        resumed = None
+        for step, folder, complete in self.checkpoints():
+            if complete:
+                resumed = f"{self.OUTPUT}/{folder.name}"
+            else:
+                os.rename(folder, folder.with_name(f"incomplete-{folder.name}.attempt-{attempt}"))
+        return attempt, resumed
 
     def job_record(self) -> "Submissions":
         """The run's submissions (job.json); none before it was submitted."""

@@ -168,6 +168,43 @@ def _tracking(cfg: LlamantinoConfig) -> dict:
     return {}
 
 
+def adapter_fallback(stage, method: Method) -> bool:
+    """Whether a stage that asked for full fine-tuning trains an adapter instead (its adapter_learning_rate applies)."""
+    return stage.adapter is None and method.adapter is not None
+
+
+def warmup_steps_for(stage) -> int | None:
+    """``stage.warmup_steps``, or a tenth of the run (rounded down) when the warm-up would last the whole
+    run (``stage.max_steps`` or longer): a short smoke run then trains at its learning rate. An epoch-based
+    run's length is not known before its data is tokenised, so its warm-up is kept."""
+    steps = stage.warmup_steps
+    if steps is not None and stage.max_steps is not None and steps >= stage.max_steps:
+        return stage.max_steps // 10  # 0 (no warm-up) below 10 steps; Axolotl reads 0 as none
+    return steps
+
+
+def unused_stage_keys(stage, method: Method, hw) -> set[str]:
+    """The stage settings this run's recipe does not read (their value changes nothing): the renderer's
+    own conditions, so a notice names a setting only where it applies."""
+    unused = set()
+    if method.adapter is None:
+        unused |= {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
+                   "use_rslora"}
+    if not adapter_fallback(stage, method):
+        unused.add("adapter_learning_rate")
+    if hw.gpu or stage.adapter is not None:
+        unused.add("cpu_adapter")
+    if stage.max_steps is not None:
+        unused.add("num_epochs")
+    if stage.warmup_steps is not None:
+        unused.add("warmup_ratio")
+    if not stage.rl:
+        unused |= {"rl_beta", "max_prompt_len"}
+    if stage.save_steps is not None:
+        unused.add("saves_per_epoch")
+    return unused
+
+
 def _schedule(stage, fell_back: bool) -> dict:
     keys: dict[str, Any] = {
         "micro_batch_size": stage.micro_batch_size,
@@ -180,7 +217,7 @@ def _schedule(stage, fell_back: bool) -> dict:
     rate = stage.adapter_learning_rate if fell_back and stage.adapter_learning_rate else stage.learning_rate
     keys.update(learning_rate=float(rate), lr_scheduler=str(stage.lr_scheduler))
     if stage.warmup_steps is not None:
-        keys["warmup_steps"] = stage.warmup_steps
+        keys["warmup_steps"] = warmup_steps_for(stage)
     elif stage.warmup_ratio is not None:
         keys["warmup_ratio"] = float(stage.warmup_ratio)
     keys.update(weight_decay=float(stage.weight_decay), max_grad_norm=float(stage.max_grad_norm))
@@ -197,8 +234,11 @@ def _saving(stage, resumable: bool) -> dict:
         keys["save_strategy"] = "no"
     if stage.save_total_limit is not None and keys.get("save_strategy") != "no":
         keys["save_total_limit"] = stage.save_total_limit
-    if resumable:  # preemption: the sbatch trap asks for a checkpoint; a requeued job resumes from it
+    if keys.get("save_strategy") != "no" or resumable:
+        # A relaunched failed or cancelled run (launch <run>) resumes from its newest complete checkpoint;
+        # a new run directory has none, so a first start is unaffected.
         keys["auto_resume_from_checkpoints"] = True
+    if resumable:  # preemption: the sbatch trap asks for a checkpoint; a requeued job resumes from it
         keys["dynamic_checkpoint"] = {"enabled": True, "check_interval": 1}
     return keys
 
@@ -260,7 +300,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
         recipe["rl_beta"] = float(stage.rl_beta)
         if stage.max_prompt_len is not None:
             recipe["max_prompt_len"] = stage.max_prompt_len
-    recipe.update(_schedule(stage, fell_back=stage.adapter is None and method.adapter is not None))
+    recipe.update(_schedule(stage, fell_back=adapter_fallback(stage, method)))
     recipe["optimizer"] = optimizer_for(stage, hw)
     recipe["gradient_checkpointing"] = bool(stage.gradient_checkpointing) and not cpu
     recipe.update(_precision(hw))

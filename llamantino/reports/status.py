@@ -8,16 +8,21 @@ cancelled because a job it waited on failed names that job.
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
+import time
 import unicodedata
 from pathlib import Path
 
-from llamantino.launchers.accounting import true_state
+from llamantino.config.schema import SLURM_TIME, time_seconds
+from llamantino.launchers.accounting import true_state, usage
 from llamantino.launchers.slurm import entry_dir, slurm_job
+from llamantino.launchers.stop import here, is_running, latest_process
 from llamantino.records.curves import loss_curve
 from llamantino.records.files import read_bytes
 from llamantino.records.jobgraph import ancestors, graph_home, node_of, read_graph, run_of
-from llamantino.records.jobstate import JobState, RunStatus
+from llamantino.records.jobstate import JobState, LocalProcess, RunStatus
+from llamantino.records.progress import format_eta, run_progress
 from llamantino.errors import ConfigError, RunDirError
 from llamantino.records.rundir import RunDir, SharedEntry, SweepDir, runs_under
 
@@ -31,33 +36,114 @@ def _reason(job) -> str:
     return f" ({reason})" if reason and reason not in ("None", "(null)") else ""
 
 
-def run_row(name: str, run: RunDir, curve: list[tuple[int, float]] | None = None) -> dict:
-    """Status of one run directory: SLURM's view while it knows the job, else the run's own."""
-    status = run.read_status()
-    job_id = run.job_id()
-    job = slurm_job(job_id) if job_id else None
-    if status is None and job is not None and job.state.failed:
-        # Killed before its own last step (time limit, memory, cancel, node failure): the record says so.
-        status = RunStatus(state=job.state, exit_code=job.exit_code, job_id=job_id, finished=job.end, source=job.source)
-        run.write_status(status)
-    if job is not None:
-        state = job.state
-    elif status is not None:
-        state = status.state
+def seconds_of(elapsed: str | None) -> int | None:
+    """SLURM's elapsed time (``[D-]HH:MM:SS``, ``MM:SS``) in seconds; None when it is not one."""
+    text = (elapsed or "").split(".")[0]
+    return time_seconds(text) if SLURM_TIME.fullmatch(text) else None
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``HH:MM:SS`` (``D-HH:MM:SS`` past a day), as SLURM writes elapsed times; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(int(seconds), 0)
+    days, rest = divmod(seconds, 86400)
+    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def format_bytes(size: int | None) -> str:
+    if not size:
+        return "-"
+    for unit in ("K", "M", "G", "T"):
+        size /= 1024
+        if size < 1024 or unit == "T":
+            return f"{size:.1f}{unit}"
+    return "-"
+
+
+def _timestamp(iso: str | None) -> float | None:
+    try:
+        return _dt.datetime.fromisoformat(iso).timestamp() if iso else None
+    except (TypeError, ValueError):  # an edited record: no time from it
+        return None
+
+
+def _gpus_per_node(run: RunDir) -> int:
+    """The GPUs of each node the run asked for (its hardware option); 0 on CPU."""
+    hardware = run.config().hardware
+    return hardware.gpus_per_node if hardware.gpu else 0
+
+
+def _local_state(run: RunDir, process: LocalProcess, status: RunStatus | None) -> tuple[JobState, float | None, str]:
+    """A local run's state, elapsed seconds and a note: its status.json once written, RUNNING while its
+    recorded process lives (verified: launchers/stop.py), else UNKNOWN saying why."""
+    alive = is_running(run, process)
+    started = _timestamp(process.started)
+    if status is not None:
+        state, end, note = status.state, _timestamp(status.finished), ""
+    elif alive:
+        state, end, note = JobState.RUNNING, time.time(), ""
+    elif process.host != here():
+        state, end, note = JobState.UNKNOWN, None, f"its process runs (or ran) on host {shown(process.host)}: ask there"
     else:
-        state = JobState.WRITTEN if run.path.exists() else JobState.MISSING
+        state, end, note = JobState.UNKNOWN, None, "its process ended without a status (killed?)"
+    return state, (end - started if end is not None and started is not None else None), note
+
+
+def run_row(name: str, run: RunDir, curve: list[tuple[int, float]] | None = None) -> dict:
+    """Status of one run directory: SLURM's view while it knows the job, else the run's own; a local
+    run's from its recorded process while that lives."""
+    status = run.read_status()
+    process = latest_process(run)
+    job_id = run.job_id() if process is None else None
+    job = slurm_job(job_id) if job_id else None
+    note = ""
+    if process is not None:
+        state, elapsed_s, note = _local_state(run, process, status)
+    else:
+        if status is None and job is not None and job.state.failed:
+            # Killed before its own last step (time limit, memory, cancel, node failure): the record says so.
+            status = RunStatus(state=job.state, exit_code=job.exit_code, job_id=job_id, finished=job.end,
+                               source=job.source)
+            run.write_status(status)
+        if job is not None:
+            state = job.state
+        elif status is not None:
+            state = status.state
+        else:
+            state = JobState.WRITTEN if run.path.exists() else JobState.MISSING
+        elapsed_s = seconds_of(job.elapsed) if job is not None else None
     if status is not None and status.state == JobState.FAILED and state.done:
         state = JobState.FAILED  # the batch script exited 0 after the stage failed: trust the stage
-    losses = [loss for _, loss in (loss_curve(run) if curve is None else curve)]
+    used = usage(job_id) if job_id else None
+    elapsed_s = used.seconds if used is not None and elapsed_s is None else elapsed_s
+    gpu_hours = None
+    if elapsed_s is not None:
+        gpus = used.gpus if used is not None and used.gpus is not None else (
+            (used.nodes if used is not None else 1) * _gpus_per_node(run))
+        gpu_hours = round(elapsed_s * gpus / 3600, 4)
+    if curve is None and status is not None and status.losses:
+        last_loss = status.losses["last"]
+    else:
+        losses = [loss for _, loss in (loss_curve(run) if curve is None else curve)]
+        last_loss = losses[-1] if losses else None
+    progress = run_progress(run)
     return {
         "name": name,
-        "job": job_id or "-",
+        "job": job_id or (f"pid {process.pid}" if process is not None else "-"),
         "state": state + _reason(job),
-        "elapsed": job.elapsed if job is not None else "-",
+        "elapsed": format_seconds(elapsed_s) if elapsed_s is not None else (job.elapsed if job is not None else "-"),
+        "elapsed_s": elapsed_s,
         "restarts": job.restarts if job is not None else "0",
-        "last_loss": f"{losses[-1]:.4f}" if losses else "-",
+        "last_loss": f"{last_loss:.4f}" if isinstance(last_loss, (int, float)) else "-",
+        "step": progress.fraction if progress is not None else "-",
+        "eta": format_eta(progress.eta_seconds) if progress is not None and state.active else "-",
+        "gpu_hours": gpu_hours,
+        "max_rss": format_bytes(used.max_rss) if used is not None else "-",
         "run_dir": str(run.path),
         "error": "",
+        "note": note,
     }
 
 
@@ -151,3 +237,16 @@ def format_table(rows: list[dict], columns=("name", "job", "state", "elapsed", "
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
     lines += [f"{row['name']}: {row['error']}" for row in rows if row.get("error")]
     return "\n".join(lines)
+
+
+STATUS_COLUMNS = ("name", "job", "state", "step", "eta", "elapsed", "gpu_h", "max_rss", "restarts", "last_loss")
+
+
+def status_table(rows: list[dict]) -> str:
+    """``status``'s table: the rows of every job, GPU hours as a number of two decimals, then each
+    row's error and note."""
+    shown = [{column: row.get(column, "-") for column in STATUS_COLUMNS}
+             | {"gpu_h": f"{row['gpu_hours']:.2f}" if row.get("gpu_hours") is not None else "-"} for row in rows]
+    table = format_table(shown, columns=STATUS_COLUMNS)
+    notes = [f"{row['name']}: {row[key]}" for row in rows for key in ("error", "note") if row.get(key)]
+    return "\n".join([table, *notes])

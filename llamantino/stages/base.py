@@ -210,8 +210,9 @@ def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = ()) ->
     """Environment of the stage's process: no telemetry; offline when nothing needs the network; the
     tracker's mode, folder and tags (its secrets come from the environment the job starts in)."""
     # Unbuffered: a log followed with `tail -f` shows each step as it happens, not in 8 KiB blocks.
+    # No carriage-return bars from datasets in a job's log: the plugin prints progress as lines.
     env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     if cfg.tracking.name == Tracker.wandb:
         from llamantino.render.axolotl import tracker_mode
 

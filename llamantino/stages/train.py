@@ -24,6 +24,8 @@ class TrainStage(Stage):
         return [cfg.model.name, cfg.data.name]
 
     def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method]:
+        from llamantino.render.axolotl import unused_stage_keys
+
         explicit = {o.split("=", 1)[0].lstrip("+~").removeprefix("stage.") for o in overrides
                     if o.lstrip("+~").startswith("stage.")}
         tuned = {key: value for key, value in cfg.model.tuning.items() if key not in explicit}
@@ -34,7 +36,10 @@ class TrainStage(Stage):
             stage = from_plain(StageConfig, {**to_plain(cfg.stage), **tuned}, "stage")
             cfg = dataclasses.replace(cfg, stage=stage)
         method = choose_method(cfg.stage, cfg.model, cfg.hardware)
-        shown = {key: value for key, value in tuned.items() if key in cfg.model.tuning}
+        # Said only of what this run's recipe reads (a fallback's learning rate, say, only after a fallback).
+        unused = unused_stage_keys(cfg.stage, method, cfg.hardware)
+        shown = {key: value for key, value in tuned.items()
+                 if key in cfg.model.tuning and value == cfg.model.tuning[key] and key not in unused}
         if shown:
             method.notices.insert(0, f"model {cfg.model.name} sets " + ", ".join(f"stage.{k}={v}" for k, v in shown.items())
                                   + " (model.tuning; the command line wins)")
@@ -51,6 +56,7 @@ class TrainStage(Stage):
             template_info(cfg.template)
         except ValueError as exc:
             raise ConfigError(f"prompt.template: {exc}") from None
+        notices += warmup_notice(cfg.stage)
         recipe = render_train_recipe(cfg, method, inputs)
         if recipe["optimizer"] != cfg.stage.optimizer:
             notices.append(f"optimizer {cfg.stage.optimizer} needs CUDA; on hardware {cfg.hardware.name} the stage "
@@ -83,6 +89,25 @@ class TrainStage(Stage):
             data = inputs.data
             reads.append(HubRead("dataset", data["hub_id"], data.get("revision"), data.get("subset"), data.get("split")))
         return reads
+
+
+def warmup_notice(stage) -> list[str]:
+    """The notice of a warm-up shortened to fit the run (render/axolotl.py warmup_steps_for); with
+    ``stage.on_unsupported=error`` a ConfigError instead."""
+    from llamantino.render.axolotl import warmup_steps_for
+
+    steps = warmup_steps_for(stage)
+    if steps == stage.warmup_steps:
+        return []
+    problem = (f"stage.warmup_steps={stage.warmup_steps} is not shorter than the run (stage.max_steps="
+               f"{stage.max_steps}), so the learning rate would never leave warm-up")
+    if stage.on_unsupported == "error":
+        fixes = [f"stage.warmup_steps=<below {stage.max_steps}>"] if stage.max_steps > 1 else []
+        fixes.append("stage.warmup_steps=null (Axolotl's default: 3% of the run)")
+        raise ConfigError(f"{problem}; refusing because stage.on_unsupported=error: pass {' or '.join(fixes)}")
+    instead = f"{steps} warm-up steps" if steps else "no warm-up"
+    return [f"{problem}: {instead} instead (a tenth of the run, rounded down; set stage.warmup_steps below "
+            f"{stage.max_steps}, or null, to choose)"]
 
 
 def precision(cfg: LlamantinoConfig) -> str:
