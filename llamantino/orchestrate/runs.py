@@ -95,12 +95,12 @@ def start_written(target: Path, launcher: str | None, echo=print, *, again: bool
     home = graph_home(run.path)  # its pipeline's or sweep's lock covers it: their command submits it too
     with directory_lock(home, echo):
         starter = LAUNCHERS[named](echo=echo)
-        refuse_completed(run, starter.state(run), run.job_id())
         graph = read_graph(home) if named == own else None  # another launcher starts the run alone
         node = node_of(graph, home, run) if graph else None
         if node is None:
-            starter.start_written(run, dry_run=dry_run)
-        else:
+            starter.start_written(run, dry_run=dry_run)  # refuses a COMPLETED run itself
+        else:  # in its pipeline's graph a COMPLETED step is skipped; asked for by itself, it is refused
+            refuse_completed(run, starter.state(run), run.job_id())
             starter.start_graph(home, graph, only={node}, dry_run=dry_run)
 
 

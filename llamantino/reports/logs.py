@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from llamantino.errors import RunDirError
-from llamantino.launchers.slurm import job_state
-from llamantino.launchers.stop import is_running, latest_process
+from llamantino.launchers.stop import active_job, latest_process
 from llamantino.records.rundir import RunDir, runs_under
 
 TAIL_BYTES = 1 << 20  # of each log, at first
@@ -54,15 +53,6 @@ def log_paths(run: RunDir, job_id: str | None) -> list[Path]:
         paths.append(folder / (names[-1] if names else f"*{suffix}"))
     paths.append(run / RunDir.TRAIN_LOG)
     return paths
-
-
-def job_ended(run: RunDir, job_id: str | None) -> bool:
-    """Whether the run's current job is over: a SLURM job no longer queued or running; a local run's
-    recorded process gone."""
-    process = latest_process(run)
-    if process is not None:
-        return not is_running(run, process)
-    return not (job_id and job_state(job_id).active)
 
 
 class _Tail:
@@ -135,7 +125,7 @@ def show_logs(target: Path, follow: bool = False, out: TextIO | None = None) -> 
     drain()
     quiet_since = None
     while follow:
-        ended = job_ended(run, job_id)
+        ended = active_job(run) is None  # a SLURM job no longer queued or running; a local process gone
         grew = False
         while drain():  # everything written so far (more than one read's worth when it came fast)
             grew = True

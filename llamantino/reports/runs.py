@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 from llamantino.errors import ConfigError, LlamantinoError, RunDirError
 from llamantino.records.jobstate import JobState, worst
 from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, runs_under
-from llamantino.reports.status import format_seconds, run_row, status_rows
+from llamantino.reports.status import format_seconds, format_table, run_row, status_rows, with_gpu_hours
 
 MAX_DEPTH = 6  # <root>/<run name>/<time> is 2; pipelines/<name>/<step> and sweeps/<time>/<point> too
 MAX_FOLDERS = 100_000  # folders looked at, at most: a root is not a whole file system
@@ -64,16 +64,19 @@ def found_under(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _created(path: Path, kind: str) -> float:
-    """When a run (a pipeline's or sweep's first run) was written; the folder's time when unreadable."""
+def _created(path: Path, kind: str) -> tuple[float, int]:
+    """When a run (a pipeline's or sweep's first run) was written: its record's time (seconds), then
+    its config's write time (nanoseconds: runs written within one second keep their order); the
+    folder's time when unreadable."""
     try:
         run = RunDir(path) if kind == "run" else runs_under(path)[0][1]
-        return _dt.datetime.fromisoformat(run.provenance().created).timestamp()
+        written = (run / RunDir.CONFIG).lstat().st_mtime_ns
+        return _dt.datetime.fromisoformat(run.provenance().created).timestamp(), written
     except (LlamantinoError, OSError, ValueError, IndexError):
         try:
-            return path.lstat().st_mtime
+            return path.lstat().st_mtime, 0
         except OSError:
-            return 0.0
+            return 0.0, 0
 
 
 def _stage(run: RunDir) -> str:
@@ -141,12 +144,8 @@ def runs_rows(root: Path, state: JobState | None = None) -> list[dict]:
 
 def format_runs(rows: list[dict]) -> str:
     """The table, then each row's note."""
-    shown = [{**row, "gpu_h": f"{row['gpu_hours']:.2f}" if row["gpu_hours"] is not None else "-"} for row in rows]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in shown)) for c in COLUMNS}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS).rstrip()]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip() for r in shown]
-    lines += [f"{row['name']}: {row['note']}" for row in rows if row["note"]]
-    return "\n".join(lines)
+    table = format_table(with_gpu_hours(rows), columns=COLUMNS)
+    return "\n".join([table, *(f"{row['name']}: {row['note']}" for row in rows if row["note"])])
 
 
 def status_view(target: Path) -> tuple[list[dict], Callable[[list[dict]], str]]:

@@ -58,8 +58,8 @@ def format_bytes(size: int | None) -> str:
     for unit in ("K", "M", "G", "T"):
         size /= 1024
         if size < 1024 or unit == "T":
-            return f"{size:.1f}{unit}"
-    return "-"
+            break
+    return f"{size:.1f}{unit}"
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -239,14 +239,18 @@ def format_table(rows: list[dict], columns=("name", "job", "state", "elapsed", "
     return "\n".join(lines)
 
 
+def with_gpu_hours(rows: list[dict]) -> list[dict]:
+    """The rows with their GPU hours shown as ``gpu_h``: two decimals, ``-`` when unknown."""
+    return [{**row, "gpu_h": f"{row['gpu_hours']:.2f}" if row.get("gpu_hours") is not None else "-"} for row in rows]
+
+
 STATUS_COLUMNS = ("name", "job", "state", "step", "eta", "elapsed", "gpu_h", "max_rss", "restarts", "last_loss")
 
 
 def status_table(rows: list[dict]) -> str:
     """``status``'s table: the rows of every job, GPU hours as a number of two decimals, then each
     row's error and note."""
-    shown = [{column: row.get(column, "-") for column in STATUS_COLUMNS}
-             | {"gpu_h": f"{row['gpu_hours']:.2f}" if row.get("gpu_hours") is not None else "-"} for row in rows]
+    shown = [{column: row.get(column, "-") for column in STATUS_COLUMNS} for row in with_gpu_hours(rows)]
     table = format_table(shown, columns=STATUS_COLUMNS)
     notes = [f"{row['name']}: {row[key]}" for row in rows for key in ("error", "note") if row.get(key)]
     return "\n".join([table, *notes])
