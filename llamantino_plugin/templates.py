@@ -31,6 +31,7 @@ class TemplateInfo:
     file: str
     family: str
     eot_tokens: tuple[str, ...]
+    stop_tokens: tuple[str, ...]  # where generation ends; () : the tokenizer's own EOS
     source: str
     system_prompt: str
     variables: tuple[tuple[str, str], ...] = ()  # __NAME__ placeholders of the Jinja file, by value
@@ -42,7 +43,7 @@ def templates() -> dict[str, TemplateInfo]:
     index = yaml.safe_load((TEMPLATES_DIR / "index.yaml").read_text(encoding="utf-8"))
     return {
         name: TemplateInfo(name=name, kind=meta["kind"], file=meta["file"], family=meta["family"],
-                           eot_tokens=tuple(meta["eot_tokens"]), source=meta["source"],
+                           eot_tokens=tuple(meta["eot_tokens"]), stop_tokens=tuple(meta["stop_tokens"]), source=meta["source"],
                            system_prompt=meta["system_prompt"],
                            variables=tuple((meta.get("variables") or {}).items()))
         for name, meta in index.items()

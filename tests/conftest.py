@@ -113,6 +113,41 @@ def tiny_tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(str(tiny_model))
 
 
+@pytest.fixture(scope="session")
+def default_job(tmp_path_factory):
+    """(the command's CompletedProcess, run directory) of the embedded default job, run once per
+    session: the tests of what it prints and of talking to its model share it (xdist_group "chat")."""
+    folder = tmp_path_factory.mktemp("default-job")
+    proc = ok(cli(cwd=folder))
+    return proc, run_dir_of(proc)
+
+
+#: The first rows of the sample instructions: few enough that the tiny model learns their answers in
+#: 40 short steps, so each template's model can be asked one of them.
+CHAT_ROWS = 8
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory):
+    """``chat_run(template)``: the tiny model instruction-tuned in ``template`` on CHAT_ROWS sample rows
+    until it answers them (once per template per session; tests using it share xdist_group "chat")."""
+    from llamantino.paths import SAMPLES_DIR
+
+    made: dict[str, Path] = {}
+    data = tmp_path_factory.mktemp("chat-data") / "istruzioni.jsonl"
+    data.write_text("".join((SAMPLES_DIR / "it_istruzioni.jsonl").read_text().splitlines(keepends=True)[:CHAT_ROWS]))
+
+    def trained(template: str) -> Path:
+        if template not in made:
+            folder = tmp_path_factory.mktemp(f"chat-{template}")
+            made[template] = run_dir_of(ok(cli(f"prompt.template={template}", f"data.path={data}",
+                                               "stage.num_epochs=40", f"stage.micro_batch_size={CHAT_ROWS}",
+                                               f"run.output_root={folder}", cwd=folder)))
+        return made[template]
+
+    return trained
+
+
 @pytest.fixture
 def compose():
     """Compose conf/ in-process: ``compose("stage=dpo", "model=llama3_8b")`` -> the typed config."""

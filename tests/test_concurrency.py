@@ -34,7 +34,7 @@ TRIES = 5
 # launcher.validate=false: Axolotl's validation (seconds per step) changes nothing about the race.
 SLURM = ("hardware=local_slurm", "hardware.nodes=1", "launcher=slurm", "launcher.validate=false")
 QUICK_SFT = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.saves_per_epoch=null")
-PIPELINE_STEPS = ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval"]
+PIPELINE_STEPS = ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval", "release"]
 
 
 def stand_in_scheduler(folder: Path) -> Path:

@@ -27,22 +27,22 @@ def trained(tiny_model, adapter_dir):
     return any(float(p.abs().sum()) > 0 for p in lora_b)
 
 
-def test_embedded_default_job_trains_the_tiny_model_and_visibly_learns(tmp_path, tiny_model):
+@pytest.mark.xdist_group("chat")  # the default job's run is shared with the chat tests
+def test_embedded_default_job_trains_the_tiny_model_and_visibly_learns(default_job, tmp_path, tiny_model):
     from llamantino.records.curves import event_files, loss_curve
     from llamantino.records.rundir import RunDir
 
-    proc = ok(cli(cwd=tmp_path))
-    run_dir = run_dir_of(proc)
-    assert run_dir.parent.parent == tmp_path / "runs"
+    proc, run_dir = default_job
+    assert run_dir.parent.parent.name == "runs"
     assert "notice: stage sft asks for full fine-tuning" in proc.stdout  # the CPU fallback is announced
     assert "notice: model tiny_llama sets stage.adapter_learning_rate=0.01" in proc.stdout  # and the model's tuning
     assert "loss: first" in proc.stdout and "done: adapter in" in proc.stdout
     status = read_json(run_dir / "status.json")
-    assert status["state"] == "COMPLETED" and status["losses"]["count"] == 30
+    assert status["state"] == "COMPLETED" and status["losses"]["count"] == 120
     # it learns: the loss at least halves, read from the trainer's own TensorBoard records, by step
     curve = loss_curve(run_dir)
     assert event_files(RunDir(run_dir))
-    assert [step for step, _ in curve] == list(range(1, 31))
+    assert [step for step, _ in curve] == list(range(1, 121))
     assert curve[-1][1] <= curve[0][1] / 2, curve
     assert (run_dir / "loss_curve.png").stat().st_size > 10_000
     sample = [line for line in proc.stdout.splitlines() if line.startswith("sample (greedy")]
@@ -55,6 +55,19 @@ def test_embedded_default_job_trains_the_tiny_model_and_visibly_learns(tmp_path,
     provenance = read_json(run_dir / "provenance.json")
     assert provenance["data"]["sha256"] and provenance["packages"]["axolotl"] == "0.19.0"
     assert provenance["data_report"]["inputs/it_istruzioni.jsonl"]["trainable_tokens"] > 0
+
+    # asked one of its training prompts, the model answers and stops at the turn end, not at the limit
+    from transformers import AutoTokenizer
+
+    limit = 48
+    chat = ok(cli(str(run_dir), "--prompt", "Qual è la capitale d'Italia?", "--max-new-tokens", str(limit),
+                  verb="chat", cwd=tmp_path))
+    answer = chat.stdout.strip()
+    assert answer, chat.stdout
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "output"))
+    assert tokenizer.eos_token == "<|eot_id|>"
+    assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) < limit - 4, answer
+    assert "<|eot_id|>" not in answer and "assistant" not in answer
 
 
 def test_adapt_qlora_on_raw_text_normalises_dedups_and_filters(tmp_path, tiny_model):

@@ -16,7 +16,7 @@ def test_full_finetune_after_a_merge_on_leonardo_renders_fsdp(tmp_path):
     proc = ok(cli("pipeline=llamantino2", "model=llama2_7b", "hardware=leonardo_booster", "hardware.nodes=2",
                   "launcher=slurm", "launcher.submit=false", "run.output_root=runs", cwd=tmp_path))
     pipeline_dir = run_dir_of(proc)
-    assert [s["name"] for s in read_json(pipeline_dir / "pipeline.json")["steps"]] == ["adapt", "merge", "sft"]
+    assert [s["name"] for s in read_json(pipeline_dir / "pipeline.json")["steps"]] == ["adapt", "merge", "sft", "release"]
     sft = (pipeline_dir / "sft" / "axolotl.yaml").read_text()
     assert "fsdp_version: 2" in sft and "base_model: inputs/base_model" in sft and "adapter:" not in sft
     assert (pipeline_dir / "sft" / "inputs" / "base_model").resolve() == (pipeline_dir / "merge" / "output" / "merged").resolve()

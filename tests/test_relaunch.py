@@ -97,7 +97,7 @@ def test_a_step_whose_input_is_missing_is_refused_and_a_pipeline_starts_in_order
     assert f"launch {pipeline}" in refused.stderr and not (pipeline / "merge_adapt" / "logs" / "train.log").exists()
     # the whole pipeline: every step in order, each reading the one before it (a dry run starts nothing)
     dry = ok(cli(str(pipeline), "--launcher", "local", "--dry-run", verb="launch", cwd=tmp_path))
-    steps = ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval"]
+    steps = ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval", "release"]
     assert re.findall(r"would start \S+/(\w+) with launcher=local", dry.stdout) == steps
     assert not any((pipeline / step / "status.json").exists() for step in steps)
 

@@ -68,12 +68,29 @@ def test_two_nodes_train_data_parallel(tmp_path):
     assert read_json(run_dir / "status.json")["state"] == "COMPLETED"
 
 
+def assert_release_folder(folder: Path, scores: dict, local_paths: list[Path]) -> None:
+    """A release folder as the Hub reads it: card and model-index parsed by huggingface_hub, the
+    scores equal to results.json, weights in safetensors, no path of this machine in any file."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    found = {result.dataset_name: result.metric_value for result in card.data.eval_results or []}
+    assert found == scores
+    assert card.data.language == ["it"]
+    assert sorted(path.name for path in folder.glob("*.safetensors"))
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix != ".safetensors":
+            text = path.read_text(errors="replace")
+            for local in [*local_paths, Path.home()]:
+                assert str(local) not in text, f"{path} names {local}"
+
+
 def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path):
     args = ("pipeline=tiny", "hardware=local_slurm", "hardware.nodes=1", "launcher=slurm")
     proc = ok(cli(*args, cwd=tmp_path))
     pipeline_dir = run_dir_of(proc)
     steps = [step["name"] for step in read_json(pipeline_dir / "pipeline.json")["steps"]]
-    assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval"]
+    assert steps == ["adapt", "merge_adapt", "sft", "merge_sft", "dpo", "eval", "release"]
     ids = [job_id_of(pipeline_dir / step) for step in steps]
     for previous, step in zip(ids, ids[1:]):
         assert f"afterok:{previous}" in job(step).dependency
@@ -99,9 +116,14 @@ def test_pipeline_is_a_chain_of_jobs_and_relaunch_submits_nothing_twice(tmp_path
     assert "## Evaluation" in (pipeline_dir / "dpo" / "output" / "README.md").read_text()
 
     done = ok(cli(*args, cwd=tmp_path))
-    assert done.stdout.count(" skip ") == 6 and "submitted job" not in done.stdout
+    # and is released: the model the eval scored, its scores in the card's model-index, nothing machine-local
+    released = pipeline_dir / "release" / "release"
+    assert_release_folder(released, read_json(pipeline_dir / "eval" / "results.json")["scores"], [tmp_path, pipeline_dir])
+
+    done = ok(cli(*args, cwd=tmp_path))
+    assert done.stdout.count(" skip ") == 7 and "submitted job" not in done.stdout
     status = ok(cli(str(pipeline_dir), verb="status", cwd=tmp_path)).stdout
-    assert status.count("COMPLETED") == 6
+    assert status.count("COMPLETED") == 7
 
 
 def test_a_failing_step_cancels_the_steps_after_it(tmp_path):

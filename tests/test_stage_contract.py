@@ -39,7 +39,7 @@ def test_a_stage_type_must_name_itself_and_names_are_unique():
     from llamantino.stages import STAGES, registry
     from llamantino.stages.train import TrainStage
 
-    assert set(STAGES) == {"train", "merge", "eval"}
+    assert set(STAGES) == {"train", "merge", "eval", "release"}
 
     class ForgotItsName(TrainStage):  # would silently replace TrainStage under "train"
         pass
@@ -85,7 +85,8 @@ def test_a_new_stage_takes_the_files_the_readme_names_and_the_matrix_finds_it(tm
     text = init.read_text()
     text = text.replace("from llamantino.stages.train import TrainStage\n",
                         "from llamantino.stages.train import TrainStage\nfrom llamantino.stages.reward import RewardStage\n")
-    text = text.replace("(TrainStage, MergeStage, EvalStage)", "(TrainStage, MergeStage, EvalStage, RewardStage)")
+    text = text.replace("(TrainStage, MergeStage, EvalStage, ReleaseStage)",
+                        "(TrainStage, MergeStage, EvalStage, ReleaseStage, RewardStage)")
     init.write_text(text)
     (copy / "conf/stage/reward.yaml").write_text(TOY_OPTION)
 

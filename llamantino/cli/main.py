@@ -38,6 +38,10 @@ VERBS: dict[str, Verb] = {
     "launch": Verb("llamantino.cli.launch", "start what was written earlier (launcher=dry, submit=false, imports): a run, "
                    "or a pipeline's or sweep's whole job graph; relaunch what failed (resumed) or did not run",
                    "<run, pipeline or sweep dir> [--launcher NAME] [--again] [--dry-run]"),
+    "chat": Verb("llamantino.cli.chat", "talk to a trained model: terminal chat, --web page, --prompt for scripts",
+                 "<run, pipeline or model dir> [--prompt TEXT] [--system TEXT] [--temperature T] [--web]"),
+    "release": Verb("llamantino.cli.release", "write a run's model as a Hub repository (card with scores, licences); "
+                    "--push uploads it", "<run or pipeline dir> [--push REPO_ID [--private] [--revision BRANCH]]"),
     "data": Verb("llamantino.cli.data", "the Italian dataset registry: list, check, preview, prepare, pin, cache",
                  "list | check | preview | prepare | pin ..."),
     "recipe": Verb("llamantino.cli.recipe", "share runs as files: list, export, import, diff, presets",

@@ -93,6 +93,11 @@ class EvalMode(StrEnum):
     current = "current"  # the installed harness as it is
 
 
+class ReleaseWhat(StrEnum):
+    model = "model"  # the adapter merged into its base (or the full model), as sharded safetensors
+    adapter = "adapter"  # the LoRA adapter alone, with its base named in the card
+
+
 class LauncherName(StrEnum):
     dry = "dry"
     local = "local"
@@ -271,7 +276,8 @@ class ModelConfig(Checked):
     decoder_layer: str = "LlamaDecoderLayer"  # FSDP wrapping unit
     flash_attention: bool = True  # the architecture supports flash_attention_2
     gated: bool = False  # the hub asks to accept a licence first
-    license: str = ""
+    license: str = ""  # a Hub licence id (llama2, apache-2.0, ...) or free text (released as "other")
+    license_link: Optional[str] = None  # where a licence that is not a Hub id is written (released cards need it)
     # Stage settings this model needs, applied unless the command line sets them (announced as a notice):
     # the random-init tiny model trains its embeddings and takes large steps to learn in a minute.
     tuning: dict[str, Any] = field(default_factory=dict)
@@ -612,6 +618,46 @@ class EvalConfig(Checked):
     data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
 
 
+#: A Hub repository id, <owner>/<name> (huggingface_hub validates it again before a push).
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+#: A branch of a Hub repository: no spaces, no shell or ref syntax.
+HUB_BRANCH = re.compile(r"[A-Za-z0-9][\w.-]{0,99}", re.ASCII)
+SHARD_SIZE = re.compile(r"[1-9][0-9]{0,5}(KB|MB|GB|KiB|MiB|GiB)", re.ASCII)
+
+
+def check_hub_target(key: str, repo_id: Optional[str], branch_key: str, branch: Optional[str]) -> None:
+    """A push target that names one repository and branch, and nothing else."""
+    if repo_id is not None and not HUB_REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"{key}={repo_id!r} is not a Hub repository id: write <owner>/<name> (letters, digits, "
+                          "'-', '_', '.')")
+    if branch is not None and not HUB_BRANCH.fullmatch(branch):
+        raise ConfigError(f"{branch_key}={branch!r} is not a branch name: letters, digits, '-', '_', '.'")
+
+
+def non_commercial(license_text: Optional[str]) -> bool:
+    """Whether a licence (a model's or a dataset's, as the config writes it) forbids commercial use:
+    CC-BY-NC-*, "non-commercial" terms."""
+    text = (license_text or "").lower()
+    return bool(re.search(r"(^|[-\s(])nc([-\s)]|$)", text)) or "non-commercial" in text or "noncommercial" in text
+
+
+@dataclass
+class ReleaseConfig(Checked):
+    """What ``stage=release`` writes (a folder laid out as a Hub model repository) and where it may be pushed."""
+
+    KEY = "release"
+    what: ReleaseWhat = ReleaseWhat.model
+    max_shard_size: str = "5GB"  # safetensors shards of the merged weights (huggingface_hub's size syntax)
+    repo_id: Optional[str] = None  # recorded in release.json; `llamantino release <run> --push` names the target
+    private: bool = False
+    revision: Optional[str] = None  # a branch of the Hub repository; None: main
+
+    def check(self) -> None:
+        if not SHARD_SIZE.fullmatch(str(self.max_shard_size)):
+            raise ConfigError(f"release.max_shard_size={self.max_shard_size!r} must be a size like 5GB or 500MB")
+        check_hub_target("release.repo_id", self.repo_id, "release.revision", self.revision)
+
+
 @dataclass
 class PipelineStep(Checked):
     KEY = "pipeline.steps[]"
@@ -670,6 +716,7 @@ class LlamantinoConfig(Checked):
     eval: EvalConfig = MISSING
     pipeline: Optional[PipelineConfig] = None
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*

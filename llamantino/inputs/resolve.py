@@ -44,6 +44,7 @@ class Inputs:
     files: dict[str, bytes] = field(default_factory=dict)  # run-relative name -> content to write
     build_tiny: bool = False
     corpus: "CorpusPlan | None" = None  # corpus-scale text: the prepared corpus the run reads
+    runs: dict = field(default_factory=dict)  # stage=release: the runs it reads (stages/release.py)
 
     @property
     def reads_hub_model(self) -> bool:
@@ -152,7 +153,7 @@ def resolve_data(cfg: LlamantinoConfig) -> dict:
     except ValueError as exc:
         raise ConfigError(f"data.columns of {data.name}: {exc}") from None
     entry = {"name": data.name, "format": str(data.format), "columns": dict(data.columns), "split": data.split,
-             "subset": data.subset, "revision": data.revision}
+             "subset": data.subset, "revision": data.revision, "license": data.license or None}
     if data.path:
         local = Path(data.path).expanduser()
         local = local if local.is_absolute() else DATASETS_DIR / local
@@ -187,7 +188,7 @@ def with_corpus(inputs: Inputs, cfg: LlamantinoConfig, world_size: int) -> Input
     inputs.corpus = plan
     inputs.data = {"name": data.name, "format": str(CORPUS_FORMAT), "columns": dict(data.columns), "split": data.split,
                    "subset": data.subset, "revision": data.revision, "hub_id": data.hub_id,
-                   "corpus": {"key": plan.key, "entry": plan.entry, "budget_tokens": plan.budget_tokens,
+                   "license": data.license or None, "corpus": {"key": plan.key, "entry": plan.entry, "budget_tokens": plan.budget_tokens,
                               "blocks": plan.blocks, "margin": plan.margin, "seed": plan.seed,
                               "sources": [{"name": s.name, "origin": s.origin, "hub_id": s.hub_id, "subset": s.subset,
                                            "revision": s.revision, "weight": s.weight, "blocks": s.blocks,

@@ -3,4 +3,4 @@
 Job scripts call these module paths, so they are stable; a user never types them.
 """
 
-JOB_COMMANDS = ("envcheck", "finish", "evaluate", "prepare", "download")
+JOB_COMMANDS = ("envcheck", "finish", "evaluate", "prepare", "download", "push", "release")

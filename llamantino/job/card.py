@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from llamantino.job.machine_paths import PATH_PLACEHOLDER, reproduce_command
 from llamantino.records.jobstate import RunStatus
 from llamantino.records.provenance import Provenance
 from llamantino.records.rundir import RunDir, read_bytes, write_text
@@ -55,9 +56,9 @@ def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
         "",
         "## Reproduce",
         "",
-        _fence("python -m llamantino " + " ".join(provenance.overrides), "bash"),
+        _fence(reproduce_command(provenance.overrides), "bash"),
         "",
-        f"Code: git commit `{provenance.git.get('commit')}`" + (" (with uncommitted changes)" if provenance.git.get("dirty") else ""),
+        f"Paths of this machine are shown as `{PATH_PLACEHOLDER}`. Code: git commit `{provenance.git.get('commit')}`" + (" (with uncommitted changes)" if provenance.git.get("dirty") else ""),
         "",
         "## Data",
         "",

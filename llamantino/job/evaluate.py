@@ -8,10 +8,12 @@ type wrote (``llamantino/stages/eval.py``), runs lm-eval once per few-shot count
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -103,28 +105,78 @@ def leaderboard() -> dict:
     return yaml.safe_load(LEADERBOARD.read_text())
 
 
-def read_scores(run_dir: Path, plan: EvalPlan) -> tuple[dict[str, float], dict[str, str]]:
-    """Task -> score (the metric the eval group names), and task -> the version lm-eval reports,
-    from lm-eval's result files (read back as untrusted: bounded, every value checked)."""
-    scores, versions = {}, {}
+#: lm-eval's dataset_path values that name a loader of local files, not a hub dataset.
+LOCAL_LOADERS = frozenset({"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "webdataset", "generator"})
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")  # [owner/]name
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9_.-]{1,96}")
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """What lm-eval's result files say of each task of a plan (read back as untrusted)."""
+
+    scores: dict[str, float]  # the metric the eval group names
+    versions: dict[str, str]  # the task's version
+    stderr: dict[str, float]  # the score's standard error, where lm-eval computed one
+    datasets: dict[str, str]  # the hub dataset it reads (none for local data files)
+    dataset_configs: dict[str, str]  # that dataset's configuration
+
+
+def finite_number(value) -> float | None:
+    """A number read back (JSON, YAML) as a float; None for anything else (bool, text, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _dataset(config) -> tuple[str | None, str | None]:
+    """(hub id, configuration) of a task's dataset as lm-eval's ``configs`` names it; None for
+    local files (dataset_path json, csv, ...) and for anything that is not a plain hub name."""
+    if not isinstance(config, dict):
+        return None, None
+    path, name = config.get("dataset_path"), config.get("dataset_name")
+    if not (isinstance(path, str) and HUB_ID.fullmatch(path) and path not in LOCAL_LOADERS and ".." not in path):
+        return None, None
+    return path, name if isinstance(name, str) and _CONFIG_NAME.fullmatch(name) and name != ".." else None
+
+
+def read_scores(run_dir: Path, plan: EvalPlan) -> TaskScores:
+    """Each task's score (the metric the eval group names), version, standard error and dataset, from
+    lm-eval's result files (read back as untrusted: bounded, every value checked)."""
+    found = TaskScores({}, {}, {}, {}, {})
     for path in sorted((Path(run_dir) / RunDir.EVAL_RESULTS).rglob("results_*.json")):
         written = load_json(path, MAX_STATE_BYTES)
         results = written.get("results") if isinstance(written, dict) else None
         if not isinstance(results, dict):
             raise RunDirError(f"{path}: results must be an object of tasks; was it cut short?")
+        versions = written.get("versions") if isinstance(written.get("versions"), dict) else {}
+        configs = written.get("configs") if isinstance(written.get("configs"), dict) else {}
         for task, metric in plan.metrics.items():
-            value = results.get(task, {}).get(f"{metric},none") if isinstance(results.get(task), dict) else None
+            values = results.get(task) if isinstance(results.get(task), dict) else {}
+            value = values.get(f"{metric},none")
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if finite_number(value) is None:
                 raise RunDirError(f"{path}: results.{task}.{metric},none={value!r} must be a number")
-            scores[task] = float(value)
-            versions[task] = str((written.get("versions") or {}).get(task, "unknown")
-                                 if isinstance(written.get("versions") or {}, dict) else "unknown")
-    missing = sorted(set(plan.metrics) - set(scores))
+            found.scores[task] = float(value)
+            found.versions[task] = str(versions.get(task, "unknown"))[:100]
+            stderr = finite_number(values.get(f"{metric}_stderr,none"))  # "N/A" where lm-eval computed none
+            if stderr is not None and stderr >= 0:
+                found.stderr[task] = stderr
+            dataset, config = _dataset(configs.get(task))
+            if dataset is not None:
+                found.datasets[task] = dataset
+            if config is not None:
+                found.dataset_configs[task] = config
+    missing = sorted(set(plan.metrics) - set(found.scores))
     if missing:
         raise LaunchError(f"lm-eval produced no score for {', '.join(missing)}")
-    return scores, versions
+    return found
+
+
+def fewshot_counts(plan: EvalPlan) -> dict[str, int]:
+    """Task -> the few-shot count of its eval group."""
+    return {task: group.num_fewshot for group in plan.groups for task in group.tasks}
 
 
 def harness_record(plan: EvalPlan, versions: dict[str, str]) -> dict:
@@ -191,11 +243,15 @@ def run_evaluation(run_dir: Path) -> dict:
         results_dir = run_dir / RunDir.EVAL_RESULTS / f"fewshot_{group['num_fewshot']}"
         for line in task_lines(results_dir, group, plan, time.monotonic() - started):
             print(line, flush=True)
-    scores, versions = read_scores(run_dir, plan)
-    harness = harness_record(plan, versions)
-    table = results_table(run.config().run.name, scores, plan, harness)
+    found = read_scores(run_dir, plan)
+    scores = found.scores
+    harness = harness_record(plan, found.versions)
+    name = run.config().run.name or run.name
+    table = results_table(name, scores, plan, harness)
     result = EvalResults(eval=plan.eval, scores=scores, model=plan.model, harness=harness,
-                         average=sum(scores.values()) / 3 if plan.leaderboard and len(scores) == 3 else None)
+                         average=sum(scores.values()) / 3 if plan.leaderboard and len(scores) == 3 else None,
+                         stderr=found.stderr or None, num_fewshot=fewshot_counts(plan),
+                         datasets=found.datasets or None, dataset_configs=found.dataset_configs or None)
     write_json(run / RunDir.RESULTS_JSON, {k: v for k, v in to_plain(result).items() if v is not None})
     write_text(run / RunDir.RESULTS_MD, table)
     print(table, flush=True)
@@ -204,7 +260,7 @@ def run_evaluation(run_dir: Path) -> dict:
         if card is not None:
             from llamantino.job.card import merge_eval_section
 
-            merge_eval_section(card, f"`{plan.eval}` ({run_dir}):\n\n{table}")
+            merge_eval_section(card, f"`{plan.eval}` (run `{name}`):\n\n{table}")
     return to_plain(result)
 
 

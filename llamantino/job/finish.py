@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 from llamantino.argparsing import ArgumentParser
@@ -39,14 +40,29 @@ def cancelled(run: RunDir, rc: int, job_id: str | None) -> bool:
     return previous is not None and previous.state == JobState.CANCELLED and previous.job_id == job_id
 
 
-def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
-    """Write status.json (and the model card when ``rc == 0``); return the status."""
+def job_gpus() -> int:
+    """The GPUs this job holds: SLURM's allocation on every node, else the devices this process sees."""
+    import os
+
+    if os.environ.get("SLURM_JOB_ID"):
+        per_node = os.environ.get("SLURM_GPUS_ON_NODE", "0")
+        nodes = os.environ.get("SLURM_JOB_NUM_NODES", "1")
+        return int(per_node) * int(nodes) if per_node.isdigit() and nodes.isdigit() else 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def finish_run(run: RunDir, rc: int, job_id: str | None = None, started: float | None = None) -> RunStatus:
+    """Write status.json (and the model card when ``rc == 0``); return the status. ``started``: the
+    attempt's start (epoch seconds), for its elapsed time and GPU hours."""
     run = RunDir(run.path.resolve())
     provenance = run.provenance()
     out = run.output_path(provenance) if rc == 0 else None
     notes: list[str] = []
     curve = loss_curve(run, notes)
     losses = [loss for _, loss in curve]
+    elapsed = round(max(time.time() - started, 0.0), 1) if started is not None else None
     status = RunStatus(
         state=JobState.COMPLETED if rc == 0 else JobState.CANCELLED if cancelled(run, rc, job_id) else JobState.FAILED,
         exit_code=rc,
@@ -54,6 +70,8 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
         job_id=job_id,
         losses={"first": losses[0], "last": losses[-1], "best": min(losses), "count": len(losses)} if losses else None,
         output=str(out) if out is not None else None,
+        elapsed_s=elapsed,
+        gpu_hours=round(elapsed * job_gpus() / 3600, 4) if elapsed is not None else None,
     )
     if out is not None:
         if run.existing(RunDir.DATA_REPORT) is not None:
@@ -62,8 +80,14 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None) -> RunStatus:
                 run.write_provenance(provenance)
             except RunDirError as exc:
                 notes.append(str(exc))
-        if out.is_dir() and not out.is_symlink():
+        if out.is_dir() and not out.is_symlink() and provenance.output.trained:
             from llamantino.job.card import write_model_card
+            from llamantino.job.generation import seal_generation
+
+            try:  # a chat model stops where its template's turn ends, whoever loads it
+                seal_generation(out, provenance.output.template, provenance.output.system_prompt)
+            except (OSError, ValueError) as exc:
+                notes.append(f"generation settings not written: {exc}")
 
             try:
                 write_model_card(run, out, provenance, status)
@@ -83,8 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rc", type=int, required=True, help="exit code of the stage command")
     parser.add_argument("--job-id", default=None)
+    parser.add_argument("--started", type=float, default=None, help="the attempt's start, in epoch seconds")
     args = parser.parse_args(argv)
-    finish_run(RunDir(args.run_dir), args.rc, args.job_id)
+    finish_run(RunDir(args.run_dir), args.rc, args.job_id, args.started)
     return args.rc
 
 

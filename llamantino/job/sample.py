@@ -14,7 +14,7 @@ from llamantino.records.rundir import RunDir
 from llamantino.config.schema import LlamantinoConfig
 
 SAMPLE_MAX_B = 1.0  # larger models are not loaded a second time just for a sample
-MAX_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 48  # an answer of the sample data fits; generation ends earlier at the template's turn end
 
 
 def first_prompt(cfg: LlamantinoConfig, data_file: Path) -> tuple[str, bool]:
@@ -64,11 +64,14 @@ def generate_sample(run: RunDir, cfg: LlamantinoConfig) -> tuple[str, str] | Non
     else:
         model = AutoModelForCausalLM.from_pretrained(str(out_dir))
     model.eval()
+    from llamantino.job.generation import stop_token_ids
+
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_bos)
+    stops = stop_token_ids(tokenizer, output.template)
     with torch.no_grad():
-        generated = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        generated = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=stops,
+                                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
     completion = tokenizer.decode(generated[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    (run / RunDir.SAMPLE).write_text(f"prompt:\n{prompt}\n\ngreedy continuation ({MAX_NEW_TOKENS} tokens):\n{completion}\n",
+    (run / RunDir.SAMPLE).write_text(f"prompt:\n{prompt}\n\ngreedy continuation (at most {MAX_NEW_TOKENS} tokens):\n{completion}\n",
                                      encoding="utf-8")
     return prompt, completion

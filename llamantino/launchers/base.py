@@ -165,6 +165,12 @@ class Launcher(ABC):
     def start(self, run: RunDir, cfg, provenance: Provenance, stage: Stage) -> None:
         """Start a run written earlier, its obligations met."""
 
+    def push(self, run: RunDir, repo_id: str, private: bool = False, revision: str | None = None) -> None:
+        """Upload a finished release to the Hub from here (llamantino/job/push.py)."""
+        from llamantino.job.push import push_release
+
+        push_release(run, repo_id, private, revision, self.echo)
+
     def state(self, run: RunDir) -> JobState:
         """The run's outcome from its status file; WRITTEN before it ran."""
         status = run.read_status()

@@ -14,6 +14,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 
 from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
@@ -131,6 +132,7 @@ def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) ->
     echo(f"llamantino: running {' '.join(argv[1:])} in {run.path} (log: {log_path})")
     if resumed:
         echo(f"llamantino: attempt {attempt}: resuming from {resumed}")
+    started = time.time()
     with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
         argv, cwd=run.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         bufsize=1, start_new_session=True,
@@ -148,7 +150,7 @@ def run_here(run: RunDir, command: list[str], processes: int = 1, echo=print) ->
                     console.feed(shown)
         console.close()
         rc = proc.wait()
-    status = finish_run(run, rc)
+    status = finish_run(run, rc, started=started)
     if status.state == JobState.CANCELLED:
         raise LaunchError(f"{run.path} was cancelled (python -m llamantino cancel); relaunch it with "
                           f"python -m llamantino launch {shlex.quote(str(run.path))}")

@@ -36,7 +36,7 @@ from llamantino.records.jobstate import JobRecord, JobState
 from llamantino.records.lock import directory_lock
 from llamantino.records.manifests import GraphEntry, GraphNode, JobGraph
 from llamantino.records.provenance import SourceKind
-from llamantino.render.sbatch import render_sbatch, script_context
+from llamantino.render.sbatch import push_script, render_sbatch, script_context
 from llamantino.records.rundir import DownloadDir, PreparedDir, RunDir, SharedEntry, SweepDir
 from llamantino.config.schema import LauncherName, LlamantinoConfig, time_seconds
 from llamantino.stages import PreparedRun
@@ -248,6 +248,35 @@ class SlurmLauncher(Launcher):
 
     def state(self, run: RunDir) -> JobState:
         return written_state(run)
+
+    def push(self, run, repo_id, private=False, revision=None):
+        """A release whose job is still queued or running, or on nodes without network: a push job
+        that waits on it, on the partition with network; a finished one on a networked cluster: here."""
+        cfg = run.config()
+        state = self.state(run)
+        if not state.active and not cfg.hardware.offline:
+            return super().push(run, repo_id, private, revision)
+        from llamantino.job.push import hub_token, plan_upload
+
+        if not state.active:
+            plan_upload(run, repo_id, private, revision)  # finished: checked now, not in a job later
+        else:
+            from llamantino.config.schema import check_hub_target
+
+            check_hub_target("--push", repo_id, "--revision", revision)
+        hub_token()  # the job gets it through sbatch's environment, never through a file
+        if cfg.hardware.offline and not cfg.hardware.prepare.network and not cfg.hardware.prepare.download_partition:
+            raise ConfigError(f"{cfg.hardware.name} nodes have no network and hardware.prepare.download_partition is "
+                              "not set: push from a machine with network once the release completed (llamantino "
+                              f"release {shlex.quote(str(run.path))} --push {repo_id})")
+        script = run / RunDir.PUSH_SCRIPT
+        write_text(script, push_script(cfg, run.path, repo_id, private, revision))
+        after = [run.job_id()] if state.active and run.job_id() else []
+        dependency = dependency_on(after)
+        job_id = sbatch(script, dependency=dependency)
+        self.echo(f"submitted push job {job_id}" + (f" ({dependency})" if dependency else "")
+                  + f": it uploads {run.path.name}/{RunDir.RELEASE} to {repo_id}; its log: "
+                  f"{run.path / RunDir.LOGS}/llamantino-push-{job_id}.out")
 
 
 def written_state(run: RunDir) -> JobState:

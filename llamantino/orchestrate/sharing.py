@@ -251,7 +251,7 @@ def _refuse_code(obj, path="config") -> None:
 # Names, choices and free text: checked by the schema (or looked up in the project's own files), they
 # name no file, code or place (``*`` stands for one key of a mapping).
 TEXT_KEYS = frozenset({
-    "experiment", "model.name", "model.family", "model.license", "model.builder",
+    "experiment", "model.name", "model.family", "model.license", "model.license_link", "model.builder",
     "data.name", "data.description", "data.format", "data.purpose", "data.subset", "data.split",
     "data.columns.*", "data.sources", "data.license", "data.size", "data.language", "data.source", "data.notes",
     "stage.name", "stage.task", "stage.name_parts", "stage.data_formats", "stage.adapter", "stage.cpu_adapter",
@@ -266,6 +266,7 @@ TEXT_KEYS = frozenset({
     "launcher.name", "launcher.time",
     "eval.name", "eval.tasks", "eval.batch_size", "eval.mode",
     "prompt.system_prompt",
+    "release.what", "release.max_shard_size",
     "tracking.name", "tracking.mode", "tracking.project", "tracking.entity", "tracking.tags",
     "run.name", "run.notes", "run.output_root",  # the output root is --dest's at import
     "target.model_id", "target.scores.*", "target.source",
@@ -352,6 +353,8 @@ def _why_refused(key: str, value) -> str | None:
         return "would run code the model or data brings (trust_remote_code)"
     if rule in ("run.input_model", "run.input_adapter"):
         return None if value is None else "points the run at a model outside the recipe"
+    if rule in ("release.repo_id", "release.revision"):  # `release --push` alone uploads there
+        return None if value is None else "names the Hub repository (or branch) a later push would upload your model to"
     if rule in ("model.hub_id", "data.hub_id"):
         return None if value is None or HUB_ID.fullmatch(value) else \
             f"{value!r} is not a hub id (owner/name): a path would load a model or data from elsewhere on this machine"

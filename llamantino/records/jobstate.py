@@ -87,6 +87,8 @@ class RunStatus:
     output: Optional[str] = None  # where the output is
     source: Optional[str] = None  # who wrote it when the job could not: scontrol or sacct
     notes: Optional[list[str]] = None  # what the job left that could not be read (a checkpoint cut short)
+    elapsed_s: Optional[float] = None  # this attempt's wall time, stage command included
+    gpu_hours: Optional[float] = None  # elapsed time x the GPUs the job held (0 on CPUs)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,34 @@ class EvalPlan:
 
 
 @dataclass(frozen=True)
+class ReleasePush:
+    """Where a release may be pushed (release.repo_id/private/revision); the token is never recorded."""
+
+    repo_id: Optional[str] = None
+    private: bool = False
+    revision: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """release.json: what a release job writes (llamantino/stages/release.py writes it).
+
+    Run directories are absolute paths on the machine that made them; the released folder never
+    names them (the job reads their records and writes ids, names and numbers only)."""
+
+    name: str  # the model's name in the card (the release run's run.name)
+    what: str  # model (merged, sharded safetensors) or adapter
+    model_run: str  # the run whose output is released (a trained adapter or model, or a merge)
+    output_kind: str  # that output's kind: adapter or model
+    eval_runs: list[str]  # eval runs of that model: their scores make the card's model-index
+    lineage: list[str]  # every run that made the model, from the first one on the base model to model_run
+    max_shard_size: str
+    template: Optional[str]  # the prompt template the model answers in (None: raw text)
+    system_prompt: Optional[str]  # None: the template's default
+    push: ReleasePush
+
+
+@dataclass(frozen=True)
 class EvalResults:
     """results.json: an eval run's scores, and what they depend on."""
 
@@ -129,6 +157,11 @@ class EvalResults:
     model: dict[str, Any]
     harness: Optional[dict[str, Any]] = None
     average: Optional[float] = None
+    # Per task, where lm-eval reports it (absent from results.json files written before them):
+    stderr: Optional[dict[str, float]] = None  # the score's standard error
+    num_fewshot: Optional[dict[str, int]] = None  # examples in each prompt (the eval group's few-shot count)
+    datasets: Optional[dict[str, str]] = None  # the hub dataset the task reads (none for local data files)
+    dataset_configs: Optional[dict[str, str]] = None  # that dataset's configuration (its subset)
 
     @property
     def mode(self) -> str:

@@ -75,6 +75,7 @@ class OutputKind(StrEnum):
     adapter = "adapter"  # a LoRA/QLoRA adapter on output.base_model
     model = "model"  # a full model (trained in full, or merged)
     eval_results = "eval_results"  # results.json and results.md
+    release = "release"  # a folder laid out as a Hub model repository (stage=release)
     none = "none"
 
 
@@ -106,6 +107,10 @@ class RunOutput:
     base_model: Optional[BaseModelRef] = None  # adapters: what they apply to
     datasets: dict[str, Any] = field(default_factory=dict)  # adapters: the recipe's dataset keys (merge needs them)
     data_links: dict[str, str] = field(default_factory=dict)  # adapters: the data links of the training run
+    # The prompt template the output answers in (None: raw text), and the system prompt it was
+    # trained with (None: the template's default): chat and release read them; merges carry them on.
+    template: Optional[str] = None
+    system_prompt: Optional[str] = None
 
     @property
     def trained(self) -> bool:
@@ -149,6 +154,7 @@ class DataInput:
     sha256: Optional[str] = None  # ... and its hash
     report: Optional[dict[str, Any]] = None  # the data check's counts
     corpus: Optional[dict[str, Any]] = None  # a prepared corpus: key, entry, budget, sources
+    license: Optional[str] = None  # the data option's licence (a release lists it; non-commercial is named)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from llamantino.records.files import (  # noqa: F401 - read_bytes and the writer
 
 if TYPE_CHECKING:
     from llamantino.records.jobstate import LocalProcess, RunStatus
-    from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, Submissions, SweepRecord
+    from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, ReleasePlan, Submissions, SweepRecord
     from llamantino.records.provenance import Provenance
 
 
@@ -104,6 +104,9 @@ class RunDir:
     SCRIPT = "job.sbatch"
     RESULTS_JSON = "results.json"
     RESULTS_MD = "results.md"
+    RELEASE_PLAN = "release.json"  # stage=release: what is released, from which runs (stages/release.py)
+    RELEASE = "release"  # stage=release: the folder laid out as a Hub model repository
+    PUSH_SCRIPT = "push.sbatch"  # llamantino release --push on SLURM: the job that uploads the release
     LOGS = "logs"
     TRAIN_LOG = "logs/train.log"
     PREPARE_LOG = "logs/prepare.log"
@@ -261,6 +264,13 @@ class RunDir:
 
         return load_record(EvalPlan, self.path / self.EVAL_PLAN, "eval", "not an eval run directory (written by "
                                                                           "stage=eval)")
+
+    def release_plan(self) -> "ReleasePlan":
+        """What the run's release job writes (release.json), typed."""
+        from llamantino.records.manifests import ReleasePlan
+
+        return load_record(ReleasePlan, self.path / self.RELEASE_PLAN, "release", "not a release run directory "
+                                                                                 "(written by stage=release)")
 
     def results(self) -> "EvalResults":
         """An eval run's scores (results.json), typed."""

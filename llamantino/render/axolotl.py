@@ -16,6 +16,7 @@ from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import Inputs
 from llamantino.config.method import Method
 from llamantino.records.rundir import RunDir
+from llamantino.records.provenance import RunOutput
 from llamantino.config.schema import LlamantinoConfig, Tracker, TrackerMode
 from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, format_spec
 
@@ -263,13 +264,17 @@ def _rope_scaling(model) -> dict:
         "rope_type": str(scaling.type), "factor": float(scaling.factor), "rope_theta": float(model.rope_theta)}}}
 
 
-def render_merge_recipe(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
-    """The Axolotl recipe of ``merge-lora``: the adapter into its base, loaded in 16 bits (never 4)."""
+def render_merge_recipe(cfg: LlamantinoConfig, inputs: Inputs, adapter: RunOutput) -> dict:
+    """The Axolotl recipe of ``merge-lora``: the adapter into its base, loaded in 16 bits (never 4).
+    The merged model keeps the template the adapter was trained in (not the merge config's default)."""
     recipe = _recipe_start(cfg, inputs)
-    recipe.update(llamantino_template=cfg.template, adapter="lora", lora_model_dir=inputs.adapter,
+    template = adapter.template or cfg.template
+    recipe.update(llamantino_template=template, adapter="lora", lora_model_dir=inputs.adapter,
                   load_in_4bit=False, load_in_8bit=False, output_dir=RunDir.OUTPUT,
                   learning_rate=float(cfg.stage.learning_rate), **_precision(cfg.hardware))
-    if cfg.prompt.system_prompt is not None:
+    if adapter.template and adapter.system_prompt is not None:
+        recipe["llamantino_system_prompt"] = adapter.system_prompt
+    elif not adapter.template and cfg.prompt.system_prompt is not None:
         recipe["llamantino_system_prompt"] = cfg.prompt.system_prompt
     # merge-lora reads no data, but Axolotl validates only recipes that name some: the adapter's.
     recipe.update(inputs.adapter_datasets)

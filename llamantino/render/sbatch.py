@@ -17,10 +17,12 @@ import re
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from llamantino.errors import ConfigError
 from llamantino.paths import SLURM_DIR
 from llamantino.config.schema import LlamantinoConfig
+from llamantino.records.rundir import RunDir
 
 # Whole-string patterns (fullmatch), ASCII only: "\d" would take other scripts' digits, "$" a trailing newline.
 _WORD = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
@@ -241,4 +243,31 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
     context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
                "modules": list(slurm.modules), "env": pairs, "entry": entry,
                "command": [module] if module != "llamantino.job.prepare" else [module, step]}
+    return render_sbatch("prepare.sbatch.j2", context)
+
+
+def push_script(cfg: LlamantinoConfig, run_dir, repo_id: str, private: bool, revision: str | None) -> str:
+    """The sbatch text of a push job: one process on the partition with network (the download
+    partition on offline clusters). HF_TOKEN reaches it through sbatch's environment, not this file."""
+    slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
+    download = cfg.hardware.offline and not prepare.network
+    partition = prepare.download_partition if download else slurm.partition
+    qos = prepare.download_qos if download else slurm.qos
+    time = prepare.download_time if download else prepare.time
+    lines = ["--job-name=llamantino-push", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
+             f"--time={_checked(_TIME, time, 'hardware.prepare.download_time' if download else 'hardware.prepare.time')}"]
+    for name, value, key_name in (("partition", partition, "hardware.prepare.download_partition"),
+                                  ("qos", qos, "hardware.prepare.download_qos"),
+                                  ("account", slurm.account, "hardware.slurm.account")):
+        if value:
+            lines.append(f"--{name}={_checked(_WORD, value, key_name)}")
+    lines += [f"--output={RunDir.LOGS}/%x-%j.out", "--open-mode=append"]
+    env = {"PYTHONUNBUFFERED": "1"}
+    if cfg.hardware.storage.hf_home:
+        env["HF_HOME"] = cfg.hardware.storage.hf_home
+    command = ["llamantino.job.push", "--repo-id", repo_id] + (["--private"] if private else []) + \
+        (["--revision", revision] if revision else [])
+    context = {"header": [f"llamantino push of {Path(run_dir).name} to {repo_id}"],
+               "directives": [Shell(line) for line in lines], "modules": list(slurm.modules),
+               "env": _env_pairs(cfg, {**slurm.env, **env}), "entry": str(run_dir), "command": command}
     return render_sbatch("prepare.sbatch.j2", context)

@@ -12,9 +12,10 @@ from llamantino.records.rundir import RunDir
 from llamantino.stages.base import HubRead, PreparedRun, Stage
 from llamantino.stages.eval import EvalStage
 from llamantino.stages.merge import MergeStage
+from llamantino.stages.release import ReleaseStage
 from llamantino.stages.train import TrainStage
 
-STAGE_TYPES: tuple[type[Stage], ...] = (TrainStage, MergeStage, EvalStage)
+STAGE_TYPES: tuple[type[Stage], ...] = (TrainStage, MergeStage, EvalStage, ReleaseStage)
 
 
 def registry(stage_types) -> dict[str, type[Stage]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from llamantino.errors import ConfigError
@@ -31,6 +32,7 @@ class MergeStage(Stage):
             raise ConfigError(f"run.input_adapter={adapter_run} produced no adapter to merge (output: {output.kind})")
         source = ModelSource(kind=SourceKind.merge, adapter_run=str(adapter_run.resolve()), base=output.base_model)
         inputs = from_adapter_output(output, source, str((adapter_run / output.path).resolve()))
+        inputs.model_source = dataclasses.replace(source, output=output)  # the template the merged model answers in
         inputs.adapter_datasets = dict(output.datasets)
         inputs.links.update(output.data_links)
         return inputs
@@ -38,7 +40,7 @@ class MergeStage(Stage):
     def render(self, cfg, method, inputs, notices):
         from llamantino.render.axolotl import render_merge_recipe
 
-        recipe = render_merge_recipe(cfg, inputs)
+        recipe = render_merge_recipe(cfg, inputs, inputs.model_source.output)
         if on_host(cfg):
             recipe["lora_on_cpu"] = True
             notices.append(f"{cfg.model.name} in bf16 does not fit one {cfg.hardware.gpu_memory_gb:g} GB GPU: the "
@@ -46,7 +48,9 @@ class MergeStage(Stage):
         return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
-        return RunOutput(kind=OutputKind.model, path=f"{RunDir.OUTPUT}/merged", precision=precision(cfg))
+        adapter = inputs.model_source.output
+        return RunOutput(kind=OutputKind.model, path=f"{RunDir.OUTPUT}/merged", precision=precision(cfg),
+                         template=adapter.template, system_prompt=adapter.system_prompt)
 
     def prepare_command(self, run):
         return None, {}  # reads an adapter and its base: nothing to pre-process

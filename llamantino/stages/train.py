@@ -64,13 +64,15 @@ class TrainStage(Stage):
         return recipe, {}
 
     def output(self, cfg, method, inputs, recipe):
+        answers = answer_format(cfg, inputs)
         if method.adapter:
             base = BaseModelRef(ref=inputs.base_model, revision=inputs.base_model_revision,
                                 local=inputs.links[MODEL_LINK] if inputs.base_model == MODEL_LINK else None)
             return RunOutput(kind=OutputKind.adapter, adapter=method.adapter, path=RunDir.OUTPUT, base_model=base,
                              datasets={key: recipe[key] for key in ("datasets", "llamantino_datasets") if key in recipe},
-                             data_links={name: target for name, target in inputs.links.items() if name != MODEL_LINK})
-        return RunOutput(kind=OutputKind.model, path=RunDir.OUTPUT, precision=precision(cfg))
+                             data_links={name: target for name, target in inputs.links.items() if name != MODEL_LINK},
+                             **answers)
+        return RunOutput(kind=OutputKind.model, path=RunDir.OUTPUT, precision=precision(cfg), **answers)
 
     def shape(self, cfg, method) -> JobShape:
         hw = cfg.hardware
@@ -108,6 +110,17 @@ def warmup_notice(stage) -> list[str]:
     instead = f"{steps} warm-up steps" if steps else "no warm-up"
     return [f"{problem}: {instead} instead (a tenth of the run, rounded down; set stage.warmup_steps below "
             f"{stage.max_steps}, or null, to choose)"]
+
+
+def answer_format(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    """The template (and system prompt) the trained model answers in: the one its data was rendered
+    with; raw text (language adaptation) keeps the input model's, if it had one."""
+    from llamantino_plugin.formats import format_spec
+
+    if inputs.data is not None and not format_spec(inputs.data["format"]).corpus:
+        return {"template": cfg.template, "system_prompt": cfg.prompt.system_prompt}
+    upstream = inputs.model_source.output
+    return {"template": upstream.template, "system_prompt": upstream.system_prompt} if upstream else {}
 
 
 def precision(cfg: LlamantinoConfig) -> str:
