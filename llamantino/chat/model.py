@@ -17,6 +17,9 @@ from llamantino.records.provenance import OutputKind, RunOutput
 from llamantino.records.rundir import PipelineDir, RunDir
 
 
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # unset: no sampling warnings
+
+
 @dataclass(frozen=True)
 class ChatTarget:
     """A model folder (or adapter folder and its base) and how it answers."""
@@ -179,6 +182,13 @@ class ChatModel:
         messages = ([{"role": "system", "content": chosen}] if chosen else []) + messages
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), False
 
+    def _encoded(self, history: list[dict], message: str, system: str | None):
+        """(the prompt's token ids on the model's device, the padding id generate needs)."""
+        text, add_bos = self.prompt(history, message, system)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=add_bos).to(self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        return ids, pad
+
     def stream(self, history: list[dict], message: str, system: str | None = None, *, temperature: float = 0.0,
                top_p: float = 1.0, max_new_tokens: int = 256) -> Iterator[str]:
         """The answer, piece by piece as it is generated; it ends at the template's turn end."""
@@ -191,12 +201,9 @@ class ChatModel:
             def __call__(self, input_ids, scores, **kwargs):
                 return abandoned.is_set()
 
-        text, add_bos = self.prompt(history, message, system)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=add_bos).to(self.device)
+        ids, pad = self._encoded(history, message, system)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else GREEDY
         failure: list[BaseException] = []
 
         def generate() -> None:
@@ -229,10 +236,8 @@ class ChatModel:
         """The greedy answer's token ids, stop token included when there is one (for checks)."""
         import torch
 
-        text, add_bos = self.prompt(history, message, system)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=add_bos).to(self.device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        ids, pad = self._encoded(history, message, system)
         with torch.no_grad():
             out = self.model.generate(**ids, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
-                                      pad_token_id=pad, do_sample=False, temperature=None, top_p=None, top_k=None)
+                                      pad_token_id=pad, **GREEDY)
         return out[0][ids["input_ids"].shape[1]:].tolist()

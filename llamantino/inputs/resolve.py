@@ -79,6 +79,17 @@ def read_run(run_dir: Path, known_runs: dict | None = None) -> Provenance:
     return run.provenance()
 
 
+def unfinished(path: Path, known_runs: dict, not_started: str = "not started") -> str | None:
+    """Why an earlier run's output cannot be read yet (its state), or None: it completed, or it is a
+    step of the same submission (``known_runs``: a pipeline step reads a future output)."""
+    if str(Path(path).resolve()) in known_runs:
+        return None
+    status = RunDir(path).read_status()
+    if status is not None and status.state.done:
+        return None
+    return str(status.state) if status is not None else not_started
+
+
 def is_run(path: Path, known_runs: dict) -> bool:
     return RunDir(path).is_run() or str(Path(path).resolve()) in known_runs
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from llamantino.errors import ConfigError
-from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run
+from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run, unfinished
 from llamantino.config.method import Method, model_gpus, model_ram_gb
 from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
 from llamantino.records.rundir import RunDir
@@ -109,11 +109,9 @@ def eval_layout(cfg: LlamantinoConfig) -> EvalLayout:
 def run_output(path: Path, known_runs: dict) -> Inputs:
     """What an eval reads from a run: its merged/full model, or its base plus adapter."""
     key = str(path.resolve())
-    if key not in known_runs:  # a run on disk must have finished; a pipeline step evaluates a future output
-        status = RunDir(path).read_status()
-        if status is None or not status.state.done:
-            raise ConfigError(f"run.input_model={path} has no finished output to evaluate (state: "
-                              f"{status.state if status else 'not finished'})")
+    state = unfinished(path, known_runs, "not finished")
+    if state is not None:
+        raise ConfigError(f"run.input_model={path} has no finished output to evaluate (state: {state})")
     output = read_run(path, known_runs).output
     source = ModelSource(kind=SourceKind.run, run_dir=key, output=output)
     if output.kind == OutputKind.model:

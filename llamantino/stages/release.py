@@ -15,7 +15,7 @@ from pathlib import Path
 from llamantino.config.method import model_ram_gb
 from llamantino.config.schema import LlamantinoConfig, ReleaseWhat, non_commercial, to_plain
 from llamantino.errors import ConfigError
-from llamantino.inputs.resolve import Inputs, read_run
+from llamantino.inputs.resolve import Inputs, read_run, unfinished
 from llamantino.records.manifests import ReleasePlan, ReleasePush
 from llamantino.records.provenance import OutputKind, Provenance, RunOutput, SourceKind
 from llamantino.records.rundir import RunDir
@@ -75,12 +75,10 @@ class ReleaseStage(Stage):
 
 def _finished(path: Path, known_runs: dict, what: str) -> Provenance:
     """The record of a run the release reads: one of this pipeline's steps, or a run that completed."""
-    key = str(path.resolve())
-    if key not in known_runs:
-        status = RunDir(path).read_status()
-        if status is None or not status.state.done:
-            raise ConfigError(f"run.input_model={path}: {what} has not finished (state: "
-                              f"{status.state if status else 'not started'}); release it once it has completed")
+    state = unfinished(path, known_runs)
+    if state is not None:
+        raise ConfigError(f"run.input_model={path}: {what} has not finished (state: {state}); release it once it "
+                          "has completed")
     return read_run(path, known_runs)
 
 
