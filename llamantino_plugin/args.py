@@ -56,6 +56,11 @@ class LlamantinoArgs(BaseModel):
     llamantino_text_dedup: bool = Field(
         default=True, json_schema_extra={"description": "drop exact duplicate text documents (after normalisation)"}
     )
+    llamantino_tracking_record: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "file in the run directory keeping the W&B/MLflow run id, so a requeued "
+                                          "or resumed job continues the same tracker run"},
+    )
     llamantino_anita_script_quirks: bool = Field(
         default=False,
         json_schema_extra={"description": "the ANITA SFT script's text: ' <|eot_id|> ', '<|begin_of_text|> ', "

@@ -44,8 +44,10 @@ class LlamantinoPlugin(BasePlugin):
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         from llamantino_plugin.progress import progress_callback
+        from llamantino_plugin.tracking import tracking_callbacks
 
-        return [CheckpointComplete(), progress_callback(trainer)]
+        return [CheckpointComplete(), progress_callback(trainer),
+                *tracking_callbacks(cfg, plugin_args(cfg).llamantino_tracking_record)]
 
     def load_datasets(self, cfg, preprocess: bool = False):
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -86,12 +86,12 @@ def test_commands_answer(tmp_path, module, args, needle):
 
 @pytest.mark.parametrize("module, args, needle", [
     ("status", ["nowhere"], "nowhere is not a llamantino run, pipeline or sweep directory"),
-    ("collect", ["."], "sweep.json not found"),
+    ("collect", ["."], "is not a llamantino run, pipeline or sweep directory"),
     ("compare", ["."], "no results.json found"),
     ("launch", ["nowhere"], "nowhere is not a llamantino run directory"),
     ("llamantino.job.evaluate", ["."], "eval.json not found"),
     ("llamantino.job.finish", [".", "--rc", "0"], "provenance.json not found"),
-    ("plan", ["stage=merge"], "does not train"),
+    ("plan", ["--calibrate", "no-such-run"], "not a llamantino run directory"),
     ("llamantino.job.envcheck", ["."], "provenance.json not found"),
     ("llamantino.job.prepare", ["finish", "."], "request.json not found"),
     ("llamantino.job.download", ["."], "request.json not found"),

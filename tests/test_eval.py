@@ -159,6 +159,9 @@ def test_local_smoke_evaluates_in_both_modes_and_compare_keeps_them_apart(tmp_pa
     assert not (tmp_path / "compare.png").exists()
     out = ok(cli(str(tmp_path / "runs"), "--mixed-modes", "--png", str(tmp_path / "compare.png"),
                  verb="compare", cwd=tmp_path)).stdout
-    assert "eval-base" in out and "eval-tiny_llama-local_smoke" in out
+    assert "eval-base" in out and "eval-tiny_llama-local_smoke" in out  # the eval runs' column
+    # each row is labelled by the model it evaluated: the trained run's name, the base model
+    assert "sft-tiny_llama-it_instructions_sample" in out and "tiny_llama (base)" in out
     assert "leaderboard" in out and "current" in out
+    assert " ± " in out and "2·sqrt(se_best² + se²)" in out  # lm-eval's standard errors, and the rule
     assert (tmp_path / "compare.png").stat().st_size > 5_000

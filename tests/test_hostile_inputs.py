@@ -129,7 +129,7 @@ ROWS = [
     ("launch broken config", "launch", ["{w}/broken_config"], "config.yaml: not a readable YAML file"),
     ("finish nowhere", "llamantino.job.finish", ["{w}/nowhere", "--rc", "0"], "provenance.json not found"),
     ("evaluate nowhere", "llamantino.job.evaluate", ["{w}/nowhere"], "eval.json not found"),
-    ("plan merge", "plan", ["stage=merge"], "does not train"),
+    ("plan eval without a GPU", "plan", ["stage=eval", "hardware=cpu"], "no GPU peak throughput"),
     ("plan cpu", "plan", [], "no GPU peak throughput"),
     ("plan bad override", "plan", ["stage.lora_r=0"], "stage.lora_r=0 must be at least 1"),
     ("export nowhere", "recipe", ["export", "{w}/nowhere", "-o", "{w}/out.yaml"], "not a llamantino run"),
@@ -159,7 +159,8 @@ ROWS = [
      "the recipe has no axolotl.yaml to compare"),
     ("zero time limit", "llamantino", ["launcher.time=0", *DRY], "under a minute"),
     ("planner mfu", "plan", ["experiment=llamantino2_7b_adapt", "--mfu", "0"], "--mfu 0.0 must be a fraction"),
-    ("tracking without uri", "llamantino", ["tracking=mlflow", *DRY], "tracking=mlflow needs tracking.uri"),
+    ("tracking folder store", "llamantino", ["tracking=mlflow", "tracking.uri=file:./mlruns", *DRY],
+     "MLflow 3 no longer writes folder stores"),
     ("import remote tracking", "recipe", ["import", "{w}/tracking.yaml", "--dest", "{w}/dest"],
      "--allow tracking"),
     ("import version", "recipe", ["import", "{w}/version.yaml", "--dest", "{w}/dest"], "made with axolotl"),
@@ -248,9 +249,11 @@ def test_allow_names_the_one_setting_the_user_accepts(work, tmp_path):
 def test_mlflow_tracking_renders_and_validates(compose, tmp_path):
     from conftest import build
 
-    run = build(compose("tracking=mlflow", "tracking.uri=file:./mlruns", "tracking.tags=[baseline]", "launcher=dry"),
-                tmp_path / "run")
+    run = build(compose("tracking=mlflow", "tracking.uri=http://127.0.0.1:5000", "tracking.tags=[baseline]",
+                        "launcher=dry"), tmp_path / "run", overrides=["tracking=mlflow", "stage.lora_r=8"])
     assert (run.recipe["use_mlflow"], run.recipe["mlflow_tracking_uri"], run.recipe["mlflow_experiment_name"]) == (
-        True, "file:./mlruns", "llamantino")
+        True, "http://127.0.0.1:5000", "llamantino")
     tags = json.loads(run.provenance.env["MLFLOW_TAGS"])
-    assert tags["model"] == "tiny_llama" and "baseline" in tags and run.provenance.env["WANDB_MODE"] == "disabled"
+    assert tags["model"] == "tiny_llama" and tags["baseline"] == "" and tags["stage.lora_r"] == "8"
+    assert "tracking" not in tags and not any("=" in key for key in tags)
+    assert run.provenance.env["WANDB_MODE"] == "disabled"

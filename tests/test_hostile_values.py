@@ -185,7 +185,7 @@ def test_environment_values_reach_the_job_as_literal_text(compose, tmp_path):
                            cwd=tmp_path, capture_output=True, text=True,
                            env={"PATH": "/usr/bin:/bin", "HF_TOKEN": TOKEN, "HOME": "/home/x", "WORK": "/work/x"})
     tags, value, hf_home = shown.stdout.splitlines()
-    assert "$HF_TOKEN" in tags and "`touch pwned_tick`" in tags and "run.notes='$(touch pwned)'" in tags
+    assert "$HF_TOKEN" in tags and "`touch pwned_tick`" in tags and "run.notes:'$(touch pwned)'" in tags
     assert TOKEN not in shown.stdout and value == "$(touch pwned_env)$HOME"
     assert hf_home == "/work/x/hf_home"  # the declared shell expression
     assert not list(tmp_path.glob("pwned*"))

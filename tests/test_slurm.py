@@ -155,17 +155,20 @@ def test_sweep_is_one_job_array_and_collects(tmp_path):
         assert info.state == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
         assert info.array_job_id == array_id
     out = ok(cli(str(sweep_dir), verb="collect", cwd=tmp_path)).stdout
-    assert "stage.learning_rate=0.001" in out and "stage.learning_rate=0.003" in out
-    rows = (sweep_dir / "collect.csv").read_text(errors="replace").strip().splitlines()
-    assert len(rows) == 3 and all(row.split(",")[3] for row in rows[1:])  # final losses present
+    assert "STAGE.LEARNING_RATE" in out and "stage.max_steps=2" in out.splitlines()[0]  # varied: a column; shared: once
+    import csv
+
+    rows = list(csv.DictReader((sweep_dir / "collect.csv").read_text(errors="replace").splitlines()))
+    assert [row["stage.learning_rate"] for row in rows] == ["0.001", "0.003"]
+    assert all(row["final_loss"] for row in rows)  # final losses present
     # the curves come from the trainer's TensorBoard event files, by global step
     from llamantino.records.curves import event_files, loss_curve
     from llamantino.records.rundir import RunDir
 
-    for index, row in enumerate(rows[1:]):
+    for index, row in enumerate(rows):
         point = RunDir(sweep_dir / f"{index:03d}")
         assert event_files(point), f"no event files in {point.path}"
-        assert float(row.split(",")[3]) == pytest.approx(loss_curve(point)[-1][1], abs=1e-4)
+        assert float(row["final_loss"]) == pytest.approx(loss_curve(point)[-1][1], abs=1e-4)
         assert [step for step, _ in loss_curve(point)] == [1, 2]
     assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
 

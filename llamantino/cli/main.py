@@ -46,10 +46,12 @@ VERBS: dict[str, Verb] = {
                  "list | check | preview | prepare | pin ..."),
     "recipe": Verb("llamantino.cli.recipe", "share runs as files: list, export, import, diff, presets",
                    "list | export | import | diff | presets ..."),
-    "plan": Verb("llamantino.cli.plan", "tokens, FLOPs, GPU hours and budget of a stage before you submit",
-                 "<overrides>"),
-    "collect": Verb("llamantino.cli.collect", "one table and one plot of a sweep's losses", "<sweep dir>"),
-    "compare": Verb("llamantino.cli.compare", "one table and one bar chart of eval results", "<eval runs or folders>"),
+    "plan": Verb("llamantino.cli.plan", "jobs, GPU hours, wall clock and budget of a stage, pipeline or sweep "
+                 "before you submit", "<overrides> [-m] [--mfu F | --calibrate RUN] [--json]"),
+    "collect": Verb("llamantino.cli.collect", "runs side by side, labelled by the keys that vary: metrics, curves, "
+                    "an eval sweep's scores", "<sweep, pipeline or run dir> [--metric M] [--log-y] [--smooth N]"),
+    "compare": Verb("llamantino.cli.compare", "eval scores ± standard error by model, differences within two "
+                    "standard errors marked", "<eval runs or folders>"),
     "sync": Verb("llamantino.cli.sync", "upload W&B runs trained offline", "<run, pipeline or sweep dir> [--dry-run]"),
     "site": Verb("llamantino.cli.site", "write a hardware option for the cluster this runs on", "init --name N --out DIR"),
 }

@@ -578,12 +578,15 @@ class TrackingConfig(Checked):
     project: str = "llamantino"  # W&B project / MLflow experiment
     entity: Optional[str] = None  # W&B team
     mode: TrackerMode = TrackerMode.auto  # W&B: online or offline (then `python -m llamantino sync`)
-    uri: Optional[str] = None  # MLflow tracking URI (a server, or a folder such as file:./mlruns)
+    # MLflow: a tracking server (http://host:5000) or a SQLite file (sqlite:////abs/mlflow.db);
+    # None: <run.output_root>/mlflow.db. MLflow 3 refuses folder stores (file:).
+    uri: Optional[str] = None
     tags: list[str] = field(default_factory=list)  # added to the run's own: model, data, stage, git commit
 
     def check(self) -> None:
-        if self.name == Tracker.mlflow and not self.uri:
-            raise ConfigError("tracking=mlflow needs tracking.uri=<tracking server or file:folder>")
+        from llamantino.config.tracking import check_tracking_uri
+
+        check_tracking_uri(self.uri)
 
 
 @dataclass
@@ -616,6 +619,7 @@ class EvalConfig(Checked):
     leaderboard: bool = False  # average the tasks like the Open Italian LLM Leaderboard
     mode: EvalMode = EvalMode.current  # leaderboard: reproduce the published scores' harness behaviour
     data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
+    log_samples: bool = False  # lm-eval --log_samples: each sample's prompt, answer and score kept under eval_results/
 
 
 #: A Hub repository id, <owner>/<name> (huggingface_hub validates it again before a push).

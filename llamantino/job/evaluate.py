@@ -235,9 +235,10 @@ def run_evaluation(run_dir: Path) -> dict:
     plan = run.eval_plan()
     argv_plan = to_plain(plan)  # the rendered command takes the plan as plain data
     for group in argv_plan["groups"]:
-        print(f"llamantino eval: {' '.join(lm_eval_argv(argv_plan, group)[1:])}", flush=True)
+        argv = lm_eval_argv(argv_plan, group)
+        print(f"llamantino eval: {' '.join(argv[1:])}", flush=True)
         started = time.monotonic()
-        rc = run_harness(lm_eval_argv(argv_plan, group), run_dir)
+        rc = run_harness(argv, run_dir)
         if rc != 0:
             raise LaunchError(f"lm-eval failed with exit code {rc} on {', '.join(group['tasks'])}")
         results_dir = run_dir / RunDir.EVAL_RESULTS / f"fewshot_{group['num_fewshot']}"

@@ -93,6 +93,7 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None, started: float |
                 write_model_card(run, out, provenance, status)
             except RunDirError as exc:
                 notes.append(f"no model card: {exc}")
+    _tensorboard_hparams(run, provenance.overrides, status.losses, notes)
     if len(losses) > 1:
         plot_curves({run.name: curve}, run / RunDir.LOSS_PNG, f"{run.name}: training loss")
     for note in notes:
@@ -100,6 +101,18 @@ def finish_run(run: RunDir, rc: int, job_id: str | None = None, started: float |
     status = dataclasses.replace(status, notes=notes or None)
     run.write_status(status)
     return status
+
+
+def _tensorboard_hparams(run: RunDir, overrides: list[str], losses: dict | None, notes: list[str]) -> None:
+    """A run trained with tracking=tensorboard: its HParams session, so a sweep tabulates in TensorBoard."""
+    from llamantino.config.schema import Tracker
+    from llamantino.job.hparams import write_hparams
+
+    try:
+        if run.config().tracking.name == Tracker.tensorboard:
+            write_hparams(run, overrides, losses)
+    except (OSError, ValueError, ImportError, RunDirError) as exc:
+        notes.append(f"no TensorBoard HParams: {exc}")
 
 
 def main(argv=None) -> int:

@@ -77,6 +77,15 @@ def step_overrides(cfg: LlamantinoConfig, overrides: list[str]) -> dict[str, lis
     return found
 
 
+def composed_steps(cfg: LlamantinoConfig, overrides: list[str],
+                   per_step: dict[str, list[str]] | None = None) -> list[tuple[PipelineStep, list[str], list[str]]]:
+    """Each step with the command line's overrides that reach it and its own (the step's, then its
+    ``+pipeline.<step>`` list): composing ``base + own`` gives the step's config. Pure."""
+    base = [o for o in overrides if not pipeline_level(o)]
+    per_step = per_step or {}
+    return [(step, base, list(step.overrides) + per_step.get(step.name, [])) for step in cfg.pipeline.steps]
+
+
 @dataclass
 class PlannedStep:
     name: str
@@ -112,14 +121,11 @@ def plan_steps(cfg: LlamantinoConfig, overrides: list[str], choices: dict, pipel
     names = [step.name for step in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"pipeline {cfg.pipeline.name}: step names must be unique, got {names}")
-    base = [o for o in overrides if not pipeline_level(o)]
-    per_step = per_step or {}
     launcher = launcher_for(cfg)
     known: dict[str, dict] = {}
     planned: list[PlannedStep] = []
-    for index, step in enumerate(steps):
+    for index, (step, base, own) in enumerate(composed_steps(cfg, overrides, per_step)):
         input_dir = _step_input(steps, index, pipeline)
-        own = list(step.overrides) + per_step.get(step.name, [])
         run_dir = pipeline.step(step.name)
         echo(f"step {step.name} ({index + 1}/{len(steps)}): composing, rendering and checking with Axolotl")
         # the command line as it applies to this step: its +pipeline.<step> list is the step's own

@@ -118,6 +118,7 @@ class EvalPlan:
     leaderboard: bool
     target: Optional[dict[str, Any]]
     evaluated_run: Optional[str]
+    log_samples: bool = False  # lm-eval --log_samples (absent from eval.json files written before it)
 
 
 @dataclass(frozen=True)

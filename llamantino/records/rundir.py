@@ -125,6 +125,8 @@ class RunDir:
     LOSS_PNG = "loss_curve.png"
     SAMPLE = "sample.txt"
     CARD = "README.md"
+    TRACKING_RUN = "tracking_run.json"  # tracking=wandb/mlflow: the tracker's run id, reused on requeue (the plugin's)
+    TENSORBOARD = "output/runs"  # tracking=tensorboard: the trainer's event folders, one per attempt; HParams here
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -380,6 +382,8 @@ class SweepDir:
     ARRAY_SCRIPT = "job-array.sbatch"
     COLLECT_CSV = "collect.csv"
     LOSS_PNG = "loss_curves.png"
+    SCORES_CSV = "scores.csv"  # an eval sweep's scores (LOSS_PNG holds a training sweep's curves)
+    SCORES_PNG = "scores.png"
 
     @staticmethod
     def point_name(index: int) -> str:

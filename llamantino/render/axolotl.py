@@ -8,6 +8,7 @@ them; paths are relative to the run directory so the recipe is the same on every
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -154,18 +155,25 @@ def tracker_mode(cfg: LlamantinoConfig) -> str:
 
 
 def _tracking(cfg: LlamantinoConfig) -> dict:
-    """Axolotl's keys for the chosen tracker (secrets stay in the environment)."""
+    """Axolotl's keys for the chosen tracker (secrets stay in the environment). The run's name, group and
+    tags are the job's environment (stages/base.py job_env): they depend on where the run is written.
+    Whether the tracker can work where the job starts is the train stage's validation."""
+    from llamantino.config.tracking import default_mlflow_uri
+    from llamantino.inputs.corpus import expand
+
     tracking, name = cfg.tracking, cfg.tracking.name
     if name == Tracker.tensorboard:
         return {"use_tensorboard": True}
+    # The tracker's run id, kept in the run directory: a requeued or resumed job continues the same run.
+    record = {"llamantino_tracking_record": RunDir.TRACKING_RUN}
     if name == Tracker.wandb:
-        keys = {"wandb_project": tracking.project, "wandb_name": cfg.run.name, "wandb_mode": tracker_mode(cfg)}
+        keys = {"wandb_project": tracking.project, "wandb_mode": tracker_mode(cfg)}
         if tracking.entity:
             keys["wandb_entity"] = tracking.entity
-        return keys
+        return {**keys, **record}
     if name == Tracker.mlflow:
-        return {"use_mlflow": True, "mlflow_tracking_uri": tracking.uri, "mlflow_experiment_name": tracking.project,
-                "mlflow_run_name": cfg.run.name}
+        uri = tracking.uri or default_mlflow_uri(Path(expand(cfg.run.output_root, "run.output_root")))
+        return {"use_mlflow": True, "mlflow_tracking_uri": uri, "mlflow_experiment_name": tracking.project, **record}
     return {}
 
 

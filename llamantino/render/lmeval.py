@@ -46,6 +46,8 @@ def lm_eval_argv(plan: dict, group: dict) -> list[str]:
         argv += ["--include_path", plan["include_path"]]
     if plan["limit"] is not None:
         argv += ["--limit", str(plan["limit"])]
+    if plan.get("log_samples"):  # eval.log_samples: lm-eval writes samples_<task>_<time>.jsonl beside its results file
+        argv.append("--log_samples")
     processes = plan.get("processes", 1)
     if processes > 1:
         argv[1:2] = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),

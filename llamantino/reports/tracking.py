@@ -2,7 +2,9 @@
 
 ``python -m llamantino sync <run, pipeline or sweep dir>`` finds every offline W&B run under it and
 uploads it with ``wandb sync`` from a machine with network (``--dry-run`` lists them). The API key
-comes from ``WANDB_API_KEY`` or ``wandb login``, never from llamantino's files.
+comes from ``WANDB_API_KEY`` or ``wandb login``, never from llamantino's files. A requeued or relaunched
+run writes one offline folder per attempt, all with the run's one id (kept in the run directory,
+``RunDir.TRACKING_RUN``); they are uploaded oldest first, so the attempts continue one W&B run.
 
 Without network ``wandb sync`` retries for good, so each upload has a time limit
 (:data:`SYNC_TIMEOUT_S`, ``--timeout``); a run that was not uploaded, or nothing to upload at all,

@@ -189,7 +189,7 @@ class Stage:
             files[RunDir.RECIPE] = dump_yaml(recipe, recipe_header(cfg, overrides, notices))
         output = self.output(cfg, method, inputs, recipe)
         provenance = build_provenance(self.task, cfg, overrides, choices, method, inputs, output, notices,
-                                      job_env(cfg, inputs, overrides))
+                                      job_env(cfg, inputs, overrides, run_dir))
         files = {**inputs.files, **files}
         files[RunDir.CONFIG] = yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
         files[RunDir.PROVENANCE] = provenance.to_json()
@@ -197,29 +197,45 @@ class Stage:
                            provenance=provenance, files=files, notices=notices)
 
 
-def run_tags(cfg: LlamantinoConfig, overrides: list[str]) -> list[str]:
-    """Tags of a run for trackers: model, data, stage, git commit, the command's overrides, the user's own."""
+def run_tags(cfg: LlamantinoConfig, run_dir: Path | None = None) -> dict[str, str]:
+    """The run's own tags for trackers: model, data, stage, git commit and, given where it is written,
+    its name and group (each sweep point and pipeline step its own name; the command's overrides and
+    the user's ``tracking.tags`` are added by each tracker's rules, llamantino/config/tracking.py)."""
+    from llamantino.config.tracking import tracking_identity
+
     commit = git_state().get("commit")
-    tags = [f"model:{cfg.model.name}", f"data:{cfg.data.name}", f"stage:{cfg.stage.name}"]
-    tags += [f"git:{commit[:12]}"] if commit else []
-    tags += [o for o in overrides if not o.startswith(("hydra.", "tracking."))] + list(cfg.tracking.tags)
-    return [tag.replace(",", ";")[:64] for tag in tags]  # W&B: at most 64 characters, comma-separated
+    tags = {"model": cfg.model.name, "data": cfg.data.name, "stage": cfg.stage.name}
+    tags.update({"git": commit[:12]} if commit else {})
+    if run_dir is not None and cfg.run.name:
+        name, group = tracking_identity(cfg.run.name, Path(run_dir))
+        tags.update(run=name, group=group)
+    return tags
 
 
-def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = ()) -> dict[str, str]:
+def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = (),
+            run_dir: Path | None = None) -> dict[str, str]:
     """Environment of the stage's process: no telemetry; offline when nothing needs the network; the
-    tracker's mode, folder and tags (its secrets come from the environment the job starts in)."""
+    tracker's mode, folder, run name, group and tags (its secrets come from the environment the job starts in)."""
+    from llamantino.config.tracking import mlflow_tags, wandb_tags
+
     # Unbuffered: a log followed with `tail -f` shows each step as it happens, not in 8 KiB blocks.
     # No carriage-return bars from datasets in a job's log: the plugin prints progress as lines.
     env = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    own = run_tags(cfg, run_dir)
     if cfg.tracking.name == Tracker.wandb:
         from llamantino.render.axolotl import tracker_mode
 
-        env.update(WANDB_MODE=tracker_mode(cfg), WANDB_DIR=".", WANDB_TAGS=",".join(run_tags(cfg, overrides)))
+        # The run id comes from the run directory (the plugin's record); resume=allow continues it on requeue.
+        env.update(WANDB_MODE=tracker_mode(cfg), WANDB_DIR=".", WANDB_RESUME="allow", WANDB_JOB_TYPE=cfg.stage.name,
+                   WANDB_TAGS=",".join(wandb_tags({k: v for k, v in own.items() if k not in ("run", "group")},
+                                                  overrides, cfg.tracking.tags)))
+        if "run" in own:
+            env.update(WANDB_NAME=own["run"], WANDB_RUN_GROUP=own["group"])
     elif cfg.tracking.name == Tracker.mlflow:
-        env["MLFLOW_TAGS"] = json.dumps(dict(tag.split(":", 1) if ":" in tag else (tag, "") for tag in
-                                             run_tags(cfg, overrides)))
+        if "run" in own:  # MLflow's own tag for the run's name (a random one otherwise)
+            own["mlflow.runName"] = own["run"]
+        env["MLFLOW_TAGS"] = json.dumps(mlflow_tags(own, overrides, cfg.tracking.tags), ensure_ascii=False)
     if cfg.hardware.storage.hf_home:  # the same HF_HOME as the prepare jobs (expanded by the job's shell)
         env["HF_HOME"] = cfg.hardware.storage.hf_home
     local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data

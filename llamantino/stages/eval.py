@@ -244,6 +244,7 @@ def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         "gpus": layout.gpus,
         "batch_size": str(cfg.eval.batch_size),
         "limit": cfg.eval.limit,
+        "log_samples": bool(cfg.eval.log_samples),
         "include_path": RunDir.EVAL_TASKS if local else None,
         "harness": {**settings, "batch_size": str(cfg.eval.batch_size),
                     "vendored_tasks": sorted(name for name, path in local.items() if path.parent == LEADERBOARD_TASKS)},

@@ -8,7 +8,7 @@ from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, with_data
 from llamantino.config.method import Method, choose_method, signal_lead_s
 from llamantino.records.rundir import RunDir
-from llamantino.config.schema import LlamantinoConfig, StageConfig, from_plain, time_seconds, to_plain
+from llamantino.config.schema import LlamantinoConfig, StageConfig, Tracker, from_plain, time_seconds, to_plain
 from llamantino.records.provenance import BaseModelRef, OutputKind, RunOutput
 from llamantino.render.sbatch import JobShape
 from llamantino.stages.base import HubRead, Stage
@@ -62,6 +62,16 @@ class TrainStage(Stage):
             notices.append(f"optimizer {cfg.stage.optimizer} needs CUDA; on hardware {cfg.hardware.name} the stage "
                            f"uses {recipe['optimizer']}")
         return recipe, {}
+
+    def validate(self, cfg, recipe, files):
+        """Axolotl's validation, and a tracker that can work where the job starts: its package installed,
+        W&B online with a key (else the training would stop at its first step)."""
+        super().validate(cfg, recipe, files)
+        if cfg.tracking.name != Tracker.none:
+            from llamantino.config.tracking import check_tracker_ready
+            from llamantino.render.axolotl import tracker_mode
+
+            check_tracker_ready(str(cfg.tracking.name), online=tracker_mode(cfg) == "online")
 
     def output(self, cfg, method, inputs, recipe):
         answers = answer_format(cfg, inputs)
