@@ -11,7 +11,9 @@ import yaml
 
 from conftest import cli
 
-from llamantino.orchestrate.costs import EVAL_MFU, STARTUP_S, plan
+from llamantino.config.method import JOB_STARTUP_S as STARTUP_S
+from llamantino.orchestrate.costs import plan
+from llamantino.stages.eval import EVAL_MFU
 from llamantino.orchestrate.plans import calibrate, plan_command
 
 

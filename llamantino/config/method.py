@@ -153,6 +153,18 @@ def signal_lead_s(params_b: float, adapter: str | None, lora_r: int, write_gbps:
     return max(minimum, math.ceil(checkpoint_gb(params_b, adapter, lora_r) / write_gbps) + 60)
 
 
+BF16_BYTES = 2
+JOB_STARTUP_S = 120  # a job's start: Python imports, the scheduler's prologue, process launch
+
+
+def io_hours(hw, gigabytes: float) -> tuple[float, str]:
+    """(hours, how) of a job that reads and writes ``gigabytes`` at ``hardware.storage.write_gbps``."""
+    gbps = hw.storage.write_gbps
+    return (JOB_STARTUP_S + gigabytes / gbps) / 3600, (
+        f"{JOB_STARTUP_S} s start-up + {gigabytes:,.1f} GB read and written at {gbps:g} GB/s "
+        "(hardware.storage.write_gbps, reads assumed as fast)")
+
+
 def model_gpus(params_b: float, gpu_memory_gb: float) -> int:
     """GPUs that hold a model's bf16 weights with room for activations (inference and merging)."""
     import math

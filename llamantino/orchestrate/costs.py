@@ -1,9 +1,10 @@
 """Cost plans of single jobs: tokens, FLOPs, GPU hours, job shape and billing (see python -m llamantino plan).
 
 Every job is planned as the launcher would submit it (the stage type's own :meth:`Stage.shape`) and
-billed for the share of a node it holds (:func:`billing`). Training is costed by FLOPs; merge and
-release by the bytes they read and write; eval by forward FLOPs over its tasks' tokens; the
-preparation of a corpus by tokenising throughput on CPUs. Each job's ``formula`` says how.
+billed for the share of a node it holds (:func:`billing`). Training is costed here by FLOPs, the
+preparation of a corpus by tokenising throughput on CPUs; the other stage types estimate their own
+work (:meth:`Stage.work`: merge and release by the bytes they move, eval by forward FLOPs over its
+tasks' tokens). Each job's ``formula`` says how.
 Pipelines, sweeps and calibration are in :mod:`llamantino.orchestrate.plans`.
 """
 
@@ -14,22 +15,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from llamantino.errors import ConfigError
-from llamantino.config.method import (activation_gb, checkpoint_gb, choose_method, mem_gb, memory_per_gpu_gb,
-                                      signal_lead_s)
-from llamantino.config.schema import RL, HardwareConfig, LlamantinoConfig, ReleaseWhat, time_seconds
+from llamantino.config.method import (JOB_STARTUP_S, activation_gb, checkpoint_gb, choose_method, mem_gb,
+                                      memory_per_gpu_gb, signal_lead_s)
+from llamantino.config.schema import RL, HardwareConfig, LlamantinoConfig, time_seconds
 from llamantino.stages import stage_for
 
 # Model FLOPs utilisation assumed when the user gives none: typical for bf16 LLM fine-tuning on
 # A100 (full/FSDP), and lower for 4-bit QLoRA, whose dequantisation costs time but no model FLOPs.
 DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "qlora": 0.25}
-# Assumptions of the jobs that do not train (printed with each plan line that uses them).
-EVAL_MFU = 0.30  # batched forward passes of lm-eval; --mfu and --calibrate apply to training only
-STARTUP_S = 120  # a job's start: Python imports, the scheduler's prologue, process launch
-EVAL_ITEMS = 10_000  # items of an eval task whose data is not in the project (read from the hub)
-EVAL_CHOICES = 4  # loglikelihood requests per item (multiple choice)
-EVAL_EXAMPLE_TOKENS = 150  # tokens of one question with its answer (one shot of the prompt)
+# Assumed of a corpus' preparation (printed with its plan line); the other jobs' work: each stage type's work().
 TOKENISE_PER_CORE_S = 200_000  # tokens a CPU core reads, filters and tokenises per second (prepare)
-BF16_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -267,14 +262,7 @@ def _corpus(cfg: LlamantinoConfig, world_size: int) -> dict | None:
                         for s in corpus.sources]}
 
 
-# --- jobs that do not train ------------------------------------------------------------------
-
-
-def _io_hours(cfg: LlamantinoConfig, gigabytes: float) -> tuple[float, str]:
-    gbps = cfg.hardware.storage.write_gbps
-    seconds = STARTUP_S + gigabytes / gbps
-    return seconds / 3600, (f"{STARTUP_S} s start-up + {gigabytes:,.1f} GB read and written at "
-                            f"{gbps:g} GB/s (hardware.storage.write_gbps, reads assumed as fast)")
+# --- a corpus' preparation, and the jobs that do not train (their work: each stage type's work()) ----
 
 
 def plan_prepare(cfg: LlamantinoConfig, corpus: dict) -> dict:
@@ -287,12 +275,12 @@ def plan_prepare(cfg: LlamantinoConfig, corpus: dict) -> dict:
             else "the token budget with its margin")
     tasks, cores = corpus["tasks"], corpus["workers"]
     compute_s = tokens / (tasks * cores * TOKENISE_PER_CORE_S)
-    hours = (STARTUP_S + compute_s) / 3600
+    hours = (JOB_STARTUP_S + compute_s) / 3600
     shape = JobShape(nodes=1, processes_per_node=1, gpus_per_node=0, cpus_per_node=cores, mem=prep.mem,
                      distributed=False, requeue=False)
     entry = _job(cfg, shape, kind="prepare", wall_hours=hours, partition=prep.partition or hw.slurm.partition,
                  formula=(f"{tokens:.3e} tokens ({what}) / ({tasks} array tasks x {cores} cores x "
-                          f"{TOKENISE_PER_CORE_S:,} tokens/s per core, assumed) + {STARTUP_S} s; downloads not counted"))
+                          f"{TOKENISE_PER_CORE_S:,} tokens/s per core, assumed) + {JOB_STARTUP_S} s; downloads not counted"))
     # Billed per core on its partition (another node type than the GPU nodes): every array task
     # holds its own CPUs at once, so the array's core hours, not one task's; no GPU node is held.
     entry.update({"node_share": None, "billed_by": "cores", "notices": [], "budget_hours": hours * tasks * cores,
@@ -303,90 +291,20 @@ def plan_prepare(cfg: LlamantinoConfig, corpus: dict) -> dict:
     return entry
 
 
-def _eval_tokens(cfg: LlamantinoConfig) -> tuple[float, list[str]]:
-    """Tokens the eval forwards: per task items x choices x (few-shot + 1) x tokens per example."""
-    from llamantino.stages.eval import local_task_files, tasks_with_local_data
-
-    local = tasks_with_local_data(cfg.eval)
-    files = local_task_files(cfg.eval)
-    total, parts = 0.0, []
-    for task in cfg.eval.tasks:
-        items = _local_items(files[task.name]) if task.name in local else None
-        known = items is not None
-        items = items if known else EVAL_ITEMS
-        limit = cfg.eval.limit
-        if limit is not None:
-            items = min(items, limit) if limit >= 1 else items * limit
-        tokens = items * EVAL_CHOICES * (task.num_fewshot + 1) * EVAL_EXAMPLE_TOKENS
-        total += tokens
-        parts.append(f"{task.name}: {items:,.0f} items ({'its data file' if known else 'assumed'}) x {EVAL_CHOICES} "
-                     f"choices x ({task.num_fewshot}+1) shots x {EVAL_EXAMPLE_TOKENS} tokens")
-    return total, parts
-
-
-def _local_items(task_file) -> int | None:
-    """Rows of a project task's JSONL data file (its test split), or None when it has none to count."""
-    import yaml
-
-    spec = yaml.safe_load(task_file.read_text()) or {}
-    data_files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
-    split = data_files.get(spec.get("test_split")) if isinstance(data_files, dict) else data_files
-    if not isinstance(split, str):
-        return None
-    path = task_file.parent / split
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else None
-
-
-def _plan_merge(cfg: LlamantinoConfig, shape) -> dict:
-    model_gb = cfg.model.params_b * BF16_BYTES
-    hours, how = _io_hours(cfg, 2 * model_gb)
-    return _job(cfg, shape, kind="merge", wall_hours=hours,
-                formula=f"load the bf16 base ({model_gb:,.1f} GB) and write the merged model "
-                        f"({model_gb:,.1f} GB), the LoRA products negligible: {how}")
-
-
-def _plan_release(cfg: LlamantinoConfig, shape) -> dict:
-    adapter = cfg.release.what == ReleaseWhat.adapter
-    size = checkpoint_gb(cfg.model.params_b, "lora") if adapter else cfg.model.params_b * BF16_BYTES
-    hours, how = _io_hours(cfg, 2 * size)
-    return _job(cfg, shape, kind="release", wall_hours=hours,
-                formula=f"read and write the {'adapter' if adapter else 'bf16 model in shards'} "
-                        f"({size:,.1f} GB) with its card: {how}")
-
-
-def _plan_eval(cfg: LlamantinoConfig, shape) -> dict:
-    hw = cfg.hardware
-    if not hw.gpu or not hw.peak_tflops:
-        raise ConfigError(f"hardware {hw.name} has no GPU peak throughput to plan an eval with; choose a GPU "
-                          "hardware option (hardware=leonardo_booster, a100_80gb_x1, ...)")
-    tokens, parts = _eval_tokens(cfg)
-    flops = 2 * cfg.model.params_b * 1e9 * tokens
-    gpus = shape.nodes * shape.gpus_per_node
-    compute_s = flops / (gpus * hw.peak_tflops * 1e12 * EVAL_MFU)
-    load_hours, load_how = _io_hours(cfg, cfg.model.params_b * BF16_BYTES)
-    entry = _job(cfg, shape, kind="eval", wall_hours=load_hours + compute_s / 3600,
-                 formula=(f"2·N·T forward = {flops:.3e} FLOPs over T = {tokens:.3e} tokens ({'; '.join(parts)}) / "
-                          f"({gpus} GPUs x {hw.peak_tflops:g} TFLOP/s x {EVAL_MFU:.0%} MFU, assumed) + model load: "
-                          f"{load_how}"))
-    entry.update({"tokens": tokens, "flops": flops})
-    return entry
-
-
-# The cost model of each stage type that does not train, by its task (training: plan()).
-NOT_TRAINING = {"merge": _plan_merge, "release": _plan_release, "eval": _plan_eval}
-
-
 def plan_job(cfg: LlamantinoConfig, mfu: float | Mfu | None = None, tokens_per_row: int | None = None) -> list[dict]:
     """The jobs one stage submits: a corpus' preparation before a train stage that needs one, then the stage."""
     stage = stage_for(cfg)
     if stage.costed:
         entry = plan(cfg, mfu, tokens_per_row)
         return ([plan_prepare(cfg, entry["corpus"])] if entry["corpus"] else []) + [entry]
-    cost_model = NOT_TRAINING.get(stage.task)
-    if cost_model is None:
-        raise ConfigError(f"stage {cfg.stage.name} (task {stage.task}) has no cost model; plannable tasks: train, "
-                          f"{', '.join(NOT_TRAINING)}")
-    return [cost_model(cfg, stage.shape(cfg, stage.method(cfg, [])[1]))]
+    shape = stage.shape(cfg, stage.method(cfg, [])[1])
+    work = stage.work(cfg, shape)
+    if work is None:
+        raise ConfigError(f"stage {cfg.stage.name} (task {stage.task}) has no cost model; the planner plans "
+                          "training, merge, eval and release")
+    entry = _job(cfg, shape, kind=stage.task, wall_hours=work.hours, formula=work.formula)
+    entry.update({key: value for key, value in (("tokens", work.tokens), ("flops", work.flops)) if value is not None})
+    return [entry]
 
 
 def format_plan(p: dict) -> str:

@@ -81,6 +81,16 @@ class PreparedRun:
         return self.run_dir.write(self.files, self.links)
 
 
+@dataclass(frozen=True)
+class Work:
+    """A job's wall clock as its stage type estimates it, and how (printed with the plan)."""
+
+    hours: float
+    formula: str
+    tokens: float | None = None
+    flops: float | None = None
+
+
 class Stage:
     """Base of the stage types; see the module docstring for the sequence.
 
@@ -92,7 +102,7 @@ class Stage:
     command: ClassVar[tuple[str, ...]]  # after the Python executable, run from inside the run directory
     plan_file: ClassVar[str] = RunDir.RECIPE  # the file that says what the job runs (compared on relaunch)
     checkpoints: ClassVar[bool] = False  # writes training checkpoints: storage guard, requeue at the time limit
-    costed: ClassVar[bool] = False  # `llamantino plan` has a cost model for it
+    costed: ClassVar[bool] = False  # trains: `llamantino plan` costs it by FLOPs (others: work())
     input_key: ClassVar[str] = "input_model"  # the run.* key a pipeline sets to the previous step's directory
 
     # --- the steps a stage type fills in -------------------------------------------------------
@@ -123,6 +133,11 @@ class Stage:
     def output(self, cfg: LlamantinoConfig, method: Method | None, inputs: Inputs, recipe: dict | None) -> RunOutput:
         """What the run produces, for the next stage's lineage checks."""
         return RunOutput()
+
+    def work(self, cfg: LlamantinoConfig, shape: JobShape) -> "Work | None":
+        """What a job that does not train takes, for `llamantino plan` (billing is the planner's); None:
+        no cost model. Training is costed by FLOPs (orchestrate/costs.py plan)."""
+        return None
 
     def shape(self, cfg: LlamantinoConfig, method: Method | None) -> JobShape:
         """One process on one node, with the hardware option's GPUs and CPUs (merge, eval)."""

@@ -17,14 +17,20 @@ import yaml
 
 from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import MODEL_LINK, Inputs, base_model, from_adapter_output, is_run, read_run, unfinished
-from llamantino.config.method import Method, model_gpus, model_ram_gb
+from llamantino.config.method import BF16_BYTES, Method, io_hours, model_gpus, model_ram_gb
 from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
 from llamantino.records.rundir import RunDir
 from llamantino.render.lmeval import model_args_text
 from llamantino.config.schema import EvalConfig, EvalMode, LlamantinoConfig
 from llamantino.config.schema import to_plain
 from llamantino.records.provenance import ModelSource, OutputKind, Provenance, RunOutput, SourceKind
-from llamantino.stages.base import HubRead, Stage
+from llamantino.stages.base import HubRead, Stage, Work
+
+# What `llamantino plan` assumes of an eval job (printed with each plan line that uses them).
+EVAL_MFU = 0.30  # batched forward passes of lm-eval; --mfu and --calibrate apply to training only
+EVAL_ITEMS = 10_000  # items of an eval task whose data is not in the project (read from the hub)
+EVAL_CHOICES = 4  # loglikelihood requests per item (multiple choice)
+EVAL_EXAMPLE_TOKENS = 150  # tokens of one question with its answer (one shot of the prompt)
 
 
 class EvalStage(Stage):
@@ -74,6 +80,22 @@ class EvalStage(Stage):
             return super().shape(cfg, method)
         layout = eval_layout(cfg)
         return self.sized_shape(cfg, layout.gpus, model_ram_gb(cfg.model.params_b) * layout.processes)
+
+    def work(self, cfg, shape):
+        """Forward FLOPs 2·N·T over the tasks' tokens at an assumed utilisation, and the model's load."""
+        hw = cfg.hardware
+        if not hw.gpu or not hw.peak_tflops:
+            raise ConfigError(f"hardware {hw.name} has no GPU peak throughput to plan an eval with; choose a GPU "
+                              "hardware option (hardware=leonardo_booster, a100_80gb_x1, ...)")
+        tokens, parts = eval_tokens(cfg)
+        flops = 2 * cfg.model.params_b * 1e9 * tokens
+        gpus = shape.nodes * shape.gpus_per_node
+        compute_s = flops / (gpus * hw.peak_tflops * 1e12 * EVAL_MFU)
+        load_hours, load_how = io_hours(hw, cfg.model.params_b * BF16_BYTES)
+        return Work(load_hours + compute_s / 3600,
+                    f"2·N·T forward = {flops:.3e} FLOPs over T = {tokens:.3e} tokens ({'; '.join(parts)}) / ({gpus} GPUs "
+                    f"x {hw.peak_tflops:g} TFLOP/s x {EVAL_MFU:.0%} MFU, assumed) + model load: {load_how}",
+                    tokens=tokens, flops=flops)
 
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)
@@ -163,6 +185,36 @@ def _known_tasks(include: tuple[str, ...]) -> frozenset:
     from lm_eval.tasks import TaskManager
 
     return frozenset(TaskManager(include_path=list(include) or None).all_tasks)
+
+
+def eval_tokens(cfg: LlamantinoConfig) -> tuple[float, list[str]]:
+    """Tokens the eval forwards: per task items x choices x (few-shot + 1) x tokens per example."""
+    local = tasks_with_local_data(cfg.eval)
+    files = local_task_files(cfg.eval)
+    total, parts = 0.0, []
+    for task in cfg.eval.tasks:
+        items = _local_items(files[task.name]) if task.name in local else None
+        known = items is not None
+        items = items if known else EVAL_ITEMS
+        limit = cfg.eval.limit
+        if limit is not None:
+            items = min(items, limit) if limit >= 1 else items * limit
+        tokens = items * EVAL_CHOICES * (task.num_fewshot + 1) * EVAL_EXAMPLE_TOKENS
+        total += tokens
+        parts.append(f"{task.name}: {items:,.0f} items ({'its data file' if known else 'assumed'}) x {EVAL_CHOICES} "
+                     f"choices x ({task.num_fewshot}+1) shots x {EVAL_EXAMPLE_TOKENS} tokens")
+    return total, parts
+
+
+def _local_items(task_file) -> int | None:
+    """Rows of a project task's JSONL data file (its test split), or None when it has none to count."""
+    spec = yaml.safe_load(task_file.read_text()) or {}
+    data_files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+    split = data_files.get(spec.get("test_split")) if isinstance(data_files, dict) else data_files
+    if not isinstance(split, str):
+        return None
+    path = task_file.parent / split
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else None
 
 
 def check_tasks(eval_cfg: EvalConfig) -> None:

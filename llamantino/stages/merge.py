@@ -7,11 +7,11 @@ from pathlib import Path
 
 from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import Inputs, from_adapter_output, read_run
-from llamantino.config.method import Method, model_gpus, model_ram_gb
+from llamantino.config.method import BF16_BYTES, Method, io_hours, model_gpus, model_ram_gb
 from llamantino.records.rundir import RunDir
 from llamantino.config.schema import LlamantinoConfig
 from llamantino.records.provenance import ModelSource, OutputKind, RunOutput, SourceKind
-from llamantino.stages.base import Stage
+from llamantino.stages.base import Stage, Work
 from llamantino.stages.train import precision
 
 
@@ -54,6 +54,12 @@ class MergeStage(Stage):
 
     def prepare_command(self, run):
         return None, {}  # reads an adapter and its base: nothing to pre-process
+
+    def work(self, cfg, shape):
+        model_gb = cfg.model.params_b * BF16_BYTES
+        hours, how = io_hours(cfg.hardware, 2 * model_gb)
+        return Work(hours, f"load the bf16 base ({model_gb:,.1f} GB) and write the merged model ({model_gb:,.1f} GB), "
+                           f"the LoRA products negligible: {how}")
 
     def shape(self, cfg, method):
         """One GPU when the bf16 model fits it, else host memory only (``lora_on_cpu``): never the whole node."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamantino.config.method import model_ram_gb
+from llamantino.config.method import BF16_BYTES, checkpoint_gb, io_hours, model_ram_gb
 from llamantino.config.schema import LlamantinoConfig, ReleaseWhat, non_commercial, to_plain
 from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import Inputs, read_run, unfinished
 from llamantino.records.manifests import ReleasePlan, ReleasePush
 from llamantino.records.provenance import OutputKind, Provenance, RunOutput, SourceKind
 from llamantino.records.rundir import RunDir
-from llamantino.stages.base import Stage
+from llamantino.stages.base import Stage, Work
 from llamantino.stages.eval import run_output
 
 
@@ -66,6 +66,13 @@ class ReleaseStage(Stage):
 
     def prepare_command(self, run):
         return None, {}  # reads finished runs only
+
+    def work(self, cfg, shape):
+        adapter = cfg.release.what == ReleaseWhat.adapter
+        size = checkpoint_gb(cfg.model.params_b, "lora") if adapter else cfg.model.params_b * BF16_BYTES
+        hours, how = io_hours(cfg.hardware, 2 * size)
+        return Work(hours, f"read and write the {'adapter' if adapter else 'bf16 model in shards'} ({size:,.1f} GB) "
+                           f"with its card: {how}")
 
     def shape(self, cfg, method):
         """Merging an adapter loads the 16-bit model once, in host memory: no GPU, no whole node."""
