@@ -43,11 +43,11 @@ def override_pairs(overrides: list[str]) -> dict[str, str]:
             continue
         key = _MLFLOW_KEY_CHAR.sub("_", key)[:MLFLOW_KEY_MAX]
         if key:
-            pairs[key] = one_line(value)[:MLFLOW_VALUE_MAX]
+            pairs[key] = _printable(value)[:MLFLOW_VALUE_MAX]
     return pairs
 
 
-def one_line(text: str) -> str:
+def _printable(text: str) -> str:
     """A value safe in an environment variable and a YAML scalar: control characters become spaces."""
     return re.sub(r"[\x00-\x1f\x7f]", " ", str(text)).strip()
 
@@ -60,7 +60,7 @@ def mlflow_tags(base: dict[str, str], overrides: list[str], user_tags: list[str]
         key, _, value = str(tag).partition(":")
         key = _MLFLOW_KEY_CHAR.sub("_", key.strip())[:MLFLOW_KEY_MAX]
         if key:
-            tags[key] = one_line(value)[:MLFLOW_VALUE_MAX]
+            tags[key] = _printable(value)[:MLFLOW_VALUE_MAX]
     return tags
 
 
@@ -69,7 +69,7 @@ def wandb_tags(base: dict[str, str], overrides: list[str], user_tags: list[str])
     user's tags; each at most 64 characters, no commas, each once."""
     tags = [f"{key}:{value}" for key, value in {**base, **override_pairs(overrides)}.items()]
     tags += [str(tag) for tag in user_tags]
-    cleaned = [one_line(tag).replace(",", ";")[:WANDB_TAG_MAX] for tag in tags]
+    cleaned = [_printable(tag).replace(",", ";")[:WANDB_TAG_MAX] for tag in tags]
     return list(dict.fromkeys(tag for tag in cleaned if tag))
 
 

@@ -109,8 +109,9 @@ def _tensorboard_hparams(run: RunDir, overrides: list[str], losses: dict | None,
     from llamantino.job.hparams import write_hparams
 
     try:
-        if run.config().tracking.name == Tracker.tensorboard:
-            write_hparams(run, overrides, losses)
+        cfg = run.config()
+        if cfg.tracking.name == Tracker.tensorboard:
+            write_hparams(run, cfg.stage, overrides, losses)
     except (OSError, ValueError, ImportError, RunDirError) as exc:
         notes.append(f"no TensorBoard HParams: {exc}")
 

@@ -29,14 +29,14 @@ def _value(text):
         return str(text)
 
 
-def run_hparams(run: RunDir, overrides: list[str]) -> dict:
-    stage = run.config().stage
+def run_hparams(stage, overrides: list[str]) -> dict:
+    """The stage's main settings and the command's overrides (an override of a setting wins)."""
     hparams = {f"stage.{key}": getattr(stage, key) for key in STAGE_HPARAMS if getattr(stage, key, None) is not None}
-    hparams.update({key: _value(value) for key, value in override_pairs(overrides).items()})
+    hparams.update(override_pairs(overrides))
     return {key: _value(value) for key, value in hparams.items()}
 
 
-def write_hparams(run: RunDir, overrides: list[str], losses: dict | None) -> Path | None:
+def write_hparams(run: RunDir, stage, overrides: list[str], losses: dict | None) -> Path | None:
     """The run's HParams session in ``output/runs``; None when the trainer wrote no event files there."""
     folder = run / RunDir.TENSORBOARD
     if not any(folder.glob(f"*/{EVENTS}")):
@@ -48,7 +48,7 @@ def write_hparams(run: RunDir, overrides: list[str], losses: dict | None) -> Pat
                if losses and isinstance(losses.get(kind), (int, float))}
     for old in folder.glob(EVENTS):  # the session of an earlier attempt: replaced
         old.unlink()
-    experiment, start, end = hparams(run_hparams(run, overrides), metrics)
+    experiment, start, end = hparams(run_hparams(stage, overrides), metrics)
     with SummaryWriter(log_dir=str(folder)) as writer:
         for summary in (experiment, start, end):
             writer.file_writer.add_summary(summary)

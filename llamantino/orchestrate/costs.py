@@ -150,9 +150,15 @@ def _whole_node_notice(cfg: LlamantinoConfig, shape, bill: dict, trains: bool, w
 # --- training ----------------------------------------------------------------------------------
 
 
+def row_tokens(stage) -> int:
+    """Tokens of one trained row when nothing says otherwise: a padded or packed sequence; a DPO pair is
+    two (chosen and rejected)."""
+    return stage.sequence_len * (2 if stage.rl == RL.dpo else 1)
+
+
 def _trained_tokens(cfg: LlamantinoConfig, gpus: int, tokens_per_row: int | None) -> tuple[int, str]:
     stage = cfg.stage
-    per_row = tokens_per_row or stage.sequence_len * (2 if stage.rl == RL.dpo else 1)
+    per_row = tokens_per_row or row_tokens(stage)
     if stage.max_steps:
         rows_seen = stage.max_steps * stage.micro_batch_size * stage.gradient_accumulation_steps * gpus
         return rows_seen * per_row, (f"{stage.max_steps} steps x {stage.micro_batch_size} x "

@@ -17,7 +17,7 @@ from pathlib import Path
 from llamantino.config.compose import compose_config
 from llamantino.config.schema import LlamantinoConfig
 from llamantino.errors import ConfigError, LlamantinoError, RunDirError, one_line, user_error
-from llamantino.orchestrate.costs import Mfu, flops_factor, given_mfu, plan_job, trained_tokens
+from llamantino.orchestrate.costs import Mfu, flops_factor, given_mfu, plan_job, row_tokens, trained_tokens
 from llamantino.stages import stage_for
 
 SUMMED = ("gpu_hours", "node_hours", "budget_hours")
@@ -198,16 +198,15 @@ def calibrate(path: str | Path) -> Mfu:
     kind = (method.adapter if method else None) or "full"
     nodes = method.nodes if method else hw.nodes
     gpus = nodes * hw.gpus_per_node
-    per_row = cfg.stage.sequence_len * (2 if cfg.stage.rl else 1)
+    per_row = row_tokens(cfg.stage)
     metrics = run_metrics(run)
-    record = RunDir.STATUS
     if metrics.get("train_samples_per_second"):
         rate = _measured(metrics["train_samples_per_second"][-1][1], "train_samples_per_second",
                          run.path / RunDir.OUTPUT / "runs (the trainer's TensorBoard records)", 1e9)
         tokens_per_s = rate * per_row
         detail = f"trainer's train_samples_per_second {rate:,.4g} x {per_row} tokens per row"
     else:
-        elapsed = _measured(status.elapsed_s, "elapsed_s", run.path / record, 1e9)
+        elapsed = _measured(status.elapsed_s, "elapsed_s", run.path / RunDir.STATUS, 1e9)
         tokens = trained_tokens(cfg)
         tokens_per_s = tokens / elapsed
         detail = f"{tokens:,.0f} planned tokens / {elapsed:,.0f} s elapsed (status.json; start-up included)"

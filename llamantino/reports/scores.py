@@ -34,10 +34,14 @@ EVAL_LABELLED = ("run.input_model", "run.input_adapter", "run.name", *PLACES)
 NAME_CHARS = 120  # a legend label longer than this is cut (each value is cut at 40 already)
 
 
+def is_eval_run(run: RunDir) -> bool:
+    """A run of the eval stage, finished or not."""
+    return run.is_run() and run.provenance().output.kind == OutputKind.eval_results
+
+
 def evaluated(run: RunDir) -> bool:
     """An eval run that wrote its results."""
-    return run.is_run() and run.provenance().output.kind == OutputKind.eval_results and \
-        run.existing(RunDir.RESULTS_JSON) is not None
+    return is_eval_run(run) and run.existing(RunDir.RESULTS_JSON) is not None
 
 
 def find_results(targets: list[Path]) -> list[RunDir]:

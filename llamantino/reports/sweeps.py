@@ -16,9 +16,9 @@ from pathlib import Path
 
 from llamantino.errors import ConfigError, RunDirError
 from llamantino.records.curves import EVAL_LOSS, LOSS, PANELS, Drawn, Line, finite, lowest, plot_runs, run_metrics
-from llamantino.records.provenance import OutputKind
 from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, runs_under, write_text
-from llamantino.reports.scores import Chart, Comparison, bar_chart, comparison, csv_rows, evaluated, overrides_of, run_name
+from llamantino.reports.scores import (Chart, Comparison, bar_chart, comparison, csv_rows, evaluated, is_eval_run,
+                                       overrides_of, run_name)
 from llamantino.reports.status import run_row
 from llamantino.reports.varied import Varied, shown_value, varied
 
@@ -66,18 +66,15 @@ def _members(target: Path) -> tuple[str, list[tuple[str, RunDir, list[str]]]]:
     return f"run {run_name(run)} ({target.name})", [(run_name(run), run, overrides_of(run))]
 
 
-def _is_eval(run: RunDir) -> bool:
-    return run.is_run() and run.provenance().output.kind == OutputKind.eval_results
-
-
 def collect(target: Path, metric: str | None = None) -> Collected:
     """The runs of ``target`` (a sweep, a pipeline or a run directory), read and labelled.
 
     ``metric``: the table's final/best and the best run by its lowest value (default: the eval loss
     where a run logged one, else the training loss); it is then the one panel drawn."""
     title, members = _members(Path(target))
-    training = [(name, run, overrides) for name, run, overrides in members if not _is_eval(run)]
-    evals = [(name, run) for name, run, _ in members if _is_eval(run)]
+    kinds = [is_eval_run(run) for _, run, _ in members]
+    training = [member for member, is_eval in zip(members, kinds) if not is_eval]
+    evals = [(name, run) for (name, run, _), is_eval in zip(members, kinds) if is_eval]
     labels: Varied = varied([overrides for _, _, overrides in training])
     notes: list[str] = []
     rows = []
