@@ -63,7 +63,7 @@ class LlamantinoPlugin(BasePlugin):
             return _load_prepared(cfg, args)
         pairs = sorted({str(spec.format) for spec in map(_loader_spec, cfg.datasets or []) if spec and spec.pairs})
         if cfg.rl and pairs:
-            return _load_preferences(cfg, "/".join(pairs))
+            return load_preferences(cfg, "/".join(pairs))
         return None
 
 
@@ -73,7 +73,8 @@ def _loader_spec(dataset):
 
 
 def _load_prepared(cfg, args=None):
-    """A prepared corpus (``llamantino.job.prepare``), memory-mapped: nothing is tokenised here.
+    """A prepared corpus (``llamantino.job.prepare``) or prepared rows (``llamantino.job.prepare_rows``),
+    memory-mapped: nothing is tokenised here.
 
     The entry must be complete (its manifest written) and hold the key the recipe names, so a
     recipe never trains on a corpus prepared for other settings. Each source's blocks are taken in
@@ -96,6 +97,10 @@ def _load_prepared(cfg, args=None):
         raise ValueError(f"llamantino_prepared: {location} is not a complete prepared corpus (no manifest.json); "
                          "its prepare jobs have not finished")
     manifest = json.loads(manifest_path.read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"llamantino_prepared: {manifest_path} is not a manifest (a JSON object)")
+    if manifest.get("kind") == "rows":
+        return _load_rows(cfg, location, manifest)
     if manifest.get("key") != location.name or manifest.get("sequence_len") != cfg.sequence_len:
         raise ValueError(f"llamantino_prepared: {location} holds key {manifest.get('key')} with sequence_len "
                          f"{manifest.get('sequence_len')}, not what this recipe asks for")
@@ -127,13 +132,56 @@ def _load_prepared(cfg, args=None):
     return _dataset_meta(dataset, steps)
 
 
-def _dataset_meta(dataset, steps):
+def _load_rows(cfg, location, manifest: dict):
+    """Prepared SFT/DPO rows: read memory-mapped, split for validation as Axolotl would, each
+    source's counts (what its loader dropped and kept, what the mixture took) in the data report."""
+    import math
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    from llamantino_plugin import report
+
+    if manifest.get("key") != location.name or manifest.get("sequence_len") != cfg.sequence_len:
+        raise ValueError(f"llamantino_prepared: {location} holds rows of key {manifest.get('key')} with sequence_len "
+                         f"{manifest.get('sequence_len')}, not what this recipe asks for (sequence_len "
+                         f"{cfg.sequence_len})")
+    if bool(manifest.get("rl")) != bool(cfg.rl):
+        raise ValueError(f"llamantino_prepared: {location} holds {'preference' if manifest.get('rl') else 'SFT'} "
+                         "rows, not what this recipe trains on")
+    dataset = load_from_disk(str(Path(location) / "rows"))
+    print(f"llamantino: read {len(dataset):,} prepared rows from {location} (tokenised once, not here)", flush=True)
+    (Path(location) / "last_used").touch()  # the entry's last use, for `llamantino data cache`
+    sources = manifest.get("sources") if isinstance(manifest.get("sources"), dict) else {}
+    for name, counts in sources.items():
+        if isinstance(counts, dict):
+            shown = {key: value for key, value in counts.items()
+                     if isinstance(value, (int, float)) and not isinstance(value, bool)}
+            report.record(cfg, str(name), f"{counts.get('format')} (prepared)", shown)
+    eval_dataset = None
+    if cfg.val_set_size:
+        from axolotl.utils.data.shared import create_train_validation_split
+
+        size = int(cfg.val_set_size) if cfg.val_set_size > 1 else float(cfg.val_set_size)
+        dataset, eval_dataset = create_train_validation_split(dataset, cfg, size)
+    if cfg.rl:
+        steps = int(math.ceil(len(dataset) * float(cfg.num_epochs or 1) / cfg.batch_size))
+    else:
+        from axolotl.utils.trainer import calculate_total_num_steps
+
+        steps = calculate_total_num_steps(cfg, dataset)
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps)
+    return _dataset_meta(dataset, steps, eval_dataset)
+
+
+def _dataset_meta(dataset, steps, eval_dataset=None):
     from axolotl.common.datasets import TrainDatasetMeta
 
-    return TrainDatasetMeta(train_dataset=dataset, eval_dataset=None, total_num_steps=steps)
+    return TrainDatasetMeta(train_dataset=dataset, eval_dataset=eval_dataset, total_num_steps=steps)
 
 
-def _load_preferences(cfg, fmt: str):
+def load_preferences(cfg, fmt: str):
     """Axolotl's own preference loading, plus the accounting Axolotl leaves out.
 
     Axolotl drops pairs longer than ``sequence_len`` with a log line and, when it drops them all,

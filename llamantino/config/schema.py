@@ -329,7 +329,8 @@ class DataConfig(Checked):
     file_count: Optional[int] = field(default=None, metadata=at_least(1))  # files the patterns match (plans downloads without listing the hub)
     approx_tokens: Optional[int] = field(default=None, metadata=at_least(1))  # tokens in those files, estimated (sizes how many files are fetched)
     sources: list[MixtureSource] = field(default_factory=list)  # a mixture of registry entries, by weight
-    sample_seed: int = 42  # the seeded order in which files are sampled
+    sample_seed: int = 42  # the seeded order in which files are sampled (and a mixture's rows)
+    mix_rows: Optional[int] = field(default=None, metadata=at_least(1))  # rows of an SFT/DPO mixture (None: as many as the weights allow, no row repeated)
     budget_margin: float = field(default=0.05, metadata=within(0, 10))  # prepare this much more than the stage consumes (0.05 = 5%)
     license: str = ""
     size: str = ""
@@ -363,10 +364,11 @@ class DataConfig(Checked):
 
     @property
     def corpus_scale(self) -> bool:
-        """Prepared into the shared cache within a token budget: a mixture, or text from the hub."""
+        """Prepared into the shared cache within a token budget: text from a mixture or from the hub
+        (SFT and DPO data are prepared too, as rows: llamantino/inputs/rows.py)."""
         from llamantino_plugin.formats import format_spec
 
-        return bool(self.sources) or (format_spec(self.format).corpus and bool(self.hub_id))
+        return format_spec(self.format).corpus and (bool(self.sources) or bool(self.hub_id))
 
 
 RUN_NAME_GROUPS = ("model", "data", "eval", "hardware")

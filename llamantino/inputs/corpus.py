@@ -66,8 +66,24 @@ class SourcePlan:
         return f"train[{self.rows[0] or ''}:{'' if self.rows[1] is None else self.rows[1]}]"
 
 
+class PreparedEntry:
+    """An entry of the prepared cache a plan names (a corpus, or rows): ``<cache>/prepared/<key>``."""
+
+    key: str
+    cache: str
+
+    @property
+    def entry(self) -> str:
+        """The entry as the recipe names it (expanded by the plugin in the job)."""
+        return f"{self.cache.rstrip('/')}/{PreparedDir.ROOT}/{self.key}"
+
+    def entry_dir(self) -> PreparedDir:
+        """The entry on this machine (raises ConfigError when a variable it names is unset)."""
+        return PreparedDir(Path(expand(self.cache, "hardware.storage.cache")) / PreparedDir.ROOT / self.key)
+
+
 @dataclass(frozen=True)
-class CorpusPlan:
+class CorpusPlan(PreparedEntry):
     """What one prepared corpus holds, where it lives and how it is made."""
 
     key: str
@@ -95,22 +111,15 @@ class CorpusPlan:
     # stage.bad_rows for records that cannot be read (over-long, malformed); not in the key: a
     # corpus that prepares under strict prepares the same blocks under skip
     bad_rows: str = "strict"
-
-    @property
-    def entry(self) -> str:
-        """The entry as the recipe names it (expanded by the plugin in the job)."""
-        return f"{self.cache.rstrip('/')}/{PreparedDir.ROOT}/{self.key}"
-
-    def entry_dir(self) -> PreparedDir:
-        """The entry on this machine (raises ConfigError when a variable it names is unset)."""
-        return PreparedDir(Path(expand(self.cache, "hardware.storage.cache")) / PreparedDir.ROOT / self.key)
+    kind = "corpus"
+    after_model = False  # a corpus is tokenised with the model option's (or a finished run's) tokenizer
 
     @property
     def steps(self) -> tuple[str, ...]:
         """The preparation steps this corpus needs, in order (``PreparedDir.STEPS``)."""
         hub = any(source.origin == "hub" for source in self.sources)
-        return tuple(step for step in PreparedDir.STEPS
-                     if (step != "fetch" or hub) and (step not in ("scan", "dedup") or self.dedup or self.near_dedup))
+        return tuple(step for step in PreparedDir.STEPS if step != PreparedDir.ROWS_STEP
+                     and (step != "fetch" or hub) and (step not in ("scan", "dedup") or self.dedup or self.near_dedup))
 
     def as_request(self) -> dict:
         """What the prepare steps read back (``llamantino.job.units.read_request``)."""

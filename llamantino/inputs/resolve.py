@@ -24,6 +24,7 @@ from llamantino.records.rundir import RunDir
 
 if TYPE_CHECKING:
     from llamantino.inputs.corpus import CorpusPlan
+    from llamantino.inputs.rows import RowsPlan
 
 MODEL_LINK = RunDir.MODEL_LINK
 ADAPTER_LINK = RunDir.ADAPTER_LINK
@@ -44,6 +45,7 @@ class Inputs:
     files: dict[str, bytes] = field(default_factory=dict)  # run-relative name -> content to write
     build_tiny: bool = False
     corpus: "CorpusPlan | None" = None  # corpus-scale text: the prepared corpus the run reads
+    rows: "RowsPlan | None" = None  # SFT and DPO data: the prepared rows the run reads
     runs: dict = field(default_factory=dict)  # stage=release: the runs it reads (stages/release.py)
 
     @property
@@ -51,9 +53,14 @@ class Inputs:
         return self.model_source.kind == SourceKind.hub
 
     @property
+    def prepared(self) -> "CorpusPlan | RowsPlan | None":
+        """The entry of the prepared cache the run reads (a corpus or rows), if any."""
+        return self.corpus if self.corpus is not None else self.rows
+
+    @property
     def reads_hub_data(self) -> bool:
-        """The job itself reads data from the hub (a prepared corpus is read from the cache)."""
-        return self.corpus is None and self.data is not None and bool(self.data.get("hub_id"))
+        """The job itself reads data from the hub (prepared data is read from the cache)."""
+        return self.prepared is None and self.data is not None and bool(self.data.get("hub_id"))
 
 
 def sha256_file(path: Path) -> str:
@@ -148,11 +155,11 @@ def base_model(cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
                   model_source=ModelSource(kind=SourceKind.hub, hub_id=model.hub_id, revision=model.revision))
 
 
-def resolve_data(cfg: LlamantinoConfig) -> dict:
-    """Check a training stage's data and describe it for the recipe."""
+def resolve_data(cfg: LlamantinoConfig, data=None) -> dict:
+    """Check a training stage's data (``data``: one source of a mixture) and describe it for the recipe."""
     from llamantino_plugin.formats import DataFileError, check_file, columns_for, is_text_name, shown_path
 
-    stage, data = cfg.stage, cfg.data
+    stage, data = cfg.stage, data or cfg.data
     if data.format not in stage.data_formats:
         wanted = [str(fmt) for fmt in stage.data_formats]
         raise ConfigError(
@@ -207,15 +214,51 @@ def with_corpus(inputs: Inputs, cfg: LlamantinoConfig, world_size: int) -> Input
     return inputs
 
 
-def with_data(inputs: Inputs, cfg: LlamantinoConfig, world_size: int = 1) -> Inputs:
-    """Add the checked training data (a link to it, or its cleaned copy, or a prepared corpus) to ``inputs``."""
-    if cfg.data.corpus_scale:
-        return with_corpus(inputs, cfg, world_size)
-    data = resolve_data(cfg)
+def _linked(inputs: Inputs, data: dict) -> dict:
+    """A resolved local source linked into the run's inputs/ (or its cleaned copy written there)."""
+    if data["recipe_path"] in inputs.links or data["recipe_path"] in inputs.files:
+        raise ConfigError(f"data {data['name']}: two sources of the mixture are files named "
+                          f"{Path(data['recipe_path']).name}; rename one of them")
     cleaned = data.pop("cleaned", None)
     if cleaned is not None:
         inputs.files[data["recipe_path"]] = cleaned
     elif "local" in data:
         inputs.links[data["recipe_path"]] = data["local"]
-    inputs.data = data
+    return data
+
+
+def with_rows(inputs: Inputs, cfg: LlamantinoConfig, recipe_keys: dict) -> Inputs:
+    """Add the prepared rows (one source, or a weighted mixture) a stage on SFT or DPO data reads.
+
+    ``recipe_keys``: the plugin's recipe keys for the data (render/axolotl.py), part of the key."""
+    from llamantino.inputs.rows import mixture_entries, plan_rows, source_of
+
+    entries = mixture_entries(cfg)
+    total = sum(weight for _, weight in entries)
+    resolved = [_linked(inputs, resolve_data(cfg, entry)) for entry, _ in entries]
+    sources = [source_of(data, weight / total) for data, (_, weight) in zip(resolved, entries)]
+    plan = plan_rows(cfg, inputs.model_source, sources, recipe_keys)
+    inputs.rows = plan
+    data = cfg.data
+    if len(resolved) == 1:
+        inputs.data = {**resolved[0], "rows": plan.record()}
+    else:
+        licences = sorted({d["license"] for d in resolved if d.get("license")})
+        inputs.data = {"name": data.name, "format": str(data.format), "columns": {}, "split": None,
+                       "subset": None, "revision": None, "license": data.license or "; ".join(licences) or None,
+                       "rows": plan.record()}
     return inputs
+
+
+def with_data(inputs: Inputs, cfg: LlamantinoConfig, world_size: int = 1, plugin_keys: dict | None = None) -> Inputs:
+    """Add the checked training data to ``inputs``: a prepared corpus, prepared rows (SFT, DPO;
+    ``plugin_keys``: the recipe's plugin keys, part of their key), or local text (a link to it, or
+    its cleaned copy)."""
+    if cfg.data.corpus_scale:
+        return with_corpus(inputs, cfg, world_size)
+    from llamantino_plugin.formats import format_spec
+
+    if format_spec(cfg.data.format).corpus and not cfg.data.sources:  # local text: tokenised by the run itself
+        inputs.data = _linked(inputs, resolve_data(cfg))
+        return inputs
+    return with_rows(inputs, cfg, plugin_keys or {})

@@ -6,6 +6,7 @@
     python -m llamantino.job.prepare task   <entry> --index i   tokenise task i's units -> units/<unit>.arrow
     python -m llamantino.job.prepare finish <entry>             check the units, write manifest.json
     python -m llamantino.job.prepare all    <entry>             every step here, in order
+    python -m llamantino.job.prepare rows   <entry>             SFT/DPO rows: llamantino/job/prepare_rows.py
 
 The sample is deterministic and does not depend on the task count: each source's files are listed,
 sorted and shuffled with ``data.sample_seed`` (a sliced split, ``train[:N]``, keeps file order), and
@@ -369,12 +370,40 @@ def run_all(entry_dir: PreparedDir, echo=print) -> dict:
         raise
 
 
+def rows_in_child(entry_dir: PreparedDir, echo=print) -> dict:
+    """The rows step in a child process (Axolotl's data code sets process-wide state), its output
+    logged to ``logs/rows-<time>.log`` and said as it comes; DataError naming the log when it fails."""
+    import subprocess
+
+    logs = entry_dir.path / PreparedDir.LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"rows-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.log"
+    last = ""
+    with open(log, "w", encoding="utf-8") as sink:
+        child = subprocess.Popen([sys.executable, "-m", "llamantino.job.prepare", PreparedDir.ROWS_STEP,
+                                  str(entry_dir.path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for line in child.stdout:
+            sink.write(line)
+            if line.startswith("llamantino"):
+                echo(line.rstrip())
+            if line.strip():
+                last = line.strip()
+        code = child.wait()
+    if code != 0:
+        said = last[len("error: "):] if last.startswith("error: ") else f"it failed (exit {code}): {last[-300:]}"
+        raise DataError(f"preparing rows {entry_dir.path.name[:12]}: {said} (log: {log})")
+    return entry_dir.manifest()
+
+
 def prepare_here(entry_dir: PreparedDir, what: str, request: dict | None = None, echo=print) -> dict:
-    """Make an entry in this process (the local launcher, ``data prepare``): its request written when
-    given, every step, then the line that says what it holds. The caller holds the entry's lock."""
+    """Make an entry here (the local launcher, ``data prepare``): its request written when given,
+    every step, then the line that says what it holds. The caller holds the entry's lock."""
     echo(f"{what}: preparing in {entry_dir.path}")
     if request is not None:
         entry_dir.write(PreparedDir.REQUEST, request)
+    if entry_dir.request().get("kind") == "rows":
+        return rows_in_child(entry_dir, echo=echo)
     manifest = run_all(entry_dir, echo=echo)
     echo(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry_dir.path}")
     return manifest
@@ -395,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "dedup":
         result = run_dedup(entry_dir, index)
         print(f"llamantino: dedup shard {index}: {result['drops']} duplicates among {result['keys']} keys", flush=True)
+    elif args.step == PreparedDir.ROWS_STEP:
+        from llamantino.job.prepare_rows import prepare_rows
+
+        prepare_rows(entry_dir)
     elif args.step == "finish":
         manifest = finish(entry_dir)
         print(f"llamantino: prepared {manifest['blocks']} blocks ({manifest['tokens']:,} tokens) in {entry_dir.path}",

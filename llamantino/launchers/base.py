@@ -105,7 +105,7 @@ class Launcher(ABC):
             return
         cfg, provenance = run.config(), run.provenance()
         stage = stage_for(run)
-        self.corpus_prepared(run, provenance)
+        self.data_prepared(run, provenance, dry_run)
         check_inputs(run, provenance, made)
         if dry_run:
             self.echo(f"would {'resume' if state.failed else 'start'} {run.path} with launcher={self.name}")
@@ -181,10 +181,10 @@ class Launcher(ABC):
     # --- obligations: what must hold before a run is written and started ----------------------------
 
     def obligations(self, run: PreparedRun) -> None:
-        """Storage fit for the run's checkpoints; the prepared-corpus cache's variables set."""
+        """Storage fit for the run's checkpoints; the prepared cache's variables set."""
         self.storage_fits(run)
-        if run.inputs.corpus is not None:
-            run.inputs.corpus.entry_dir()  # the cache root's variables are set here (ConfigError naming it)
+        if run.inputs.prepared is not None:
+            run.inputs.prepared.entry_dir()  # the cache root's variables are set here (ConfigError naming it)
 
     def storage_fits(self, run: PreparedRun) -> None:
         """A run whose checkpoints could fill a home quota is not written under $HOME."""
@@ -212,15 +212,34 @@ class Launcher(ABC):
 
             self.echo(f"llamantino: tiny model at {ensure_tiny_model()}")
 
-    @staticmethod
-    def corpus_prepared(run: RunDir, provenance: Provenance) -> None:
-        """A written run on a prepared corpus starts only once that corpus is complete."""
-        from llamantino.inputs.corpus import expand
+    def data_prepared(self, run: RunDir, provenance: Provenance, dry_run: bool = False) -> None:
+        """A written run on prepared data (a corpus, rows) starts only once its entry is complete."""
+        prepared_complete(run, provenance)
 
-        corpus = provenance.data.corpus if provenance.data is not None else None
-        if corpus and not PreparedDir(Path(expand(corpus["entry"], "hardware.storage.cache"))).complete():
-            raise ConfigError(f"{run.path} trains on corpus {corpus['key'][:12]}, which is not prepared in "
-                              f"{corpus['entry']}: run the command that wrote it again (it prepares the corpus first)")
+
+def prepared_of(provenance: Provenance) -> tuple[str, dict] | None:
+    """(what, record) of the prepared data a written run reads: ("corpus", ...) or ("rows", ...)."""
+    data = provenance.data
+    if data is None:
+        return None
+    if data.corpus:
+        return "corpus", data.corpus
+    return ("rows", data.rows) if data.rows else None
+
+
+def prepared_entry(record: dict) -> PreparedDir:
+    from llamantino.inputs.corpus import expand
+
+    return PreparedDir(Path(expand(str(record["entry"]), "hardware.storage.cache")))
+
+
+def prepared_complete(run: RunDir, provenance: Provenance) -> None:
+    """Refuse a written run whose prepared data is not complete."""
+    found = prepared_of(provenance)
+    if found and not prepared_entry(found[1]).complete():
+        what, record = found
+        raise ConfigError(f"{run.path} trains on {what} {str(record['key'])[:12]}, which is not prepared in "
+                          f"{record['entry']}: run the command that wrote it again (it prepares the data first)")
 
 
 class InOrderLauncher(Launcher):
@@ -251,7 +270,7 @@ class InOrderLauncher(Launcher):
     def prepare_inputs(self, runs: list[PreparedRun]) -> dict[str, list[str]]:
         """Make (or start the jobs that make) what the runs read first: prepared corpora, downloads.
         Returns the job ids to wait for, by corpus key (and DOWNLOADS). By default nothing is made."""
-        for plan in corpora(runs).values():
+        for plan in prepared_entries(runs).values():
             self.echo(f"{plan.describe()}: not prepared (launcher={self.name}); entry {plan.entry}")
         return {}
 
@@ -264,19 +283,20 @@ class InOrderLauncher(Launcher):
         """Start every point of a written sweep together; the array's job id, if it has one."""
 
 
-def corpora(runs: list[PreparedRun]) -> dict:
-    """The distinct prepared corpora the runs read, by key (sweep points and steps share them)."""
-    return {run.inputs.corpus.key: run.inputs.corpus for run in runs if run.inputs.corpus is not None}
+def prepared_entries(runs: list[PreparedRun]) -> dict:
+    """The distinct entries of the prepared cache (corpora, rows) the runs read, by key (sweep points
+    and pipeline steps share them)."""
+    return {run.inputs.prepared.key: run.inputs.prepared for run in runs if run.inputs.prepared is not None}
 
 
 DOWNLOADS = "downloads"  # the key of prepare_inputs' answer for the download job
 
 
 def waits_for(run: PreparedRun, ready: dict[str, list[str]], after: list[str] = ()) -> list[str]:
-    """The job ids a run starts after: ``after``, the jobs preparing its corpus, the download job
+    """The job ids a run starts after: ``after``, the jobs preparing its data, the download job
     when the run reads the hub."""
-    corpus = run.inputs.corpus
-    jobs = [*after, *(ready.get(corpus.key, []) if corpus is not None else [])]
+    prepared = run.inputs.prepared
+    jobs = [*after, *(ready.get(prepared.key, []) if prepared is not None else [])]
     if run.stage.hub_reads(run.cfg, run.inputs):
         jobs += ready.get(DOWNLOADS, [])
     return jobs

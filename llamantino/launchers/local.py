@@ -19,7 +19,7 @@ import time
 from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
 from llamantino.job.finish import finish_run
-from llamantino.launchers.base import InOrderLauncher, corpora
+from llamantino.launchers.base import InOrderLauncher, prepared_entries, prepared_entry, prepared_of
 from llamantino.launchers.console import ConsoleProgress
 from llamantino.records.jobstate import JobState, LocalProcess, RunStatus
 from llamantino.records.provenance import now_iso
@@ -49,23 +49,53 @@ class LocalLauncher(InOrderLauncher):
             check_fits_here(run.cfg, run.shape.nodes)
 
     def prepare_inputs(self, runs):
-        """Prepare every corpus not yet in the cache here, now, one task after the other."""
-        from llamantino.job.prepare import prepare_here
-
-        plans = corpora(runs)
+        """Prepare every entry (corpus, rows) not yet in the cache here, now; rows tokenised with an
+        earlier step's model are prepared when that step is done (``submit``)."""
+        plans = prepared_entries(runs)
         if plans:
             self.ensure_model(runs)
         for plan in plans.values():
-            entry = plan.entry_dir()
-            with directory_lock(entry.path, self.echo):  # two commands needing one corpus: made once
-                if entry.complete():
-                    self.echo(f"{plan.describe()}: already prepared in {entry.path}")
-                    continue
-                prepare_here(entry, plan.describe(), plan.as_request(), echo=self.echo)
+            if not plan.after_model:
+                self._prepare(plan.entry_dir(), plan.describe(), plan.as_request())
+                continue
+            entry = plan.entry_dir()  # its request now: a step launched by itself later prepares from it
+            with directory_lock(entry.path, self.echo):
+                if not entry.complete():
+                    entry.write(entry.REQUEST, plan.as_request())
         return {}
+
+    def _prepare(self, entry, what: str, request: dict | None) -> None:
+        """One entry made here unless complete (``request``: written first, when given)."""
+        from llamantino.job.prepare import prepare_here
+
+        with directory_lock(entry.path, self.echo):  # two commands needing one entry: made once
+            if entry.complete():
+                self.echo(f"{what}: already prepared in {entry.path}")
+                return
+            prepare_here(entry, what, request, echo=self.echo)
+
+    def data_prepared(self, run, provenance, dry_run=False):
+        """A written run's rows are prepared here first, from the request its command wrote into the
+        entry (a pipeline step launched by itself later)."""
+        found = prepared_of(provenance)
+        if found is None or found[0] != "rows":
+            return super().data_prepared(run, provenance, dry_run)
+        entry = prepared_entry(found[1])
+        if entry.complete():
+            return None
+        if not (entry.path / entry.REQUEST).is_file():
+            return super().data_prepared(run, provenance, dry_run)
+        if dry_run:
+            self.echo(f"would prepare rows {entry.path.name[:12]} in {entry.path}")
+            return None
+        self._prepare(entry, f"rows {entry.path.name[:12]}", None)
+        return None
 
     def submit(self, run, after=()):
         self.ensure_model([run])
+        plan = run.inputs.rows
+        if plan is not None and plan.after_model:  # the earlier step that makes its tokenizer is done
+            self._prepare(plan.entry_dir(), plan.describe(), plan.as_request())
         status = run_here(run.run_dir, run.command, run.shape.processes_per_node, echo=self.echo)
         output = run.output
         self.echo(f"done: {output.kind} in {status.output or run.run_dir.path}")

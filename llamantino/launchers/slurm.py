@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 
 from llamantino.errors import ConfigError, LaunchError
-from llamantino.launchers.base import Launcher, LaunchPlan, check_inputs, refuse_completed
+from llamantino.launchers.base import (
+    Launcher,
+    LaunchPlan,
+    check_inputs,
+    prepared_complete,
+    prepared_of,
+    refuse_completed,
+)
 from llamantino.records.files import write_text
 from llamantino.records.jobgraph import (
     DOWNLOAD_STEP,
@@ -358,7 +365,9 @@ def entry_dir(cfg: LlamantinoConfig, entry: GraphEntry) -> SharedEntry:
 
 def entry_name(entry: GraphEntry) -> str:
     kind, key = entry.id.split("/", 1)
-    return f"corpus {key[:12]}" if kind == PreparedDir.ROOT else f"downloads {key[:12]}"
+    if kind != PreparedDir.ROOT:
+        return f"downloads {key[:12]}"
+    return f"{'rows' if entry.request.get('kind') == 'rows' else 'corpus'} {key[:12]}"
 
 
 def write_entry_scripts(cfg: LlamantinoConfig, folder: SharedEntry, entry: GraphEntry, steps: list[str],
@@ -398,9 +407,11 @@ def write_entry(cfg: LlamantinoConfig, entry: GraphEntry, steps: list[str], echo
             write_entry_scripts(cfg, folder, entry, steps)
 
 
-def make_entry(cfg: LlamantinoConfig, entry: GraphEntry, nodes: list[GraphNode], echo=print) -> dict[str, str | None]:
-    """Submit the steps making one shared entry, chained with afterok, unless it is complete or being
-    made (then the job making it is waited on); the job of each node (None: nothing to wait on)."""
+def make_entry(cfg: LlamantinoConfig, entry: GraphEntry, nodes: list[GraphNode], echo=print,
+               after: list[str] = ()) -> dict[str, str | None]:
+    """Submit the steps making one shared entry, chained with afterok (the first after the jobs
+    ``after``), unless it is complete or being made (then the job making it is waited on); the job of
+    each node (None: nothing to wait on)."""
     folder = entry_dir(cfg, entry)
     steps = [node.step for node in nodes]
     # Two commands needing one entry at once (a pipeline and a sweep): the second finds it submitted.
@@ -410,7 +421,7 @@ def make_entry(cfg: LlamantinoConfig, entry: GraphEntry, nodes: list[GraphNode],
             return {node.name: (made[0] if made else None) for node in nodes}
         write_entry_scripts(cfg, folder, entry, steps, keep=True)
         jobs: dict[str, str] = {}
-        previous: list[str] = []
+        previous: list[str] = list(after)
         for step in steps:
             jobs[step] = sbatch(step_script(folder, step), dependency=dependency_on(previous))
             previous = [jobs[step]]
@@ -433,7 +444,7 @@ def write_plan_graph(plan: LaunchPlan, starting: list[int], echo=print) -> JobGr
     The runs starting wait on the steps making the corpora they read and, on an offline cluster with a
     partition that reaches the hub, on one download job fetching their hub reads; each run waits on
     the runs the plan puts before it; a sweep's points start together as one job array."""
-    from llamantino.launchers.base import DOWNLOADS, corpora, waits_for
+    from llamantino.launchers.base import DOWNLOADS, prepared_entries, waits_for
 
     home = Path(plan.home)
     runs = [plan.runs[index] for index in starting]
@@ -444,18 +455,7 @@ def write_plan_graph(plan: LaunchPlan, starting: list[int], echo=print) -> JobGr
     entries: list[GraphEntry] = []
     nodes: list[GraphNode] = []
     makers: dict[str, LlamantinoConfig] = {}
-    last: dict[str, list[str]] = {}  # corpus key (or DOWNLOADS) -> the node the runs reading it wait on
-    for key, corpus in corpora(runs).items():
-        reader = next(run for run in runs if run.inputs.corpus is not None and run.inputs.corpus.key == key)
-        entry = GraphEntry(id=f"{PreparedDir.ROOT}/{key}", config=member(reader), request=corpus.as_request(),
-                           tasks=corpus.tasks)
-        echo(f"{corpus.describe()}; entry {corpus.entry}")
-        previous: list[str] = []
-        for step in corpus.steps:
-            nodes.append(GraphNode(name=f"prepare-{key[:12]}-{step}", after=previous, entry=entry.id, step=step))
-            previous = [nodes[-1].name]
-        entries.append(entry)
-        makers[entry.id], last[key] = reader.cfg, previous
+    last: dict[str, list[str]] = {}  # entry key (or DOWNLOADS) -> the node the runs reading it wait on
     reading = [run for run in runs if run.cfg.hardware.offline and run.stage.hub_reads(run.cfg, run.inputs)]
     if reading and can_download(reading[0].cfg):
         request, key = download_request(reading)
@@ -463,11 +463,33 @@ def write_plan_graph(plan: LaunchPlan, starting: list[int], echo=print) -> JobGr
         nodes.append(GraphNode(name=f"download-{key[:12]}", entry=entry.id, step=DOWNLOAD_STEP))
         entries.append(entry)
         makers[entry.id], last[DOWNLOADS] = reading[0].cfg, [nodes[-1].name]
+    # Rows tokenised with an earlier step's model: their node goes just before the run reading them,
+    # after the steps that make that model.
+    deferred: dict[int, GraphNode] = {}
+    for key, prepared in prepared_entries(runs).items():
+        reader = next(run for run in runs if run.inputs.prepared is not None and run.inputs.prepared.key == key)
+        entry = GraphEntry(id=f"{PreparedDir.ROOT}/{key}", config=member(reader), request=prepared.as_request(),
+                           tasks=prepared.tasks)
+        echo(f"{prepared.describe()}; entry {prepared.entry}")
+        previous: list[str] = list(last.get(DOWNLOADS, [])) if prepared.kind == "rows" and reader in reading else []
+        for step in prepared.steps:
+            node = GraphNode(name=f"prepare-{key[:12]}-{step}", after=previous, entry=entry.id, step=step)
+            if prepared.after_model:
+                index = plan.runs.index(reader)
+                node.after = [*previous, *(plan.runs[dep].run_dir.name for dep in plan.after.get(index, []))]
+                deferred[index] = node
+            else:
+                nodes.append(node)
+            previous = [node.name]
+        entries.append(entry)
+        makers[entry.id], last[key] = reader.cfg, previous
     if plan.sweep is not None:
         nodes.append(GraphNode(name="array", after=sorted({name for run in runs for name in waits_for(run, last)}),
                                array=True))
     else:
         for index, run in enumerate(plan.runs):
+            if index in deferred:
+                nodes.append(deferred[index])
             earlier = [plan.runs[dep].run_dir.name for dep in plan.after.get(index, [])]
             after = waits_for(run, last, earlier) if index in starting else earlier
             nodes.append(GraphNode(name=run.run_dir.name, after=list(dict.fromkeys(after)), run=member(run)))
@@ -542,9 +564,9 @@ def _check_run(home: Path, graph: JobGraph, node: GraphNode, run: RunDir, config
     check_account(cfg)
     by_name = {other.name: other for other in graph.nodes}
     made = {by_name[name].entry for name in ancestors(graph, {node.name}) if by_name[name].entry}
-    corpus = provenance.data.corpus if provenance.data is not None else None
-    if corpus and f"{PreparedDir.ROOT}/{corpus['key']}" not in made:
-        Launcher.corpus_prepared(run, provenance)
+    found = prepared_of(provenance)
+    if found and f"{PreparedDir.ROOT}/{found[1]['key']}" not in made:
+        prepared_complete(run, provenance)
     if not any(entry.startswith(f"{DownloadDir.ROOT}/") for entry in made):
         check_hub_reads(run, cfg, provenance, stage_for(run))
     earlier = {os.path.abspath(run_of(home, by_name[name].run).path): name
@@ -627,7 +649,8 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
         if node.entry is not None:
             entry = entries[node.entry]
             cfg = _config(run_of(home, entry.config), configs)
-            jobs.update(make_entry(cfg, entry, [other for other in graph.nodes if other.entry == entry.id], echo))
+            jobs.update(make_entry(cfg, entry, [other for other in graph.nodes if other.entry == entry.id], echo,
+                                   after=after))
             continue
         try:
             if node.array:

@@ -95,7 +95,10 @@ def check_graph(graph: JobGraph, path: Path) -> None:
             steps = PreparedDir.STEPS if node.entry.startswith(f"{PreparedDir.ROOT}/") else (DOWNLOAD_STEP,)
             if node.step not in steps:
                 raise RunDirError(f"{path}: {key}.step={node.step!r} must be one of {', '.join(steps)}")
-            if any(seen[name].entry != node.entry for name in node.after):
+            # Rows tokenised with an earlier step's model wait on that step's run (and the download).
+            outside = [name for name in node.after if seen[name].entry != node.entry]
+            if outside and (node.step != PreparedDir.ROWS_STEP
+                            or any(seen[name].entry is None and seen[name].run is None for name in outside)):
                 raise RunDirError(f"{path}: {key} waits on a job that does not make its own entry")
         seen[node.name] = node
     if not any(node.entry is None for node in graph.nodes):

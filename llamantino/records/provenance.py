@@ -24,7 +24,7 @@ from llamantino.paths import PROJECT_ROOT
 
 RECORD_VERSION = 2  # provenance.json's layout; 1 was the untyped record before llamantino's records/
 
-PACKAGES = ("llamantino", "axolotl", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
+PACKAGES = ("llamantino", "axolotl", "torch", "transformers", "tokenizers", "peft", "trl", "datasets", "accelerate",
             "bitsandbytes", "hydra-core", "omegaconf", "lm_eval")
 
 
@@ -154,6 +154,7 @@ class DataInput:
     sha256: Optional[str] = None  # ... and its hash
     report: Optional[dict[str, Any]] = None  # the data check's counts
     corpus: Optional[dict[str, Any]] = None  # a prepared corpus: key, entry, budget, sources
+    rows: Optional[dict[str, Any]] = None  # prepared SFT/DPO rows: key, entry, seed, sources with weights
     license: Optional[str] = None  # the data option's licence (a release lists it; non-commercial is named)
 
 

@@ -450,7 +450,8 @@ class SharedEntry:
 
 @dataclass(frozen=True)
 class PreparedDir(SharedEntry):
-    """``<storage.cache>/prepared/<key>``: one prepared corpus, shared by every run with the same key.
+    """``<storage.cache>/prepared/<key>``: one prepared corpus (or prepared rows, ``kind`` rows in
+    the request and manifest: one step, ``rows/`` written by datasets), shared by every run with the same key.
 
     The corpus is made of **units** (one sampled file of a source, or a sliced split read whole):
     each unit's blocks depend on that unit and the units before it only (duplicates are dropped in
@@ -474,7 +475,11 @@ class PreparedDir(SharedEntry):
     # The steps of a preparation, in order: fetch (hub sources; needs network), scan (document
     # keys, sharded), dedup (one shard of keys each: what to drop), task (tokenise), finish.
     # Steps in ARRAY_STEPS run as SLURM arrays of ``tasks`` (one process per index, --index i).
-    STEPS: ClassVar[tuple[str, ...]] = ("fetch", "scan", "dedup", "task", "finish")
+    # Prepared rows (SFT, DPO: llamantino/job/prepare_rows.py) have one step, rows.
+    ROWS_STEP: ClassVar[str] = "rows"
+    ROWS: ClassVar[str] = "rows"  # the rows' Arrow files (datasets' save_to_disk)
+    WORK: ClassVar[str] = "work"  # the rows step's scratch (removed when it ends)
+    STEPS: ClassVar[tuple[str, ...]] = ("fetch", "scan", "dedup", "task", "finish", ROWS_STEP)
     ARRAY_STEPS: ClassVar[frozenset[str]] = frozenset({"scan", "dedup", "task"})
 
     def unit(self, name: str) -> Path:

@@ -114,10 +114,28 @@ def _anita_script_quirks(cfg: LlamantinoConfig, fmt: str) -> bool:
     return True
 
 
-def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
-    if inputs.corpus is not None:
-        return _corpus_keys(cfg, inputs)
-    data, stage = inputs.data, cfg.stage
+def plugin_data_keys(cfg: LlamantinoConfig) -> dict:
+    """The plugin's keys of a stage's data: template, system prompt, bad-row policy, ANITA quirks."""
+    keys: dict[str, Any] = {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows)}
+    if cfg.prompt.system_prompt is not None:
+        keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
+    if cfg.prompt.anita_script_quirks:
+        keys["llamantino_anita_script_quirks"] = _anita_script_quirks(cfg, str(cfg.data.format))
+    return keys
+
+
+def packs(cfg: LlamantinoConfig) -> bool:
+    """Whether the recipe packs rows (Axolotl's multipack needs flash attention; DPO never packs)."""
+    return bool(cfg.stage.sample_packing) and _attention(cfg) == "flash_attention_2" and not cfg.stage.rl
+
+
+def rows_recipe_keys(cfg: LlamantinoConfig) -> dict:
+    """The keys the renderer decides that shape prepared rows (part of their key)."""
+    return {**plugin_data_keys(cfg), "sample_packing": packs(cfg)}
+
+
+def _dataset_entry(data: dict) -> tuple[dict, dict]:
+    """(the ``datasets`` entry, the ``llamantino_datasets`` entry) of one resolved source."""
     spec = format_spec(data["format"])
     entry: dict[str, Any] = {"path": data["recipe_path"]}
     if data["subset"]:
@@ -125,7 +143,7 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     entry["split"] = data["split"]
     if data.get("revision"):
         entry["revision"] = data["revision"]
-    if "local" in data and not spec.pairs:  # Axolotl's DPO datasets have no ds_type
+    if data.get("local") and not spec.pairs:  # Axolotl's DPO datasets have no ds_type
         entry["ds_type"] = "json"
     entry["type"] = spec.loader_type
     described: dict[str, Any] = {"path": entry["path"]}
@@ -134,16 +152,28 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     described["format"] = data["format"]
     if data["columns"]:
         described["columns"] = dict(data["columns"])
-    keys: dict[str, Any] = {
-        "llamantino_template": cfg.template,
-        "llamantino_bad_rows": str(stage.bad_rows),
-    }
-    if cfg.prompt.system_prompt is not None:
-        keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
-    if cfg.prompt.anita_script_quirks:
-        keys["llamantino_anita_script_quirks"] = _anita_script_quirks(cfg, data["format"])
-    if spec.corpus:  # how its documents are cleaned
-        keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
+    return entry, described
+
+
+def _rows_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    """Prepared rows: each source named for Axolotl's validation, the entry read memory-mapped."""
+    plan = inputs.rows
+    pairs = [_dataset_entry({"name": s.name, "format": s.format, "columns": s.columns, "split": s.split,
+                             "subset": s.subset, "revision": s.revision, "recipe_path": s.recipe_path,
+                             "local": s.local}) for s in plan.sources]
+    return {**plugin_data_keys(cfg), "llamantino_datasets": [described for _, described in pairs],
+            "datasets": [entry for entry, _ in pairs], "llamantino_prepared": plan.entry}
+
+
+def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
+    if inputs.corpus is not None:
+        return _corpus_keys(cfg, inputs)
+    if inputs.rows is not None:
+        return _rows_keys(cfg, inputs)
+    stage = cfg.stage  # local text, tokenised by the run itself
+    entry, described = _dataset_entry(inputs.data)
+    keys = plugin_data_keys(cfg)
+    keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
     keys.update(llamantino_datasets=[described], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
     return keys
 
@@ -300,8 +330,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     recipe["sequence_len"] = stage.sequence_len
     attention = _attention(cfg)
     # A prepared corpus is already packed: every row is one full sequence_len block.
-    packing = (bool(stage.sample_packing) and attention == "flash_attention_2" and not stage.rl
-               and inputs.corpus is None)
+    packing = packs(cfg) and inputs.corpus is None
     recipe["sample_packing"] = packing
     if packing:
         recipe["pad_to_sequence_len"] = True

@@ -214,16 +214,17 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
     from llamantino.records.rundir import PreparedDir
 
     array = step in PreparedDir.ARRAY_STEPS
+    rows = step == PreparedDir.ROWS_STEP  # one process with hardware.prepare.cpus workers
     slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
     download = step == "fetch" and not prepare.network and prepare.download_partition
     partition = prepare.download_partition if download else (prepare.partition or slurm.partition)
     qos = prepare.download_qos if download else (prepare.qos or (slurm.qos if not prepare.partition else None))
     time = prepare.download_time if download else prepare.time
-    cpus = prepare.cpus if array else 1
+    cpus = prepare.cpus if array or rows else 1
     lines = [f"--job-name=llamantino-prepare-{key[:12]}-{step}", "--nodes=1", "--ntasks=1",
              f"--cpus-per-task={int(cpus)}",
              f"--time={_checked(_TIME, time, 'hardware.prepare.download_time' if download else 'hardware.prepare.time')}"]
-    if prepare.mem and array:
+    if prepare.mem and (array or rows):
         lines.append(f"--mem={_checked(_MEM, prepare.mem, 'hardware.prepare.mem')}")
     for name, value, key_name in (("partition", partition, "hardware.prepare.partition"),
                                   ("qos", qos, "hardware.prepare.qos"),
@@ -237,10 +238,15 @@ def prepare_script(cfg: LlamantinoConfig, step: str, entry: str, key: str, tasks
     env = {"TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(int(cpus)), "PYTHONUNBUFFERED": "1"}
     if cfg.hardware.storage.hf_home:
         env["HF_HOME"] = cfg.hardware.storage.hf_home
-    if step != "fetch" or (cfg.hardware.offline and not prepare.network and not prepare.download_partition):
+    if rows:  # Axolotl reads hub sources itself: offline where the cluster is (a download job fetched them)
+        env["AXOLOTL_DO_NOT_TRACK"] = "1"
+        offline = cfg.hardware.offline
+    else:
+        offline = step != "fetch" or (cfg.hardware.offline and not prepare.network and not prepare.download_partition)
+    if offline:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     pairs = _env_pairs(cfg, {**slurm.env, **env})
-    context = {"header": [f"llamantino corpus {key}: {step}"], "directives": [Shell(line) for line in lines],
+    context = {"header": [f"llamantino {'rows' if rows else 'corpus'} {key}: {step}"], "directives": [Shell(line) for line in lines],
                "modules": list(slurm.modules), "env": pairs, "entry": entry,
                "command": [module] if module != "llamantino.job.prepare" else [module, step]}
     return render_sbatch("prepare.sbatch.j2", context)

@@ -254,7 +254,7 @@ def job_env(cfg: LlamantinoConfig, inputs: Inputs, overrides: list[str] = (),
     if cfg.hardware.storage.hf_home:  # the same HF_HOME as the prepare jobs (expanded by the job's shell)
         env["HF_HOME"] = cfg.hardware.storage.hf_home
     local_only = not inputs.reads_hub_model and (inputs.data is None or "local" in inputs.data
-                                                 or inputs.corpus is not None)
+                                                 or inputs.prepared is not None)
     if cfg.hardware.offline or local_only:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env

@@ -46,7 +46,10 @@ class TrainStage(Stage):
         return cfg, method
 
     def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
-        return with_data(base_model(cfg, tiny_dir, known_runs), cfg, method.world_size if method else 1)
+        from llamantino.render.axolotl import rows_recipe_keys
+
+        return with_data(base_model(cfg, tiny_dir, known_runs), cfg, method.world_size if method else 1,
+                         rows_recipe_keys(cfg))
 
     def render(self, cfg, method, inputs, notices):
         from llamantino.render.axolotl import render_train_recipe
@@ -100,6 +103,9 @@ class TrainStage(Stage):
         if inputs.reads_hub_data:
             data = inputs.data
             reads.append(HubRead("dataset", data["hub_id"], data.get("revision"), data.get("subset"), data.get("split")))
+        if inputs.rows is not None:  # read by the job preparing the rows
+            reads += [HubRead("dataset", s.hub_id, s.revision, s.subset, s.split) for s in inputs.rows.sources
+                      if s.hub_id]
         return reads
 
 
