@@ -219,12 +219,7 @@ class Launcher(ABC):
 
 def prepared_of(provenance: Provenance) -> tuple[str, dict] | None:
     """(what, record) of the prepared data a written run reads: ("corpus", ...) or ("rows", ...)."""
-    data = provenance.data
-    if data is None:
-        return None
-    if data.corpus:
-        return "corpus", data.corpus
-    return ("rows", data.rows) if data.rows else None
+    return provenance.data.prepared() if provenance.data is not None else None
 
 
 def prepared_entry(record: dict) -> PreparedDir:

@@ -157,6 +157,12 @@ class DataInput:
     rows: Optional[dict[str, Any]] = None  # prepared SFT/DPO rows: key, entry, seed, sources with weights
     license: Optional[str] = None  # the data option's licence (a release lists it; non-commercial is named)
 
+    def prepared(self) -> tuple[str, dict[str, Any]] | None:
+        """(what, record) of the entry of the prepared cache the run reads: a corpus or rows."""
+        if self.corpus:
+            return "corpus", self.corpus
+        return ("rows", self.rows) if self.rows else None
+
 
 @dataclass(frozen=True)
 class MethodRecord:

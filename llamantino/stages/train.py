@@ -98,6 +98,14 @@ class TrainStage(Stage):
                         gpus_per_node=hw.gpus_per_node if hw.gpu else 0, cpus_per_node=hw.cpus_per_node,
                         mem=hw.slurm.mem, distributed=True, requeue=cfg.launcher.requeue, signal_lead_s=lead)
 
+    def prepare_command(self, run):
+        """Prepared data (a corpus, rows) is made into its cache entry (orchestrate/offline.py):
+        nothing for Axolotl's preprocess to do."""
+        provenance = run.provenance()
+        if provenance.data is not None and provenance.data.prepared() is not None:
+            return None, {}
+        return super().prepare_command(run)
+
     def hub_reads(self, cfg, inputs) -> list[str]:
         reads = super().hub_reads(cfg, inputs)
         if inputs.reads_hub_data:
