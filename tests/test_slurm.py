@@ -49,6 +49,12 @@ def wait(job_id: str, timeout: float = 420, until=TERMINAL):
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {job(job_id)}")
 
 
+def yaml_key(recipe: Path, key: str = "llamantino_prepared"):
+    import yaml
+
+    return yaml.safe_load(recipe.read_text())[key]
+
+
 def job_id_of(run_dir: Path) -> str:
     return read_json(run_dir / "job.json")["job_id"]
 
@@ -144,9 +150,16 @@ def test_a_failing_step_cancels_the_steps_after_it(tmp_path):
 
 
 def test_sweep_is_one_job_array_and_collects(tmp_path):
-    proc = ok(cli("-m", "stage.learning_rate=1e-3,3e-3", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=tmp_path))
+    # a cache of its own: the rows entry is made by this sweep (other tests share the default one)
+    proc = ok(cli("-m", "stage.learning_rate=1e-3,3e-3", *SLURM, "hardware.nodes=1", *QUICK_SFT,
+                  f"hardware.storage.cache={tmp_path / 'cache'}", cwd=tmp_path))
     assert proc.stdout.count("submitted job array") == 1 and "submitted job " not in proc.stdout.replace("job array", "")
     sweep_dir = run_dir_of(proc)
+    # the points' SFT rows: one entry, prepared by one CPU job the array waits on
+    entries = {yaml_key(sweep_dir / f"{index:03d}" / "axolotl.yaml") for index in (0, 1)}
+    assert len(entries) == 1
+    entry = Path(entries.pop()).expanduser()
+    assert f"rows {entry.name[:12]}: submitted rows" in proc.stdout
     record = read_json(sweep_dir / "sweep.json")
     array_id = record["job_id"]
     assert "--array=0-1%4" in (sweep_dir / "job-array.sbatch").read_text(errors="replace")
@@ -154,6 +167,9 @@ def test_sweep_is_one_job_array_and_collects(tmp_path):
         info = wait(f"{array_id}_{index}")
         assert info.state == "COMPLETED", (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")[-2000:]
         assert info.array_job_id == array_id
+        log = (sweep_dir / f"{index:03d}" / "logs" / "train.log").read_text(errors="replace")
+        assert f"prepared rows from {entry}" in log and "tokenising" not in log  # the GPU job tokenised nothing
+    assert read_json(entry / "manifest.json")["key"] == entry.name
     out = ok(cli(str(sweep_dir), verb="collect", cwd=tmp_path)).stdout
     assert "STAGE.LEARNING_RATE" in out and "stage.max_steps=2" in out.splitlines()[0]  # varied: a column; shared: once
     import csv
@@ -259,9 +275,10 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     store = (f"hardware.storage.hub_mirror={mirror}", f"hardware.storage.cache={tmp_path / 'cache'}")
     ok(cli(f"hydra.searchpath=[file://{TESTS / 'conf'}]", "pipeline=tiny_corpus", *SLURM, *store, "run.name=corpus",
            cwd=tmp_path))
-    entries = list((tmp_path / "cache" / "prepared").iterdir())
-    assert len(entries) == 1
-    entry = entries[0]
+    kinds = {path: read_json(path / "request.json").get("kind", "corpus")
+             for path in (tmp_path / "cache" / "prepared").iterdir()}
+    assert sorted(kinds.values()) == ["corpus", "rows"]  # the adapt step's corpus, the SFT step's rows
+    entry = next(path for path, kind in kinds.items() if kind == "corpus")
     jobs = read_json(entry / "jobs.json")
     assert list(jobs) == ["scan", "dedup", "task", "finish"]  # a mirror needs no download
     for step in ("scan", "dedup", "task"):

@@ -35,8 +35,10 @@ def storage(mirror, tmp_path):
     return (f"hardware.storage.hub_mirror={mirror}", f"hardware.storage.cache={tmp_path / 'cache'}")
 
 
-def only_entry(tmp_path):
-    entries = list((tmp_path / "cache" / "prepared").iterdir())
+def only_entry(tmp_path, kind="corpus"):
+    """The one entry of the prepared cache of ``kind`` (a corpus; the SFT step's rows are another)."""
+    entries = [path for path in (tmp_path / "cache" / "prepared").iterdir()
+               if read_json(path / "request.json").get("kind", "corpus") == kind]
     assert len(entries) == 1, entries
     return entries[0]
 

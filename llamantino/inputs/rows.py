@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llamantino.errors import ConfigError
@@ -93,11 +92,9 @@ class RowsPlan(PreparedEntry):
         return f"rows {self.key[:12]}: {what}, tokenised once for sequence_len {self.recipe['sequence_len']}"
 
     def record(self) -> dict:
-        """The run's provenance of its prepared rows (``data.rows``)."""
-        return {"key": self.key, "entry": self.entry, "seed": self.seed, "mix_rows": self.mix_rows,
-                "sources": [{"name": s.name, "format": s.format, "weight": s.weight, "hub_id": s.hub_id,
-                             "revision": s.revision, "subset": s.subset, "split": s.split, "sha256": s.sha256,
-                             "license": s.license} for s in self.sources]}
+        """The run's provenance of its prepared rows (``data.rows``): the entry and its whole request,
+        so a run written without preparing (launcher=dry, launcher.submit=false) is prepared later."""
+        return {"entry": self.entry, **self.as_request()}
 
 
 def mixture_entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
@@ -194,9 +191,3 @@ def source_of(entry: dict, weight: float) -> RowSource:
                      hub_id=entry.get("hub_id"), local=entry.get("local"), sha256=entry.get("sha256"),
                      license=entry.get("license"), recipe_path=entry["recipe_path"])
 
-
-def entry_path(plan_entry: str) -> Path:
-    """The entry on this machine."""
-    from llamantino.inputs.corpus import expand
-
-    return Path(expand(plan_entry, "hardware.storage.cache"))

@@ -75,20 +75,24 @@ class LocalLauncher(InOrderLauncher):
             prepare_here(entry, what, request, echo=self.echo)
 
     def data_prepared(self, run, provenance, dry_run=False):
-        """A written run's rows are prepared here first, from the request its command wrote into the
-        entry (a pipeline step launched by itself later)."""
+        """A written run's rows are prepared here first, from the request its provenance records (a
+        pipeline step launched by itself later, a run written with launcher=dry)."""
         found = prepared_of(provenance)
         if found is None or found[0] != "rows":
             return super().data_prepared(run, provenance, dry_run)
-        entry = prepared_entry(found[1])
+        record = found[1]
+        entry = prepared_entry(record)
+        if not (re.fullmatch(r"[0-9a-f]{32}", str(record.get("key"))) and entry.path.name == record["key"]
+                and entry.path.parent.name == entry.ROOT):
+            raise ConfigError(f"{run.path}: data.rows in its provenance names {record.get('entry')!r}, which is "
+                              f"not an entry <cache>/{entry.ROOT}/<key> of its key: write the run again")
         if entry.complete():
             return None
-        if not (entry.path / entry.REQUEST).is_file():
-            return super().data_prepared(run, provenance, dry_run)
         if dry_run:
             self.echo(f"would prepare rows {entry.path.name[:12]} in {entry.path}")
             return None
-        self._prepare(entry, f"rows {entry.path.name[:12]}", None)
+        # The request as its run recorded it (checked again when read: the record is a file read back).
+        self._prepare(entry, f"rows {entry.path.name[:12]}", {k: v for k, v in record.items() if k != "entry"})
         return None
 
     def submit(self, run, after=()):

@@ -473,12 +473,14 @@ def write_plan_graph(plan: LaunchPlan, starting: list[int], echo=print) -> JobGr
         echo(f"{prepared.describe()}; entry {prepared.entry}")
         previous: list[str] = list(last.get(DOWNLOADS, [])) if prepared.kind == "rows" and reader in reading else []
         for step in prepared.steps:
-            node = GraphNode(name=f"prepare-{key[:12]}-{step}", after=previous, entry=entry.id, step=step)
             if prepared.after_model:
                 index = plan.runs.index(reader)
-                node.after = [*previous, *(plan.runs[dep].run_dir.name for dep in plan.after.get(index, []))]
+                earlier = [plan.runs[dep].run_dir.name for dep in plan.after.get(index, [])]
+                node = GraphNode(name=f"prepare-{key[:12]}-{step}", after=[*previous, *earlier], entry=entry.id,
+                                 step=step)
                 deferred[index] = node
             else:
+                node = GraphNode(name=f"prepare-{key[:12]}-{step}", after=previous, entry=entry.id, step=step)
                 nodes.append(node)
             previous = [node.name]
         entries.append(entry)

@@ -103,6 +103,9 @@ def prepare_entry(run: RunDir, what: str, key: str, local_only: bool = False, ec
             return entry.path
         if recorded is not None:
             entry.write(entry.REQUEST, recorded.request)
+        elif what == "rows" and not (entry.path / entry.REQUEST).is_file():  # its run records the request
+            record = run.provenance().data.rows
+            entry.write(entry.REQUEST, {k: v for k, v in record.items() if k != "entry"})
         elif not (entry.path / entry.REQUEST).is_file():
             raise DataError(f"{run.path} reads {what} {key[:12]}, which has no request in {entry.path}: write the run "
                             "again with launcher=slurm launcher.submit=false (it records what to prepare)")

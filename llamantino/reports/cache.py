@@ -174,13 +174,13 @@ def _run_dirs(root: Path):
 
 
 def _keys_named(run: RunDir) -> tuple[set[str], list[str]]:
-    """The corpus keys a run's provenance and recipe name, and what could not be read."""
+    """The prepared keys (corpus, rows) a run's provenance and recipe name, and what could not be read."""
     keys, problems = set(), []
     try:
         data = run.provenance().data
-        corpus = data.corpus if data is not None else None
-        if corpus and isinstance(corpus.get("key"), str):
-            keys.add(corpus["key"])
+        prepared = data.prepared() if data is not None else None
+        if prepared and isinstance(prepared[1].get("key"), str):
+            keys.add(prepared[1]["key"])
     except RunDirError as exc:
         problems.append(str(exc))
     recipe_path = run.existing(RunDir.RECIPE)
