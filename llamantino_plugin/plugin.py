@@ -161,6 +161,9 @@ def _load_rows(cfg, location, manifest: dict):
     eval_dataset = None
     if cfg.val_set_size:
         from axolotl.utils.data.shared import create_train_validation_split
+        from datasets import disable_caching
+
+        disable_caching()  # the split's index files go to a temporary folder, not into the shared entry
 
         size = int(cfg.val_set_size) if cfg.val_set_size > 1 else float(cfg.val_set_size)
         dataset, eval_dataset = create_train_validation_split(dataset, cfg, size)

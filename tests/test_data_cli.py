@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import json
+from pathlib import Path
 
-from conftest import build, cli, ok, run_dir_of
+from conftest import read_json, build, cli, ok, run_dir_of
 
 
 def test_list_shows_every_registry_entry(tmp_path):
@@ -51,11 +52,12 @@ def test_prepare_pretokenises_a_run_for_offline_use(tmp_path):
     out = ok(cli("prepare", str(run_dir), "--local-only", verb="data", cwd=tmp_path)).stdout
     assert "the job can now run offline" in out
     lock = json.loads((run_dir / "prepared" / "llamantino_lock.json").read_text())
-    assert lock["prepared"] and lock["data"]["sha256"]
-    # the pre-tokenised dataset (Arrow files), not only the lock, is what training then loads
-    prepared = [path for path in (run_dir / "prepared").iterdir() if path.name != "llamantino_lock.json"]
-    assert sorted(path.name for path in prepared) == lock["prepared"]
-    assert any(path.suffix == ".arrow" for folder in prepared for path in folder.rglob("*"))
+    assert lock["data"]["sha256"]
+    # the pre-tokenised rows (Arrow files) in the shared cache, not only the lock, are what training then loads
+    entry = Path(lock["resolved"]["rows"])
+    assert entry.name == read_json(run_dir / "provenance.json")["data"]["rows"]["key"]
+    assert json.loads((entry / "manifest.json").read_text())["rows"] == 48
+    assert any(path.suffix == ".arrow" for path in (entry / "rows").rglob("*"))
 
 
 def test_pin_without_network_says_so(tmp_path):
@@ -83,11 +85,15 @@ def test_every_registry_entry_composes_and_renders_for_its_stage(compose, tmp_pa
                 build(cfg, tmp_path / name, validate=False)
             continue
         prepared = build(cfg, tmp_path / name, validate=False)
-        if entry.sources:  # a mixture: one dataset per source, read from the prepared corpus
+        def named(source):  # how the recipe names a source: its hub id, or its file linked under inputs/
+            return source.hub_id or f"inputs/{source.path.rsplit('/', 1)[-1]}"
+
+        if entry.sources:  # a mixture (a corpus, or SFT/DPO rows): one dataset per source, read prepared
             sources = registry()
-            assert [d["path"] for d in prepared.recipe["datasets"]] == [sources[s.name].hub_id for s in entry.sources]
+            assert [d["path"] for d in prepared.recipe["datasets"]] == [named(sources[s.name]) for s in entry.sources]
             assert prepared.recipe["llamantino_prepared"].startswith("${FAST}/llamantino/prepared/"), name
             continue
-        source = entry.hub_id or f"inputs/{entry.path.rsplit('/', 1)[-1]}"
-        assert prepared.recipe["datasets"][0]["path"] == source, name
-        assert ("llamantino_prepared" in prepared.recipe) == entry.corpus_scale, name
+        assert prepared.recipe["datasets"][0]["path"] == named(entry), name
+        # everything is read prepared from the cache but local text for language adaptation
+        local_text = entry.format == "text" and not entry.corpus_scale
+        assert ("llamantino_prepared" in prepared.recipe) == (not local_text), name

@@ -49,12 +49,12 @@ def test_embedded_default_job_trains_the_tiny_model_and_visibly_learns(default_j
     assert len(sample) == 1 and " -> " in sample[0] and (run_dir / "sample.txt").is_file()
     assert trained(tiny_model, run_dir / "output")
     report = read_json(run_dir / "output" / "llamantino_data_report.json")
-    assert report["inputs/it_istruzioni.jsonl"]["kept"] == 48
+    assert report["it_instructions_sample"]["kept"] == 48
     card = (run_dir / "output" / "README.md").read_text()
     assert card.startswith("---\n") and "## Axolotl recipe (as trained)" in card and "it_instructions_sample" in card
     provenance = read_json(run_dir / "provenance.json")
     assert provenance["data"]["sha256"] and provenance["packages"]["axolotl"] == "0.19.0"
-    assert provenance["data_report"]["inputs/it_istruzioni.jsonl"]["trainable_tokens"] > 0
+    assert provenance["data_report"]["it_instructions_sample"]["trainable_tokens"] > 0
 
     # asked one of its training prompts, the model answers and stops at the turn end, not at the limit
     from transformers import AutoTokenizer
@@ -107,9 +107,10 @@ def test_dpo_with_every_pair_too_long_fails_clearly(tmp_path):
     proc = cli("stage=dpo", "stage.max_steps=2", "stage.sequence_len=32", cwd=tmp_path)
     assert proc.returncode == 2
     assert "every preference pair would be dropped" in proc.stderr
-    assert "sequence_len is 32" in proc.stderr and "logs/train.log" in proc.stderr
+    # said once, when the pairs are prepared (before any model loads), naming the preparation's log
+    assert "sequence_len is 32" in proc.stderr and "/logs/rows-" in proc.stderr
     run_dir = next((tmp_path / "runs").iterdir()).iterdir().__next__()
-    assert read_json(run_dir / "status.json")["state"] == "FAILED"
+    assert not (run_dir / "status.json").exists() or read_json(run_dir / "status.json")["state"] != "COMPLETED"
 
 
 def test_skip_policy_drops_and_counts_bad_rows(tmp_path, tiny_model):

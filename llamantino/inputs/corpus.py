@@ -175,13 +175,11 @@ def token_budget(cfg: LlamantinoConfig, world_size: int) -> int | None:
     return stage.max_steps * stage.micro_batch_size * stage.gradient_accumulation_steps * world_size * stage.sequence_len
 
 
-def _entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
+def registry_sources(data: DataConfig) -> list[tuple[DataConfig, float]]:
     """(registry entry, weight) of each source: the mixture's entries, or the data option itself."""
-    data = cfg.data
     if not data.sources:
         return [(data, 1.0)]
     from llamantino.config.registry import registry
-    from llamantino_plugin.formats import format_spec
 
     known = registry()
     out = []
@@ -191,10 +189,19 @@ def _entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
         entry = known[source.name]
         if entry.sources:
             raise ConfigError(f"data.sources: {source.name} is itself a mixture; list its sources instead")
-        if not format_spec(entry.format).corpus:
-            raise ConfigError(f"data.sources: {source.name} is {entry.format} data; a corpus mixes text sources only")
         out.append((entry, source.weight))
     return out
+
+
+def _entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
+    """The corpus's sources by weight: text only."""
+    from llamantino_plugin.formats import format_spec
+
+    entries = registry_sources(cfg.data)
+    for entry, _ in entries:
+        if cfg.data.sources and not format_spec(entry.format).corpus:
+            raise ConfigError(f"data.sources: {entry.name} is {entry.format} data; a corpus mixes text sources only")
+    return entries
 
 
 def _listed(root: Path, patterns: tuple[str, ...], name: str) -> tuple[str, ...]:

@@ -99,21 +99,13 @@ class RowsPlan(PreparedEntry):
 
 def mixture_entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
     """(registry entry, weight) of each source of a stage on rows; formats checked against the stage."""
-    from llamantino.config.registry import registry
+    from llamantino.inputs.corpus import registry_sources
     from llamantino_plugin.formats import format_spec
 
-    data, stage = cfg.data, cfg.stage
-    if not data.sources:
-        return [(data, 1.0)]
-    known = registry()
-    entries = []
-    for source in data.sources:
-        if source.name not in known:
-            raise ConfigError(f"data.sources: {source.name!r} is not a registry entry ({', '.join(known)})")
-        entry = known[source.name]
-        if entry.sources:
-            raise ConfigError(f"data.sources: {source.name} is itself a mixture; list its sources instead")
-        entries.append((entry, source.weight))
+    stage = cfg.stage
+    entries = registry_sources(cfg.data)
+    if len(entries) == 1:
+        return entries
     formats = {str(entry.format): entry.name for entry, _ in entries}
     corpus = [fmt for fmt in formats if format_spec(fmt).corpus]
     pairs = {bool(format_spec(fmt).pairs) for fmt in formats}
@@ -150,12 +142,12 @@ def _recipe(cfg: LlamantinoConfig, recipe_keys: dict) -> dict:
 
 def tokenizer_of(model_source: ModelSource) -> tuple[str, str | None, str, bool]:
     """(where the tokenizer loads from, revision, its identity in the key, whether it is made by an
-    earlier step). An earlier run's model not made yet is named by its folder: it is the same on
-    every relaunch of the pipeline."""
+    earlier step not finished yet). An earlier run's model is named by its folder, made or not: a
+    relaunched pipeline renders the same key as the submission that made the step."""
     if model_source.kind == SourceKind.run:
         folder = model_source.folder()
-        if folder is not None and not (folder / "config.json").is_file():
-            return str(folder), None, f"run:{folder}", True
+        if folder is not None:
+            return str(folder), None, f"run:{folder}", not (folder / "config.json").is_file()
     where, revision, identity, _ = _tokenizer_identity(model_source)
     return where, revision, identity, False
 
