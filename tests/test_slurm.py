@@ -303,7 +303,7 @@ def test_offline_pipeline_prepares_its_corpus_as_an_array_first_and_a_sweep_reus
     assert "already prepared" in sweep.stdout and "submitted task" not in sweep.stdout
     assert read_json(entry / "jobs.json") == jobs and read_json(entry / "manifest.json") == manifest
     assert {path.name: path.stat().st_mtime_ns for path in (entry / "units").iterdir()} == units
-    assert list((tmp_path / "cache" / "prepared").iterdir()) == [entry]
+    assert [path for path in (tmp_path / "cache" / "prepared").iterdir() if kinds.get(path) != "rows"] == [entry]
     array_id = read_json(run_dir_of(sweep) / "sweep.json")["job_id"]
     assert wait(f"{array_id}_0", timeout=600).state == "COMPLETED"
 
@@ -320,8 +320,13 @@ def test_offline_hub_reads_get_a_download_job_first_and_its_failure_cancels_the_
     assert "#SBATCH --partition=debug" in (entry / "download.sbatch").read_text()
     run_dir = run_dir_of(proc)
     record = read_json(run_dir / "job.json")
-    assert record["submissions"][-1]["dependency"] == f"afterok:{download}"
+    # the SFT rows are prepared after the download (by a job on the CPU side), the run after both
+    rows_entry = next(path for path in (tmp_path / "cache" / "prepared").iterdir())
+    rows_job = read_json(rows_entry / "jobs.json")["rows"]
+    assert job(rows_job).dependency.startswith(f"afterok:{download}")
+    assert sorted(record["submissions"][-1]["dependency"].split(":")[1:]) == sorted([download, rows_job])
     assert wait(download).state == "FAILED"
+    assert wait(rows_job, timeout=120).state == "CANCELLED"
     assert wait(record["job_id"], timeout=120).state == "CANCELLED"
     log = "".join(path.read_text(errors="replace") for path in (entry / "logs").iterdir())
     assert "error: could not download dataset mii-community/ultrafeedback-translated-ita" in log

@@ -77,10 +77,13 @@ def test_submit_false_writes_the_whole_graph_and_launch_submits_exactly_it_once(
     key = entry.name
     steps = ["scan", "dedup", "task", "finish"]  # a mirror needs no fetch; the mixture is deduplicated
     prepare = [f"prepare-{key[:12]}-{step}" for step in steps]
-    assert [node["name"] for node in graph["nodes"]] == [*prepare, "adapt", "merge", "sft"]
+    # the SFT step's rows are tokenised with the merged model: their job waits on merge, sft on both
+    rows_entry = only_entry(tmp_path, "rows")
+    rows_node = f"prepare-{rows_entry.name[:12]}-rows"
+    assert [node["name"] for node in graph["nodes"]] == [*prepare, "adapt", "merge", rows_node, "sft"]
     after = {node["name"]: node["after"] for node in graph["nodes"]}
     assert after == {prepare[0]: [], prepare[1]: [prepare[0]], prepare[2]: [prepare[1]], prepare[3]: [prepare[2]],
-                     "adapt": [prepare[3]], "merge": ["adapt"], "sft": ["merge"]}
+                     "adapt": [prepare[3]], "merge": ["adapt"], rows_node: ["merge"], "sft": ["merge", rows_node]}
     assert graph["entries"][0]["id"] == f"prepared/{key}" and graph["entries"][0]["request"]["key"] == key
     # every script the submission makes is written, nothing is submitted
     for step in steps:
@@ -99,7 +102,8 @@ def test_submit_false_writes_the_whole_graph_and_launch_submits_exactly_it_once(
     again = ok(cli(*launch_command(written.stdout), verb="launch", cwd=tmp_path, env=hold))
     assert "sft: submitted job" in again.stdout and "adapt: already queued or running" in again.stdout
     jobs = {**{f"prepare-{key[:12]}-{step}": job_id for step, job_id in read_json(entry / "jobs.json").items()},
-            **{step: read_json(pipeline / step / "job.json")["job_id"] for step in ("adapt", "merge", "sft")}}
+            **{step: read_json(pipeline / step / "job.json")["job_id"] for step in ("adapt", "merge", "sft")},
+            rows_node: read_json(rows_entry / "jobs.json")["rows"]}
     try:
         for name, waits in after.items():  # SLURM's dependencies are the graph's edges
             assert job(jobs[name]).reason == "JobHeldUser", name
@@ -121,7 +125,7 @@ def test_submit_false_writes_the_whole_graph_and_launch_submits_exactly_it_once(
         assert info.state == "COMPLETED", (pipeline / "adapt" / "logs" / "train.log").read_text(errors="replace")[-3000:]
         rows = {row["name"]: row for row in json.loads(ok(cli(str(pipeline), "--json", verb="status",
                                                               cwd=tmp_path)).stdout)}
-        assert list(rows) == [*prepare, "adapt", "merge", "sft"]
+        assert list(rows) == [*prepare, rows_node, "adapt", "merge", "sft"]  # the entries, then the runs
         assert all(rows[name]["state"] == "COMPLETED" and not rows[name]["error"] for name in [*prepare, "adapt"]), rows
     finally:
         subprocess.run(["scancel", *jobs.values()], capture_output=True)

@@ -630,6 +630,14 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
                      _config(run_of(home, entry.config), configs))
     if dry_run:
         for node in graph.nodes:
+            if node.entry is not None and node.name in needed:  # an entry made (or being made) is not made again
+                entry = entries[node.entry]
+                folder = entry_dir(_config(run_of(home, entry.config), configs), entry)
+                made = entry_jobs(folder, [n.step for n in graph.nodes if n.entry == node.entry][-1])
+                if made is not None:
+                    jobs[node.name] = made[0] if made else None
+                    echo(f"{node.name}: {'already prepared' if not made else f'being prepared by job {made[0]}'}")
+                    continue
             if node.name in needed and node.name not in jobs:
                 waits = [f"{name} (job {jobs[name]})" if jobs.get(name) else name for name in node.after]
                 what = f"job array over points {_array_indexes(home)}" if node.array else node.name
