@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import argparse
+
 import json
 import os
 import re
@@ -143,7 +143,9 @@ def bench_memory(rows: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from llamantino.argparsing import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["sweep", "first_step", "memory"])
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--rows", type=int, default=4000)

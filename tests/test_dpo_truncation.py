@@ -78,6 +78,8 @@ def test_dpo_with_a_prompt_limit_trains_on_the_same_pairs(tmp_path, tiny_model):
                                 "stage.max_prompt_len=48", "stage.max_steps=2", "stage.micro_batch_size=2",
                                 "stage.gradient_accumulation_steps=1", "stage.saves_per_epoch=null", cwd=tmp_path)))
     report = read_json(run_dir / "output" / "llamantino_data_report.json")  # what Axolotl kept
-    assert next(iter(report.values())) == {"format": "preferences", "rows": len(rows), "dropped_invalid_or_too_long": 0,
-                                           "kept": len(rows)}
+    counts = next(iter(report.values()))  # counted once, when the pairs were prepared
+    assert counts["format"] == "preferences (prepared)"
+    assert (counts["rows"], counts["dropped_invalid_or_too_long"], counts["kept"], counts["taken_rows"]) == \
+        (len(rows), 0, len(rows), len(rows))
     assert (run_dir / "output" / "adapter_model.safetensors").is_file()

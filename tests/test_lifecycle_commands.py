@@ -56,7 +56,7 @@ def test_a_running_local_run_is_listed_followed_and_cancelled(tmp_path, tiny_mod
     launch = background(*LONG, "run.name=long", cwd=tmp_path, out=tmp_path / "launch")
     try:
         process_json = until(lambda: next((tmp_path / "runs" / "long").glob("*/process.json"), None)
-                             if (tmp_path / "runs" / "long").is_dir() else None, 120, "process.json written")
+                             if (tmp_path / "runs" / "long").is_dir() else None, 300, "process.json written")
         run = process_json.parent
         pid = read_json(process_json)["pid"]
         row = until(lambda: (r := status_of(run, tmp_path))["state"] == "RUNNING" and r, 60, "status says RUNNING")
