@@ -380,6 +380,27 @@ def columns_for(fmt: str, overrides: dict[str, str] | None = None) -> dict[str, 
     return columns
 
 
+def dataset_entries(path: str, fmt: str, *, split: str, subset: str | None = None, revision: str | None = None,
+                    local: bool = False, columns: Mapping[str, str] | None = None) -> tuple[dict, dict]:
+    """(Axolotl's ``datasets`` entry, the plugin's ``llamantino_datasets`` entry) of one source: the
+    one place a recipe names a source, for the run's recipe and the rows step's alike."""
+    spec = format_spec(fmt)
+    entry: dict[str, Any] = {"path": path}
+    described: dict[str, Any] = {"path": path}
+    if subset:
+        entry["name"] = described["name"] = subset
+    entry["split"] = split
+    if revision:
+        entry["revision"] = revision
+    if local and not spec.pairs:  # Axolotl's DPO datasets have no ds_type
+        entry["ds_type"] = "json"
+    entry["type"] = spec.loader_type
+    described["format"] = fmt
+    if columns:
+        described["columns"] = dict(columns)
+    return entry, described
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 

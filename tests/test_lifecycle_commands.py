@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, cli, ok, read_json, run_dir_of, until
 
 SLURM = ("hardware=local_slurm", "launcher=slurm", "hardware.nodes=1")
 QUICK = ("stage.max_steps=2", "stage.saves_per_epoch=null")
 QUICK_SLURM = ("data=it_ultrachat_sample", "stage.max_steps=2", "stage.micro_batch_size=4", "stage.saves_per_epoch=null")
 LONG = ("stage.max_steps=300", "stage.saves_per_epoch=null", "stage.sequence_len=64")
+LONG_SFT = ("stage.max_steps=300", "stage.saves_per_epoch=null", "stage.sequence_len=256")  # every sample row fits
 
 
 def background(*args: str, cwd: Path, out: Path) -> subprocess.Popen:
@@ -53,10 +53,14 @@ def alive(pid: int) -> bool:
 
 
 def test_a_running_local_run_is_listed_followed_and_cancelled(tmp_path, tiny_model):
-    launch = background(*LONG, "run.name=long", cwd=tmp_path, out=tmp_path / "launch")
+    launch = background(*LONG_SFT, "run.name=long", cwd=tmp_path, out=tmp_path / "launch")
+
+    def written():
+        assert launch.poll() is None, output(tmp_path / "launch")  # ended before its stage started
+        return next((tmp_path / "runs" / "long").glob("*/process.json"), None)
+
     try:
-        process_json = until(lambda: next((tmp_path / "runs" / "long").glob("*/process.json"), None)
-                             if (tmp_path / "runs" / "long").is_dir() else None, 300, "process.json written")
+        process_json = until(written, 180, "process.json written")
         run = process_json.parent
         pid = read_json(process_json)["pid"]
         row = until(lambda: (r := status_of(run, tmp_path))["state"] == "RUNNING" and r, 60, "status says RUNNING")

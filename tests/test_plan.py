@@ -73,7 +73,7 @@ LLAMA2_7B = 6.74e9
 def test_pipeline_plan_sums_its_steps():
     p = plan_command(["pipeline=llamantino2", "model=llama2_7b", "hardware=leonardo_booster"])
     steps = {job["step"]: job for job in p["steps"]}
-    assert list(steps) == ["adapt:prepare", "adapt", "merge", "sft", "release"]
+    assert list(steps) == ["adapt:prepare", "adapt", "merge", "sft:prepare", "sft", "release"]
     adapt = steps["adapt"]
     # 25,000 steps x 8 x 1 x 4 GPUs (one node) x 1,024 tokens; QLoRA 4NT + recompute 2NT at 25% MFU
     assert adapt["tokens"] == 819_200_000
@@ -90,6 +90,11 @@ def test_pipeline_plan_sums_its_steps():
     assert steps["release"]["gpus"] == 0 and steps["release"]["gpu_hours"] == 0
     prepare = steps["adapt:prepare"]
     assert (prepare["partition"], prepare["gpu_hours"], prepare["node_share"]) == ("dcgp_usr_prod", 0.0, None)
+    # the SFT rows, tokenised once by one CPU task: at most 130,000 rows x 1,024 tokens
+    rows = steps["sft:prepare"]
+    assert (rows["partition"], rows["gpu_hours"], rows["tasks"], rows["tokens"]) == ("dcgp_usr_prod", 0.0, 1, 130_000 * 1024)
+    assert rows["entry"] == steps["sft"]["rows"]["key"] and rows["corpus"] is None
+    assert rows["budget_hours"] == pytest.approx(rows["wall_clock_hours"] * rows["cpus_per_node"])
     for key in ("gpu_hours", "budget_hours", "node_hours", "wall_clock_hours"):
         assert p["totals"][key] == pytest.approx(sum(job[key] for job in p["steps"]))
     assert all(job["formula"] for job in p["steps"])
@@ -138,6 +143,13 @@ def test_sweep_plans_every_point_and_throttles_the_array(tmp_path):
     assert [job["kind"] for job in one_at_a_time["steps"]].count("prepare") == 1
     assert one_at_a_time["totals"]["gpu_hours"] == pytest.approx(2 * points[0]["gpu_hours"])
     assert one_at_a_time["totals"]["wall_clock_hours"] == pytest.approx(prepare_hours + 2 * point_hours)
+    # SFT points of one data and sequence length share one rows entry: one rows job; a second length, a second
+    rows = plan_command(["stage=sft", "model=llama2_7b", "hardware=leonardo_booster",
+                         "stage.learning_rate=1e-5,2e-5"], multirun=True)
+    assert [job["kind"] for job in rows["steps"]].count("prepare") == 1
+    lengths = plan_command(["stage=sft", "model=llama2_7b", "hardware=leonardo_booster",
+                            "stage.sequence_len=512,1024"], multirun=True)
+    assert [job["kind"] for job in lengths["steps"]].count("prepare") == 2
     # boost_qos_lprod holds 3 nodes: one 3-node point at a time, whatever the array's %N
     lprod = plan_command(args + ["hardware.slurm.qos=boost_qos_lprod"], multirun=True)
     assert lprod["array"]["parallel"] == 1
@@ -157,17 +169,18 @@ def test_a_sweep_of_pipelines_is_refused(tmp_path):
 
 
 def test_whole_node_billed_for_one_gpu_is_said_with_the_cheaper_shapes():
-    (job,) = plan_command(["experiment=anita_8b_dpo"])["steps"]
+    rows, job = plan_command(["experiment=anita_8b_dpo"])["steps"]
+    assert rows["kind"] == "prepare" and rows["entry"] == job["rows"]["key"]
     assert job["gpus"] == 1 and job["node_share"] == 1.0
     (notice,) = [n for n in job["notices"] if "billed for the whole node" in n]
     assert "uses 1 of its 4 GPUs" in notice
     assert "hardware.gpus_per_node=4" in notice and "hardware.cpus_per_node=8 hardware.slurm.mem=123500M" in notice
     quarter = plan_command(["experiment=anita_8b_dpo", "hardware.cpus_per_node=8", "hardware.slurm.mem=123500M"])
-    (cheaper,) = quarter["steps"]
+    _, cheaper = quarter["steps"]
     assert cheaper["node_share"] == pytest.approx(0.25)
     assert cheaper["budget_hours"] == pytest.approx(job["budget_hours"] / 4)
     assert not [n for n in cheaper["notices"] if "whole node" in n]
-    full = plan_command(["experiment=anita_8b_dpo", "hardware.gpus_per_node=4"])["steps"][0]
+    full = plan_command(["experiment=anita_8b_dpo", "hardware.gpus_per_node=4"])["steps"][-1]
     assert full["wall_clock_hours"] == pytest.approx(job["wall_clock_hours"] / 4)
     assert full["budget_hours"] == pytest.approx(job["budget_hours"] / 4)  # same tokens, 4 GPUs, one node bill
     adapt = plan_command(["experiment=llamantino2_7b_adapt"])["steps"][-1]

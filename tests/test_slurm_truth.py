@@ -11,8 +11,7 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import TESTS, cli, ok, read_json, run_dir_of
+from conftest import cli, ok, read_json, run_dir_of
 from test_slurm import QUICK_SFT, SLURM, cluster, job_id_of, wait  # noqa: F401 (cluster: its autouse check)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm_truth")]
@@ -27,13 +26,10 @@ def ended_long_ago(tmp_path_factory):
     timeout = run_dir_of(ok(cli(*SLURM, *long_run, "launcher.requeue=false", "launcher.time=00:01:00",
                                 "run.name=times-out", cwd=work)))
     cancelled = run_dir_of(ok(cli(*SLURM, *long_run, "run.name=cancelled", cwd=work)))
-    good, bad = work / "good.jsonl", work / "bad.jsonl"
-    source = (TESTS.parent / "datasets_ita" / "samples").glob("*ultrachat*.jsonl")
-    text = next(iter(source)).read_text()
-    good.write_text(text)
-    bad.write_text(text)
-    sweep = run_dir_of(ok(cli("-m", f"data.path={good},{bad}", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=work)))
-    bad.write_text("{ not json\n" * 3)  # after the checks, before the task reads it: task 1 fails
+    sweep = run_dir_of(ok(cli("-m", "stage.learning_rate=1e-3,2e-3", *SLURM, "hardware.nodes=1", *QUICK_SFT, cwd=work)))
+    # Both points read one prepared rows entry; task 1 fails in its own stage: its recipe is broken
+    # after the checks and before the task (which waits on the rows job) starts.
+    (sweep / "001" / "axolotl.yaml").write_text("{ not yaml\n")
     wait(job_id_of(cancelled), timeout=300, until={"RUNNING"})
     subprocess.run(["scancel", job_id_of(cancelled)], check=True)
     return {"timeout": timeout, "cancelled": cancelled, "sweep": sweep, "submitted": time.time()}

@@ -25,7 +25,9 @@ Formulas (each plan line says which it used):
              assumed) x 4 choices x (few-shot + 1) x 150 tokens; 30% MFU assumed; + model load
   merge      bf16 model read and written (2 x 2N bytes) at hardware.storage.write_gbps + 120 s start
   release    the model (or adapter) read and written in shards, as merge
-  prepare    corpus tokens / (array tasks x cores x 200,000 tokens/s per core, assumed): CPU only
+  prepare    corpus tokens / (array tasks x cores x 200,000 tokens/s per core, assumed): CPU only;
+             SFT/DPO rows: data.mix_rows or data.num_rows x sequence_len (else one epoch's trained
+             tokens) / (hardware.prepare.cpus x 200,000 tokens/s), one task
   memory     per GPU: weights and optimizer state (16 bytes/parameter full, sharded by FSDP; 2 LoRA;
              0.55 QLoRA) x 1.2 + 2 GB, plus activations of one micro batch b of sequence_len s:
              s·b·h·(34 + 5·a·s/h) bytes per layer (Korthikanti et al. 2022; the 5·a·s/h term only with

@@ -97,6 +97,12 @@ class RowsPlan(PreparedEntry):
         return {"entry": self.entry, **self.as_request()}
 
 
+def recorded_request(record: dict) -> dict:
+    """The request a run's ``data.rows`` record holds (the inverse of ``RowsPlan.record``); checked
+    again by the rows step that reads it (a record is a file read back)."""
+    return {key: value for key, value in record.items() if key != "entry"}
+
+
 def mixture_entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
     """(registry entry, weight) of each source of a stage on rows; formats checked against the stage."""
     from llamantino.inputs.corpus import registry_sources

@@ -30,7 +30,7 @@ from llamantino.errors import DataError
 from llamantino.inputs.rows import DATA_OVERRIDES, ROWS_LAYOUT, RowsPlan
 from llamantino.records.files import RunDirError, leftover_suffix, load_object, typed
 from llamantino.records.rundir import PreparedDir
-from llamantino_plugin.formats import FORMATS, format_spec
+from llamantino_plugin.formats import FORMATS, dataset_entries, format_spec
 
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 # The recipe keys a request may carry (render/axolotl.py rows_recipe_keys and inputs/rows.py _recipe).
@@ -128,15 +128,9 @@ def _lengths(dataset):
 def _recipe(plan: RowsPlan, index: int, work: Path, local: str | None) -> dict:
     """The Axolotl recipe that prepares source ``index`` (its own output_dir: its report)."""
     source = plan.sources[index]
-    spec = format_spec(source.format)
-    dataset = {"path": local or source.hub_id, "split": source.split, "type": spec.loader_type}
-    described = {"path": dataset["path"], "format": source.format, "columns": dict(source.columns)}
-    if source.subset:
-        dataset["name"] = described["name"] = source.subset
-    if source.revision:
-        dataset["revision"] = source.revision
-    if local and not spec.pairs:
-        dataset["ds_type"] = "json"
+    dataset, described = dataset_entries(local or source.hub_id, source.format, split=source.split,
+                                         subset=source.subset, revision=source.revision, local=bool(local),
+                                         columns=source.columns)
     recipe = {"base_model": plan.tokenizer, **({"revision_of_model": plan.tokenizer_revision}
                                               if plan.tokenizer_revision else {}),
               "plugins": [PLUGIN], **plan.recipe, "datasets": [dataset], "llamantino_datasets": [described],

@@ -18,6 +18,7 @@ import time
 
 from llamantino.config.schema import LauncherName
 from llamantino.errors import ConfigError, LaunchError
+from llamantino.inputs.rows import recorded_request
 from llamantino.job.finish import finish_run
 from llamantino.launchers.base import InOrderLauncher, prepared_entries, prepared_entry, prepared_of
 from llamantino.launchers.console import ConsoleProgress
@@ -92,7 +93,7 @@ class LocalLauncher(InOrderLauncher):
             self.echo(f"would prepare rows {entry.path.name[:12]} in {entry.path}")
             return None
         # The request as its run recorded it (checked again when read: the record is a file read back).
-        self._prepare(entry, f"rows {entry.path.name[:12]}", {k: v for k, v in record.items() if k != "entry"})
+        self._prepare(entry, f"rows {entry.path.name[:12]}", recorded_request(record))
         return None
 
     def submit(self, run, after=()):

@@ -240,6 +240,7 @@ def plan(cfg: LlamantinoConfig, mfu: float | Mfu | None = None, tokens_per_row: 
         "mfu": used, "mfu_source": utilisation.describe(kind), "peak_tflops_per_gpu": hw.peak_tflops,
         "time_limit": limit_text, "jobs": jobs, "requeues": jobs - 1,
         "corpus": _corpus(cfg, method.world_size),
+        "rows": _rows(cfg),
         "checkpoint_gb": checkpoint_gb(model.params_b, method.adapter, stage.lora_r),
         "signal_lead_s": cfg.launcher.signal_lead_s or signal_lead_s(model.params_b, method.adapter, stage.lora_r,
                                                                      hw.storage.write_gbps),
@@ -268,18 +269,53 @@ def _corpus(cfg: LlamantinoConfig, world_size: int) -> dict | None:
                         for s in corpus.sources]}
 
 
+def _rows(cfg: LlamantinoConfig) -> dict | None:
+    """What an SFT or DPO stage prepares once (its rows), or None: corpus data, local text."""
+    from llamantino.inputs.resolve import base_model, with_data
+    from llamantino.inputs.tiny import tiny_model_dir
+    from llamantino.render.axolotl import rows_recipe_keys
+
+    if cfg.data.corpus_scale:
+        return None
+    plan = with_data(base_model(cfg, tiny_model_dir, {}), cfg, plugin_keys=rows_recipe_keys(cfg)).rows
+    if plan is None:
+        return None
+    return {"key": plan.key, "summary": plan.describe(), "entry": plan.entry, "notes": list(plan.notes),
+            "rows": cfg.data.mix_rows or cfg.data.num_rows, "sources": [s.name for s in plan.sources]}
+
+
 # --- a corpus' preparation, and the jobs that do not train (their work: each stage type's work()) ----
 
 
 def plan_prepare(cfg: LlamantinoConfig, corpus: dict) -> dict:
     """The CPU jobs that prepare a corpus into the shared cache: no GPU hours."""
-    from llamantino.render.sbatch import JobShape
-
-    hw, prep = cfg.hardware, cfg.hardware.prepare
     tokens = corpus["read_tokens"] or (corpus["blocks_with_margin"] or 0) * corpus["sequence_len"]
     what = ("the sampled files' tokens (data.approx_tokens / data.file_count x files read)" if corpus["read_tokens"]
             else "the token budget with its margin")
-    tasks, cores = corpus["tasks"], corpus["workers"]
+    entry = _cpu_job(cfg, tokens, what, tasks=corpus["tasks"], cores=corpus["workers"])
+    entry.update({"corpus": corpus["key"], "entry": corpus["key"]})
+    return entry
+
+
+def plan_prepare_rows(cfg: LlamantinoConfig, train: dict) -> dict:
+    """The CPU job that tokenises an SFT or DPO stage's rows once into the shared cache."""
+    rows, stage = train["rows"], cfg.stage
+    if rows["rows"]:
+        tokens = rows["rows"] * row_tokens(stage)
+        what = f"{rows['rows']:,} rows x {row_tokens(stage)} tokens, at most"
+    else:  # the rows one epoch trains on: the data, unless max_steps stops short of it
+        tokens = round(train["tokens"] / max(stage.num_epochs, 1))
+        what = "the trained tokens of one epoch (data.num_rows unset)"
+    entry = _cpu_job(cfg, tokens, what, tasks=1, cores=cfg.hardware.prepare.cpus)
+    entry.update({"corpus": None, "entry": rows["key"]})
+    return entry
+
+
+def _cpu_job(cfg: LlamantinoConfig, tokens: int, what: str, *, tasks: int, cores: int) -> dict:
+    """A job of ``tasks`` array tasks of ``cores`` CPUs that tokenises ``tokens``: no GPU hours."""
+    from llamantino.render.sbatch import JobShape
+
+    hw, prep = cfg.hardware, cfg.hardware.prepare
     compute_s = tokens / (tasks * cores * TOKENISE_PER_CORE_S)
     hours = (JOB_STARTUP_S + compute_s) / 3600
     shape = JobShape(nodes=1, processes_per_node=1, gpus_per_node=0, cpus_per_node=cores, mem=prep.mem,
@@ -293,16 +329,18 @@ def plan_prepare(cfg: LlamantinoConfig, corpus: dict) -> dict:
                   "node_hours": hours * tasks})
     entry["budget_unit"] = f"core hours on {entry['partition']}" + (
         f" (its own budget, not {hw.slurm.partition}'s)" if prep.partition and prep.partition != hw.slurm.partition else "")
-    entry.update({"stage": "prepare", "tasks": tasks, "tokens": tokens, "gpu_hours": 0.0, "corpus": corpus["key"]})
+    entry.update({"stage": "prepare", "tasks": tasks, "tokens": tokens, "gpu_hours": 0.0})
     return entry
 
 
 def plan_job(cfg: LlamantinoConfig, mfu: float | Mfu | None = None, tokens_per_row: int | None = None) -> list[dict]:
-    """The jobs one stage submits: a corpus' preparation before a train stage that needs one, then the stage."""
+    """The jobs one stage submits: the preparation of its corpus or rows, when it reads one, then the stage."""
     stage = stage_for(cfg)
     if stage.costed:
         entry = plan(cfg, mfu, tokens_per_row)
-        return ([plan_prepare(cfg, entry["corpus"])] if entry["corpus"] else []) + [entry]
+        prepare = ([plan_prepare(cfg, entry["corpus"])] if entry["corpus"] else []) + (
+            [plan_prepare_rows(cfg, entry)] if entry["rows"] else [])
+        return prepare + [entry]
     shape = stage.shape(cfg, stage.method(cfg, [])[1])
     work = stage.work(cfg, shape)
     if work is None:
@@ -338,6 +376,11 @@ def format_plan(p: dict) -> str:
                   if s["origin"] == "hub" and s["read_files"]]
         lines.append(f"  data cache    {corpus['entry']}")
         lines += [f"  notice        {n}" for n in corpus["notes"]]
+    rows = p.get("rows")
+    if rows:
+        lines.append(f"  data          {rows['summary']}")
+        lines.append(f"  data cache    {rows['entry']}")
+        lines += [f"  notice        {n}" for n in rows["notes"]]
     lines += [f"  notice        {n}" for n in p["notices"]]
     return "\n".join(lines)
 

@@ -84,6 +84,7 @@ def prepare_entry(run: RunDir, what: str, key: str, local_only: bool = False, ec
     What to make is the request its submission recorded (the job graph of the run, pipeline or
     sweep; else the entry's own request.json). An entry that SLURM jobs are making is not made twice."""
     from llamantino.inputs.corpus import expand
+    from llamantino.inputs.rows import recorded_request
     from llamantino.job.prepare import prepare_here
     from llamantino.launchers.slurm import made_or_making
 
@@ -105,7 +106,7 @@ def prepare_entry(run: RunDir, what: str, key: str, local_only: bool = False, ec
             entry.write(entry.REQUEST, recorded.request)
         elif what == "rows" and not (entry.path / entry.REQUEST).is_file():  # its run records the request
             record = run.provenance().data.rows
-            entry.write(entry.REQUEST, {k: v for k, v in record.items() if k != "entry"})
+            entry.write(entry.REQUEST, recorded_request(record))
         elif not (entry.path / entry.REQUEST).is_file():
             raise DataError(f"{run.path} reads {what} {key[:12]}, which has no request in {entry.path}: write the run "
                             "again with launcher=slurm launcher.submit=false (it records what to prepare)")

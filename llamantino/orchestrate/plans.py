@@ -78,9 +78,9 @@ def plan_pipeline(cfg: LlamantinoConfig, overrides: list[str], mfu: Mfu, tokens_
             raise _named(exc, where) from None
         for job in planned:
             if job["kind"] == "prepare":
-                if job["corpus"] in prepared:  # one shared cache entry: prepared once
+                if job["entry"] in prepared:  # one shared cache entry: prepared once
                     continue
-                prepared.add(job["corpus"])
+                prepared.add(job["entry"])
             job["step"] = f"{step.name}:prepare" if job["kind"] == "prepare" else step.name
             jobs.append(job)
     return {"kind": "pipeline", "pipeline": cfg.pipeline.name, "description": cfg.pipeline.description,
@@ -128,8 +128,8 @@ def plan_sweep(overrides: list[str], mfu: Mfu, tokens_per_row: int | None = None
             raise _named(exc, where) from None
         for job in jobs:
             job["step"] = f"{index:03d}" + (":prepare" if job["kind"] == "prepare" else "")
-            if job["kind"] == "prepare" and job["corpus"] not in seen:  # one shared entry, before the array
-                seen.add(job["corpus"])
+            if job["kind"] == "prepare" and job["entry"] not in seen:  # one shared entry, before the array
+                seen.add(job["entry"])
                 prepare.append(job)
         points.append({"index": index, "overrides": list(point), "cfg": cfg, "job": jobs[-1]})
     first = points[0]["cfg"]

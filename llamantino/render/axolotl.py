@@ -19,7 +19,7 @@ from llamantino.config.method import Method
 from llamantino.records.rundir import RunDir
 from llamantino.records.provenance import RunOutput
 from llamantino.config.schema import LlamantinoConfig, Tracker, TrackerMode
-from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, format_spec
+from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, dataset_entries, format_spec
 
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 # Optimizers that need CUDA (fused kernels, bitsandbytes paging or 8-bit states) and their CPU equivalent.
@@ -136,31 +136,15 @@ def rows_recipe_keys(cfg: LlamantinoConfig) -> dict:
 
 def _dataset_entry(data: dict) -> tuple[dict, dict]:
     """(the ``datasets`` entry, the ``llamantino_datasets`` entry) of one resolved source."""
-    spec = format_spec(data["format"])
-    entry: dict[str, Any] = {"path": data["recipe_path"]}
-    if data["subset"]:
-        entry["name"] = data["subset"]
-    entry["split"] = data["split"]
-    if data.get("revision"):
-        entry["revision"] = data["revision"]
-    if data.get("local") and not spec.pairs:  # Axolotl's DPO datasets have no ds_type
-        entry["ds_type"] = "json"
-    entry["type"] = spec.loader_type
-    described: dict[str, Any] = {"path": entry["path"]}
-    if data["subset"]:
-        described["name"] = data["subset"]
-    described["format"] = data["format"]
-    if data["columns"]:
-        described["columns"] = dict(data["columns"])
-    return entry, described
+    return dataset_entries(data["recipe_path"], data["format"], split=data["split"], subset=data["subset"],
+                           revision=data.get("revision"), local=bool(data.get("local")), columns=data["columns"])
 
 
 def _rows_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
     """Prepared rows: each source named for Axolotl's validation, the entry read memory-mapped."""
     plan = inputs.rows
-    pairs = [_dataset_entry({"name": s.name, "format": s.format, "columns": s.columns, "split": s.split,
-                             "subset": s.subset, "revision": s.revision, "recipe_path": s.recipe_path,
-                             "local": s.local}) for s in plan.sources]
+    pairs = [dataset_entries(s.recipe_path, s.format, split=s.split, subset=s.subset, revision=s.revision,
+                             local=bool(s.local), columns=s.columns) for s in plan.sources]
     return {**plugin_data_keys(cfg), "llamantino_datasets": [described for _, described in pairs],
             "datasets": [entry for entry, _ in pairs], "llamantino_prepared": plan.entry}
 
