@@ -7,8 +7,9 @@
   to prepare one point's rows alone (the same request, another fresh cache). Target <= 1.1.
 - first_step: from the start of a local command to its first training step, warm cache (the entry
   made) over cold (made by the command). Measured in turns, median of 3.
-- memory: peak RSS of the rows step (``python -m llamantino.job.prepare rows``, a child measured by
-  getrusage) on an instruction file of R rows and of 8 x R rows. Target <= 1.1.
+- memory: peak RSS of the rows step (``python -m llamantino.job.prepare rows``: the largest process
+  of its tree, sampled from /proc; also its anonymous and file-backed parts) on an instruction file of
+  R rows and of 8 x R rows. Target <= 1.1.
 """
 
 from __future__ import annotations
@@ -42,17 +43,49 @@ def run_dir_of(out: str) -> Path:
     return Path(out.strip().splitlines()[-1].split("run_dir: ", 1)[1])
 
 
-def prepare_alone(record: dict, cache: Path) -> tuple[float, int]:
-    """(seconds the rows step reports, peak RSS in KiB of its process) for a request, in ``cache``."""
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants (forked workers, spawned helpers)."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found += _tree(int(child))
+    return found
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmHWM, RssAnon and RssFile of a process, in KiB (empty once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.partition(":") for line in lines)
+    return {key: int(value.split()[0]) for key, _, value in fields if key in ("VmHWM", "RssAnon", "RssFile")}
+
+
+def prepare_alone(record: dict, cache: Path) -> tuple[float, dict]:
+    """(seconds the rows step reports, its memory) for a request, in ``cache``. Memory: the largest
+    process of the step's tree, sampled every 20 ms: its high-water mark (VmHWM), and its resident
+    anonymous memory (heap: what grows with data held) and file-backed memory (memory-mapped Arrow
+    files and libraries: pages the kernel can drop) at their peaks."""
     entry = cache / "prepared" / record["key"]
     entry.mkdir(parents=True)
     (entry / "request.json").write_text(json.dumps({k: v for k, v in record.items() if k != "entry"}))
-    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([PY, "-c", probe, PY, "-m", "llamantino.job.prepare", "rows", str(entry)],
-                         capture_output=True, text=True, check=True).stdout
-    rss = int(out.strip().splitlines()[-1])
-    return json.loads((entry / "manifest.json").read_text())["seconds"], rss
+    step = subprocess.Popen([PY, "-m", "llamantino.job.prepare", "rows", str(entry)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0}
+    while step.poll() is None:
+        for pid in _tree(step.pid):
+            for key, value in _memory(pid).items():
+                peak[key] = max(peak[key], value)
+        time.sleep(0.02)
+    if step.returncode != 0:
+        raise SystemExit(f"the rows step failed:\n{step.stderr.read()[-3000:]}")
+    memory = {"peak_rss_mib": peak["VmHWM"] / 1024, "peak_anon_mib": peak["RssAnon"] / 1024,
+              "peak_file_mib": peak["RssFile"] / 1024}
+    return json.loads((entry / "manifest.json").read_text())["seconds"], memory
 
 
 def rows_record(work: Path, *overrides: str) -> dict:
@@ -79,7 +112,7 @@ def bench_sweep(points: int) -> dict:
         time.sleep(5)
     entries = sorted(p for p in (cache / "prepared").iterdir() if (p / "manifest.json").is_file())
     total = sum(json.loads((p / "manifest.json").read_text())["seconds"] for p in entries)
-    keys = {line.split()[1] for line in out.splitlines() if line.startswith("rows ")}
+    keys = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rows ")}
     logs = [(sweep / f"{i:03d}" / "logs" / "train.log").read_text(errors="replace") for i in range(points)]
     read = sum("prepared rows from" in log for log in logs)
     tokenised = sum("tokenising" in log for log in logs)
@@ -135,9 +168,11 @@ def bench_memory(rows: int) -> dict:
         data = work / f"rows-{scale}x.jsonl"
         instructions_file(data, rows * scale)
         record = rows_record(work, f"data.path={data}", f"data.num_rows={rows * scale}")
-        seconds, rss = prepare_alone(record, work / f"cache-{scale}")
-        result[f"{scale}x"] = {"rows": rows * scale, "seconds": seconds, "peak_rss_mib": rss / 1024}
+        seconds, memory = prepare_alone(record, work / f"cache-{scale}")
+        result[f"{scale}x"] = {"rows": rows * scale, "file_mib": data.stat().st_size / 2**20, "seconds": seconds,
+                               **memory}
     result["ratio"] = result["8x"]["peak_rss_mib"] / result["1x"]["peak_rss_mib"]
+    result["anon_ratio"] = result["8x"]["peak_anon_mib"] / result["1x"]["peak_anon_mib"]
     shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -560,7 +560,7 @@ def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str 
 
     ``policy="strict"`` raises DataFileError at the first bad row (file, line, column);
     ``policy="skip"`` counts and drops bad rows (appending the good raw lines to ``keep``
-    when given). Malformed JSON, invalid UTF-8 and lines over MAX_LINE_BYTES are bad rows too.
+    when given: a list, or a writer with ``append``). Malformed JSON, invalid UTF-8 and lines over MAX_LINE_BYTES are bad rows too.
     An empty file, a file with no good row left, or one over MAX_FILE_BYTES is always an error.
     """
     if policy not in ("strict", "skip"):
@@ -590,7 +590,8 @@ def check_file(path: str | Path, fmt: str, columns: dict[str, str], policy: str 
             if policy == "strict":
                 raise
             report.skipped += 1
-            report.errors.append(str(exc))
+            if len(report.errors) < 20:  # the first ones, named; the rest counted
+                report.errors.append(str(exc))
             continue
         report.kept += 1
         if keep is not None:

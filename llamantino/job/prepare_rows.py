@@ -147,16 +147,28 @@ def _cleaned(plan: RowsPlan, index: int, work: Path) -> str | None:
     source = plan.sources[index]
     if source.local is None or plan.recipe.get("llamantino_bad_rows") != "skip":
         return source.local
-    kept: list[bytes] = []
-    try:
-        report = check_file(source.local, source.format, columns_for(source.format, source.columns), "skip", keep=kept)
-    except (DataFileError, ValueError) as exc:
-        raise DataError(f"data {source.name}: {exc}") from None
-    if not report.skipped:
-        return source.local
     copy = work / f"source-{index}.jsonl"
-    copy.write_bytes(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept))
+    with open(copy, "wb") as out:  # the kept lines streamed to the copy: memory does not grow with the file
+        kept = _LineWriter(out)
+        try:
+            report = check_file(source.local, source.format, columns_for(source.format, source.columns), "skip",
+                                keep=kept)
+        except (DataFileError, ValueError) as exc:
+            raise DataError(f"data {source.name}: {exc}") from None
+    if not report.skipped:
+        copy.unlink()
+        return source.local
     return str(copy)
+
+
+class _LineWriter:
+    """``check_file``'s ``keep``: each kept raw line written out, ended by a newline."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def append(self, line: bytes) -> None:
+        self.out.write(line if line.endswith(b"\n") else line + b"\n")
 
 
 def _source_rows(plan: RowsPlan, index: int, work: Path):
