@@ -180,7 +180,8 @@ def test_slurm_runs_are_listed_followed_watched_and_cancelled(tmp_path, tiny_mod
         # a local run in the same output root, meanwhile
         local = run_dir_of(ok(cli(*QUICK, "run.name=local", cwd=tmp_path)))
 
-        until(lambda: status_of(long, tmp_path)["state"] == "RUNNING", 300, f"job {long_job} runs")
+        # queued behind the short run's rows and training jobs and the other workers' SLURM tests (4 CPUs in all)
+        until(lambda: status_of(long, tmp_path)["state"] == "RUNNING", 900, f"job {long_job} runs")
         until(lambda: (long / "logs" / "train.log").is_file(), 120, "the stage of the long job starts")
         dry = ok(cli(str(long), "--dry-run", verb="cancel", cwd=tmp_path))
         assert dry.stdout.strip() == f"would cancel {long.name}: job {long_job}"

@@ -226,7 +226,7 @@ def calibrate(path: str | Path) -> Mfu:
 
 def _shape(job: dict) -> str:
     if job["kind"] == "prepare":
-        return f"{job['tasks']} tasks x {job['cpus_per_node']} cores"
+        return f"{job['tasks']} task{'s' if job['tasks'] != 1 else ''} x {job['cpus_per_node']} cores"
     gpus = f"x{job['gpus_per_node']} GPU" if job["gpus_per_node"] else " node, no GPU"
     return f"{job['nodes']}{gpus}, {job['cpus_per_node']} CPUs"
 
