@@ -72,7 +72,10 @@ def prepare_alone(record: dict, cache: Path) -> tuple[float, dict]:
     files and libraries: pages the kernel can drop) at their peaks."""
     entry = cache / "prepared" / record["key"]
     entry.mkdir(parents=True)
-    (entry / "request.json").write_text(json.dumps({k: v for k, v in record.items() if k != "entry"}))
+    from llamantino.inputs.rows import recorded_request
+    from llamantino.records.rundir import PreparedDir
+
+    (entry / PreparedDir.REQUEST).write_text(json.dumps(recorded_request(record)))
     step = subprocess.Popen([PY, "-m", "llamantino.job.prepare", "rows", str(entry)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0}
