@@ -17,6 +17,9 @@ class DatasetSpec(BaseModel):
     name: str | None = None
     format: Literal[tuple(fmt.value for fmt in FORMATS)]  # the one list, in formats.py
     columns: dict[str, str] = Field(default_factory=dict)
+    # Text: normalise each document (formats.normalise_text) before hashing and tokenising; false: as
+    # read. llamantino_text_dedup and llamantino_text_min_chars apply either way.
+    normalize: bool = True
 
     @model_validator(mode="after")
     def _columns_exist(self):
@@ -61,10 +64,14 @@ class LlamantinoArgs(BaseModel):
         json_schema_extra={"description": "file in the run directory keeping the W&B/MLflow run id, so a requeued "
                                           "or resumed job continues the same tracker run"},
     )
-    llamantino_anita_script_quirks: bool = Field(
+    llamantino_script_exact: bool = Field(
         default=False,
-        json_schema_extra={"description": "the ANITA SFT script's text: ' <|eot_id|> ', '<|begin_of_text|> ', "
-                                          "'<|end_of_text|>' appended (Llama-3 chat templates only)"},
+        json_schema_extra={"description": "the text, tokens and truncation of the ANITA SFT and DPO scripts "
+                                          "(llamantino_plugin/script_exact.py; Llama-3 chat templates only)"},
+    )
+    llamantino_lora_seed: int | None = Field(
+        default=None,
+        json_schema_extra={"description": "seeds the adapter's initial weights alone (unset: the run's seed)"},
     )
 
     @model_validator(mode="before")

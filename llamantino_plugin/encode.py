@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, RowError, format_spec
-from llamantino_plugin.templates import compiled_template, render_chat, template_info, with_anita_script_quirks
+from llamantino_plugin.templates import compiled_template, render_chat, template_info
 
 IGNORE = -100
 
@@ -107,13 +107,20 @@ def tokenise_instructions(batch, *, tokenizer, template: str, train_on_inputs: b
 
 
 def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None, train_on_inputs: bool,
-                  anita_script_quirks: bool = False) -> dict:
-    """A conversation through the chat template; only the assistant spans are trained."""
+                  script_exact: bool = False) -> dict:
+    """A conversation through the chat template; only the assistant spans are trained. In script-exact
+    mode, the ANITA SFT script's text and ids instead (``script_exact.py``)."""
+    from llamantino_plugin.script_exact import sft_example
+
     out = {"input_ids": [], "attention_mask": [], "labels": []}
     for messages in batch["messages"]:
+        if script_exact:
+            example = sft_example(tokenizer, messages)
+            out["input_ids"].append(example["input_ids"])
+            out["attention_mask"].append([1] * len(example["input_ids"]))
+            out["labels"].append(example["labels"])
+            continue
         text, spans = assistant_spans(template, system_prompt, messages)
-        if anita_script_quirks:
-            text, spans = with_anita_script_quirks(text, spans)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         ids = encoded["input_ids"]
         if train_on_inputs:
@@ -129,11 +136,13 @@ def tokenise_chat(batch, *, tokenizer, template: str, system_prompt: str | None,
     return out
 
 
-def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int, fmt: str = CORPUS_FORMAT) -> dict:
+def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int, fmt: str = CORPUS_FORMAT,
+                normalize: bool = True) -> dict:
     """Raw text (the documents of a corpus format) in one pass: check, normalise, hash and tokenise
     each document into ``sequence_len`` chunks. Every chunk carries its document's index, digest, length and whether
     normalising changed it, so duplicates and too-short documents are dropped afterwards without
-    a second pass; a bad document becomes one empty row with its ``_error``."""
+    a second pass; a bad document becomes one empty row with its ``_error``. ``normalize=False``
+    (a source's ``normalize: false``): each document is hashed, measured and tokenised as read."""
     import hashlib
 
     from llamantino_plugin.formats import normalise_text
@@ -142,7 +151,7 @@ def encode_text(batch, indices, *, columns: dict, tokenizer, sequence_len: int, 
     docs = []
     for values, index in zip(zip(*batch.values()), indices):
         row = canonical_row(dict(zip(names, values)), index, fmt=fmt, columns=columns, as_chat=False)
-        text = "" if row["_error"] else normalise_text(row["text"])
+        text = "" if row["_error"] else (normalise_text(row["text"]) if normalize else row["text"])
         docs.append((index, row["_error"], text, text != row["text"] and not row["_error"]))
     good = [doc[2] for doc in docs if not doc[1]]
     chunked = iter(tokenise_text({"text": good}, tokenizer=tokenizer, sequence_len=sequence_len, per_document=True)
@@ -188,7 +197,7 @@ def encode_rows(batch, indices, *, fmt: str, columns: dict, as_chat: bool, encod
 
 
 def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, system_prompt: str | None,
-              train_on_inputs: bool, anita_script_quirks: bool = False):
+              train_on_inputs: bool, script_exact: bool = False):
     """The batched tokenise function of a format and template (its ``encoding_of``)."""
     encoding = encoding_of(fmt, template)
     if encoding is Encoding.document:
@@ -197,5 +206,5 @@ def tokeniser(fmt: str, template: str | None, *, tokenizer, sequence_len: int, s
         return partial(tokenise_instructions, tokenizer=tokenizer, template=template, train_on_inputs=train_on_inputs)
     if encoding is Encoding.chat:
         return partial(tokenise_chat, tokenizer=tokenizer, template=template, system_prompt=system_prompt,
-                       train_on_inputs=train_on_inputs, anita_script_quirks=anita_script_quirks)
+                       train_on_inputs=train_on_inputs, script_exact=script_exact)
     raise ValueError(f"{fmt} rows are {encoding} data: preferences.pair_strings renders them, no tokeniser")

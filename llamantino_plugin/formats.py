@@ -259,11 +259,13 @@ def read_conversation(row: dict, columns: dict[str, str]) -> list[dict[str, str]
     return read_messages(row[column], column)
 
 
-def read_preference(row: dict, columns: dict[str, str]) -> dict:
+def read_preference(row: dict, columns: dict[str, str], as_script: bool = False) -> dict:
     """``{"prompt": [messages], "chosen": str, "rejected": str}`` of a ``preferences`` row.
 
     Chosen and rejected may be strings (then the prompt column is required) or message lists that
-    share the prompt turns and end with the assistant answer (ORPO-DPO-mix-40k style).
+    share the prompt turns and end with the assistant answer (ORPO-DPO-mix-40k style). ``as_script``
+    keeps what the ANITA DPO script kept: rejected's own prompt turns are ignored (chosen's are the
+    prompt) and a pair with equal answers stays.
     """
     chosen_col, rejected_col, prompt_col = columns["chosen"], columns["rejected"], columns["prompt"]
     for column in (chosen_col, rejected_col):
@@ -273,7 +275,7 @@ def read_preference(row: dict, columns: dict[str, str]) -> dict:
     if isinstance(chosen, list) and isinstance(rejected, list):
         chosen_msgs = read_messages(chosen, chosen_col)
         rejected_msgs = read_messages(rejected, rejected_col)
-        if chosen_msgs[:-1] != rejected_msgs[:-1]:
+        if chosen_msgs[:-1] != rejected_msgs[:-1] and not as_script:
             raise RowError(rejected_col, f"{chosen_col!r} and {rejected_col!r} do not share the same prompt turns")
         prompt = chosen_msgs[:-1]
         chosen_text, rejected_text = chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
@@ -293,7 +295,7 @@ def read_preference(row: dict, columns: dict[str, str]) -> dict:
     for column, text in ((chosen_col, chosen_text), (rejected_col, rejected_text)):
         if not text.strip():
             raise RowError(column, f"column {column!r} is empty")
-    if chosen_text.strip() == rejected_text.strip():
+    if chosen_text.strip() == rejected_text.strip() and not as_script:
         raise RowError(rejected_col, f"{chosen_col!r} equals {rejected_col!r}: the pair teaches nothing")
     return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text}
 

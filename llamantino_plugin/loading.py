@@ -5,7 +5,8 @@ Axolotl calls ``wrap_dataset`` once per dataset in the main process, so every co
 read with its format's reader (``formats.py``) and tokenised at once: instructions with the
 alpaca_it prompt or, with a chat template, as a user/assistant exchange; conversations through the
 chat template, only assistant turns trained; raw text normalised (NFC, apostrophes, quotes,
-whitespace), hashed and chunked to ``sequence_len``. Everything after that is Arrow arithmetic on
+whitespace; not where its ``llamantino_datasets`` entry says ``normalize: false``), hashed and
+chunked to ``sequence_len``. Everything after that is Arrow arithmetic on
 helper columns: exact duplicates and too-short documents, over-long rows, rows with nothing to
 train, all dropped with one selection.
 
@@ -32,14 +33,14 @@ from llamantino_plugin.templates import default_template, template_info
 
 
 def spec_of(args: LlamantinoArgs, ds_cfg, fmt: str) -> dict:
-    """Format and columns of ``ds_cfg`` from its ``llamantino_datasets`` entry."""
+    """Format, columns and whether text is normalised, of ``ds_cfg`` from its ``llamantino_datasets`` entry."""
     spec = find_spec(args, ds_cfg)
     if spec is None:
-        return {"format": fmt, "columns": columns_for(fmt)}
+        return {"format": fmt, "columns": columns_for(fmt), "normalize": True}
     if spec.format != fmt:
         raise LlamantinoDataError(f"dataset {ds_cfg.get('path')!r} is described as format {spec.format!r} "
                                   f"but its type loads {fmt!r}")
-    return {"format": fmt, "columns": columns_for(fmt, spec.columns)}
+    return {"format": fmt, "columns": columns_for(fmt, spec.columns), "normalize": spec.normalize}
 
 
 class ItalianDataset(DatasetWrappingStrategy):
@@ -73,14 +74,14 @@ class ItalianDataset(DatasetWrappingStrategy):
         columns, cfg, args = self.spec["columns"], self.cfg, self.args
         if self.format_spec.corpus:
             encode = partial(encode_text, columns=columns, tokenizer=self.tokenizer, sequence_len=cfg.sequence_len,
-                             fmt=self.fmt)
+                             fmt=self.fmt, normalize=self.spec["normalize"])
         else:
             encode = partial(encode_rows, fmt=self.fmt, columns=columns, as_chat=self.as_chat,
                              encode=tokeniser(self.fmt, self.template, tokenizer=self.tokenizer,
                                               sequence_len=cfg.sequence_len,
                                               system_prompt=args.llamantino_system_prompt,
                                               train_on_inputs=bool(cfg.train_on_inputs),
-                                              anita_script_quirks=args.llamantino_anita_script_quirks))
+                                              script_exact=args.llamantino_script_exact))
         dataset = dataset.map(partial(_encode_to_arrow, encode=encode), batched=True, with_indices=True,
                               remove_columns=dataset.column_names,
                               desc=f"llamantino: checking and tokenising {self.fmt}", **map_kwargs)
@@ -111,7 +112,8 @@ class ItalianDataset(DatasetWrappingStrategy):
         return errors == ""
 
     def _clean_text(self, dataset, keep, counts) -> np.ndarray:
-        """Drop exact duplicates (after normalisation) and too-short documents, counted per document."""
+        """Drop exact duplicates (after normalisation, where the dataset is normalised) and too-short
+        documents, counted per document."""
         first = _column(dataset, "_first") & keep  # one row per valid document
         docs = _column(dataset, "_doc")
         counts["normalised"] = int((_column(dataset, "_changed") & first).sum())
@@ -129,6 +131,8 @@ class ItalianDataset(DatasetWrappingStrategy):
     def _fit_length(self, dataset, keep, counts, map_kwargs):
         limit = self.cfg.sequence_len
         strategy = (self.cfg.get("excess_length_strategy") or "drop").lower()
+        if self.args.llamantino_script_exact:
+            strategy = "truncate"  # TRL 0.8.5's SFTTrainer kept a long row's first tokens
         tokens = _column(dataset, "_tokens")
         too_long = keep & (tokens > limit)
         longest = int(tokens[keep].max()) if keep.any() else 0

@@ -22,6 +22,10 @@ class LlamantinoPlugin(BasePlugin):
         load_datasets: on CPU-only multi-process runs, maps every rank to the CPU (Axolotl maps
             rank N to device N, which does not exist); for DPO, counts the pairs Axolotl will drop
             for length and stops with a clear message when none would be left.
+        pre_lora_load: seeds the adapter's initial weights with ``llamantino_lora_seed`` (for DPO the
+            adapter is made inside TRL's trainer, with nothing drawing random numbers in between).
+        post_trainer_create: in script-exact DPO, puts each pair's exact ids (the TRL 0.8.5 ones the
+            loader computed) in place of the ones TRL 1.9 made from its strings.
     """
 
     def get_input_args(self) -> str:
@@ -41,6 +45,40 @@ class LlamantinoPlugin(BasePlugin):
             )
         cfg["chat_template"] = "jinja"
         cfg["chat_template_jinja"] = template_source(name, args.llamantino_system_prompt)
+
+    def pre_lora_load(self, cfg, model) -> None:
+        seed = plugin_args(cfg).llamantino_lora_seed
+        if seed is not None:
+            from transformers import set_seed
+
+            set_seed(seed)
+            print(f"llamantino: adapter weights initialised from seed {seed} (training seed {cfg.seed})", flush=True)
+
+    def post_trainer_create(self, cfg, trainer) -> None:
+        if not (plugin_args(cfg).llamantino_script_exact and cfg.rl):
+            return
+        from llamantino_plugin.script_exact import IDS_COLUMNS
+
+        if getattr(trainer.args, "precompute_ref_log_probs", False):
+            raise ValueError("script-exact DPO replaces TRL's ids after it tokenised; precompute_ref_log_probs "
+                             "would score the replaced ones: drop precompute_ref_log_probs")
+
+        def exact(dataset):
+            if dataset is None:
+                return None
+            missing = [column for column in IDS_COLUMNS.values() if column not in dataset.column_names]
+            if missing:
+                raise ValueError(f"script-exact DPO rows lack {missing}: they were prepared without "
+                                 "llamantino_script_exact; prepare them again")
+            dataset = dataset.remove_columns(list(IDS_COLUMNS))
+            return dataset.rename_columns({column: key for key, column in IDS_COLUMNS.items()})
+
+        trainer.train_dataset = exact(trainer.train_dataset)
+        if isinstance(trainer.eval_dataset, dict):
+            trainer.eval_dataset = {name: exact(dataset) for name, dataset in trainer.eval_dataset.items()}
+        else:
+            trainer.eval_dataset = exact(trainer.eval_dataset)
+        print("llamantino: script-exact DPO: the pairs' TRL 0.8.5 ids replace TRL's own", flush=True)
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         from llamantino_plugin.progress import progress_callback

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from llamantino_plugin.args import LlamantinoArgs, find_spec, plugin_args
-from llamantino_plugin.formats import DataFormat, RowError, columns_for, format_spec
+from llamantino_plugin.formats import DataFormat, RowError, columns_for, read_preference
 from llamantino_plugin.templates import default_template, render_chat, render_instruction, template_info
 
 FORMAT = DataFormat.preferences  # the format this loader reads
@@ -44,18 +44,36 @@ def pair_strings(pair: dict, template: str, system_prompt: str | None, bos: str 
     return out
 
 
+def script_pair(pair: dict, tokenizer, max_length: int | None, max_prompt: int | None) -> dict:
+    """One pair in script-exact mode (``script_exact.py``): strings for Axolotl's length filter and the
+    previews, and the exact ids TRL 0.8.5 trained on. The strings are the script's with the BOS and EOS
+    TRL added; a cut part is the text of its kept ids, re-cut if its text tokenises longer."""
+    from llamantino_plugin.script_exact import IDS_COLUMNS, dpo_ids, dpo_strings
+
+    strings = dpo_strings(pair["prompt"], {"role": "assistant", "content": pair["chosen"]},
+                          {"role": "assistant", "content": pair["rejected"]}, tokenizer.bos_token or "")
+    ids = dpo_ids(tokenizer, strings, max_length, max_prompt)
+    out = {column: ids[key] for key, column in IDS_COLUMNS.items()}
+    for key, part, last in (("prompt", "prompt_ids", True), ("chosen", "chosen_ids", False),
+                            ("rejected", "rejected_ids", False)):
+        text = tokenizer.decode(ids[part], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out[key] = _keep_tokens(tokenizer, text, len(ids[part]), last=last, keep_head=False)
+    return out
+
+
 def _count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _keep_tokens(tokenizer, text: str, limit: int, last: bool) -> str:
+def _keep_tokens(tokenizer, text: str, limit: int, last: bool, keep_head: bool = True) -> str:
     """``text`` cut to at most ``limit`` tokens, keeping its last (or first) ones; a leading special
-    token (BOS) stays at the head of a prompt. Cuts fall on token boundaries of the whole text."""
+    token (BOS) stays at the head of a prompt unless ``keep_head`` is false. Cuts fall on token
+    boundaries of the whole text."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     if len(ids) <= limit:
         return text
-    head = text[:offsets[0][1]] if last and ids[0] in tokenizer.all_special_ids else ""
+    head = text[:offsets[0][1]] if keep_head and last and ids[0] in tokenizer.all_special_ids else ""
     for keep in range(limit - bool(head), 0, -1):  # re-tokenised pieces may merge differently: shrink until it fits
         cut = head + text[offsets[len(ids) - keep][0]:] if last else text[:offsets[keep - 1][1]]
         if _count(tokenizer, cut) <= limit:
@@ -92,17 +110,24 @@ def _truncate_batch(out: dict, tokenizer, max_length: int, max_prompt: int) -> d
 
 
 def transform(batch, *, columns: dict, template: str, system_prompt: str | None, policy: str,
-              path: str, tokenizer=None, max_length: int | None = None, max_prompt: int | None = None) -> dict:
+              path: str, tokenizer=None, max_length: int | None = None, max_prompt: int | None = None,
+              script_exact: bool = False) -> dict:
     """Batched map: bad rows fail (strict) or are dropped (skip); good rows become DPO strings, with
-    over-long prompts truncated when ``max_prompt`` is set."""
-    out = {"prompt": [], "chosen": [], "rejected": []}
-    read = format_spec(FORMAT).reader
+    over-long prompts truncated when ``max_prompt`` is set; in script-exact mode, also their exact ids."""
+    from llamantino_plugin.script_exact import IDS_COLUMNS
+
+    if script_exact and tokenizer is None:
+        raise PreferenceError("script-exact DPO pairs need the tokenizer (their ids are built here)")
+    out = {"prompt": [], "chosen": [], "rejected": [], **({column: [] for column in IDS_COLUMNS.values()}
+                                                         if script_exact else {})}
     names = list(batch)
     bos = tokenizer.bos_token if tokenizer is not None and tokenizer.bos_token else ""
     for values in zip(*batch.values()):
         row = dict(zip(names, values))
         try:
-            strings = pair_strings(read(row, columns), template, system_prompt, bos)
+            pair = read_preference(row, columns, as_script=script_exact)
+            strings = (script_pair(pair, tokenizer, max_length, max_prompt) if script_exact
+                       else pair_strings(pair, template, system_prompt, bos))
         except RowError as exc:
             if policy == "strict":
                 raise PreferenceError(
@@ -111,7 +136,7 @@ def transform(batch, *, columns: dict, template: str, system_prompt: str | None,
             continue
         for key in out:
             out[key].append(strings[key])
-    if max_prompt and max_length and tokenizer is not None:
+    if max_prompt and max_length and tokenizer is not None and not script_exact:
         out = _truncate_batch(out, tokenizer, max_length, max_prompt)
     return out
 
@@ -122,7 +147,8 @@ def load(cfg, dataset_idx: int = 0, **kwargs):
     spec = spec_for(cfg, dataset_idx, args)
     fn = partial(transform, columns=spec["columns"], template=args.llamantino_template or default_template(FORMAT),
                  system_prompt=args.llamantino_system_prompt, policy=args.llamantino_bad_rows, path=spec["path"],
-                 max_length=cfg.get("sequence_len"), max_prompt=cfg.get("max_prompt_len"))
+                 max_length=cfg.get("sequence_len"), max_prompt=cfg.get("max_prompt_len"),
+                 script_exact=args.llamantino_script_exact)
 
     def transform_fn(batch, tokenizer=None):
         return fn(batch, tokenizer=tokenizer)

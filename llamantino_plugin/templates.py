@@ -9,7 +9,6 @@ renderer, so a template cannot reach Python objects.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,27 +112,3 @@ def render_instruction(name: str, instruction: str, input: str = "") -> str:  # 
     if template_info(name).kind != "instruction":
         raise ValueError(f"template {name!r} is a chat template, not an instruction template")
     return compiled_template(name).render(instruction=instruction, input=input)
-
-
-#: The ANITA SFT script's text quirks (marcopoli/LLaMAntino-3-ANITA, model_adaptation/finetune_llama3.py):
-#: ``apply_chat_template(messages) + "<|end_of_text|>"``, then spaces around ``<|eot_id|>`` and after
-#: ``<|begin_of_text|>``. Off by default: the model card's inference format has no such spaces.
-ANITA_SCRIPT_REPLACEMENTS = {"<|begin_of_text|>": "<|begin_of_text|> ", "<|eot_id|>": " <|eot_id|> "}
-ANITA_SCRIPT_SUFFIX = "<|end_of_text|>"
-
-
-_ANITA_SCRIPT_TOKENS = re.compile("|".join(map(re.escape, ANITA_SCRIPT_REPLACEMENTS)))
-
-
-def with_anita_script_quirks(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
-    """The text as the ANITA SFT script trained on it, and the assistant spans moved with it (a span
-    that ended at a turn terminator keeps the terminator and its spaces; the last one, the suffix)."""
-    matches = list(_ANITA_SCRIPT_TOKENS.finditer(text))
-
-    def moved(offset: int) -> int:
-        return offset + sum(len(ANITA_SCRIPT_REPLACEMENTS[m.group()]) - len(m.group()) for m in matches
-                            if m.start() < offset)
-
-    quirky = _ANITA_SCRIPT_TOKENS.sub(lambda m: ANITA_SCRIPT_REPLACEMENTS[m.group()], text) + ANITA_SCRIPT_SUFFIX
-    new_spans = [(moved(start), len(quirky) if end == len(text) else moved(end)) for start, end in spans]
-    return quirky, new_spans

@@ -82,6 +82,13 @@ def test_adapt_qlora_on_raw_text_normalises_dedups_and_filters(tmp_path, tiny_mo
     assert (report["rows"], report["duplicates"], report["too_short"]) == (44, 2, 1)
     assert report["normalised"] >= 3  # typographic apostrophes, combining accent, double space
     assert trained(tiny_model, run_dir / "output")
+    # text trains on no format: the saved tokenizer is the base's, plain, as the released base models
+    from transformers import AutoTokenizer
+
+    assert "llamantino_template" not in (run_dir / "axolotl.yaml").read_text()
+    assert AutoTokenizer.from_pretrained(str(tiny_model)).chat_template is None
+    assert AutoTokenizer.from_pretrained(str(run_dir / "output")).chat_template is None
+    assert not (run_dir / "output" / "chat_template.jinja").exists()
 
 
 def test_sft_conversations_with_llamantino2_template(tmp_path, tiny_model):

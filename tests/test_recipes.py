@@ -59,7 +59,8 @@ def test_published_settings(compose):
     sft = anita.stage
     assert (sft.adapter, sft.lora_r, sft.lora_alpha, sft.learning_rate, sft.num_epochs, sft.optimizer,
             sft.train_on_inputs, sft.sample_packing) == ("lora", 16, 8, 8e-6, 1, "paged_adamw_32bit", True, False)
-    assert anita.prompt.system_prompt.startswith("You are an intelligent assistant named LLaMAntino-3 ANITA")
+    # f5919e2 applied the chat template with no system turn (its English prompt sat in an unused variable)
+    assert anita.prompt.system_prompt is None and anita.prompt.script_exact
     assert not compose("experiment=anita_8b_adapt").stage.sample_packing  # the script did not pack
     big = compose("experiment=llamantino2_70b_sft")
     assert (big.prompt.template, big.stage.lora_dropout) == ("llamantino2_chat_70b", 0.1)

@@ -14,8 +14,7 @@ import pytest
 from llamantino.paths import SAMPLES_DIR
 from llamantino_plugin.encode import IGNORE, canonical_row, tokeniser
 from llamantino_plugin.formats import columns_for
-from llamantino_plugin.templates import (ANITA_SCRIPT_SUFFIX, compiled_template, render_chat, templates,
-                                         with_anita_script_quirks)
+from llamantino_plugin.templates import compiled_template, render_chat, templates
 
 
 @pytest.fixture(scope="module")
@@ -96,31 +95,3 @@ def test_the_issue_example_response_keeps_its_whole_text_tokens(sentencepiece_to
     pieces = tok.convert_ids_to_tokens(encoded["input_ids"][0])
     response = pieces[[label != IGNORE for label in encoded["labels"][0]].index(True):]
     assert pieces[pieces.index(response[0]) - 1] == "<0x0A>" and not response[0].startswith("▁")
-
-
-def test_anita_script_quirks_render_the_scripts_text_and_train_the_answers(tiny_tokenizer):
-    messages = [{"role": "user", "content": "Ciao"}, {"role": "assistant", "content": "Salve!"},
-                {"role": "user", "content": "Come stai?"}, {"role": "assistant", "content": "Bene."}]
-    plain = render_chat("anita", messages, None)
-    expected = (plain.replace("<|begin_of_text|>", "<|begin_of_text|> ").replace("<|eot_id|>", " <|eot_id|> ")
-                + ANITA_SCRIPT_SUFFIX)
-    from llamantino_plugin.encode import assistant_spans
-
-    text, spans = with_anita_script_quirks(*assistant_spans("anita", None, messages))
-    assert text == expected
-    assert [text[start:end] for start, end in spans] == ["Salve! <|eot_id|> ", "Bene. <|eot_id|> <|end_of_text|>"]
-    encoded = tokeniser("conversations", "anita", tokenizer=tiny_tokenizer, sequence_len=4096, system_prompt=None,
-                        train_on_inputs=False, anita_script_quirks=True)({"messages": [messages]})
-    assert encoded["input_ids"][0] == tiny_tokenizer(expected, add_special_tokens=False)["input_ids"]
-    assert encoded["labels"][0][-1] == encoded["input_ids"][0][-1]  # <|end_of_text|> is trained
-
-
-def test_the_quirks_option_reaches_a_recipe_axolotl_validates(tmp_path):
-    from conftest import cli, ok, run_dir_of
-
-    import yaml
-
-    run_dir = run_dir_of(ok(cli("stage=sft", "data=it_messages_sample", "prompt.template=anita",
-                                "prompt.anita_script_quirks=true", "launcher=dry", cwd=tmp_path)))
-    recipe = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
-    assert recipe["llamantino_anita_script_quirks"] is True and recipe["llamantino_template"] == "anita"

@@ -47,13 +47,20 @@ def cmd_check(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from llamantino.inputs.preview import load_tokenizer, preview_examples, source_of
+    from llamantino.inputs.preview import (
+        load_tokenizer,
+        normalizes,
+        preview_examples,
+        source_of,
+    )
 
     path, fmt, mapping = source_of(args.target, args.format, args.column)
     template = args.template or default_template(fmt)
+    normalize = normalizes(args.target) if args.normalize is None else args.normalize == "true"
     tokenizer = load_tokenizer(args.tokenizer)
     for number, example in enumerate(preview_examples(path, fmt, mapping, template, tokenizer, args.n,
-                                                      args.system_prompt), start=1):
+                                                      args.system_prompt, normalize=normalize,
+                                                      script_exact=args.script_exact), start=1):
         if "pair" in example:
             print(f"--- pair {number} ({template}) ---")
             for key in ("prompt", "chosen", "rejected"):
@@ -100,6 +107,12 @@ def main(argv=None) -> int:
             p.add_argument("--template", help="prompt template (default: the format's, e.g. alpaca_it for instructions)")
             p.add_argument("--system-prompt", default=None)
             p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the tiny model's)")
+            p.add_argument("--normalize", choices=("true", "false"), default=None,
+                           help="text: normalise the documents as the loader does (default: the registry entry's "
+                                "normalize, true for a file); false: as read")
+            p.add_argument("--script-exact", action="store_true",
+                           help="the ANITA scripts' text and ids (prompt.script_exact): SFT conversations and DPO "
+                                "pairs under a Llama-3 chat template")
     p = sub.add_parser("prepare", help="download and pre-tokenise a run's data for an offline cluster")
     p.add_argument("run_dir")
     p.add_argument("--local-only", action="store_true", help="no downloads: pre-tokenise local inputs only")

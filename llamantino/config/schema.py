@@ -89,8 +89,16 @@ class TrackerMode(StrEnum):
 
 
 class EvalMode(StrEnum):
-    leaderboard = "leaderboard"  # the harness behaviour behind the published scores (llamantino/job/evaluate.py)
+    leaderboard = "leaderboard"  # the harness behaviour of the published scores' time, as known (llamantino/stages/eval.py)
     current = "current"  # the installed harness as it is
+
+
+class EvalDtype(StrEnum):
+    """lm-eval's ``dtype`` model argument (``eval.dtype``)."""
+    auto = "auto"  # the checkpoint's own (config.json's torch_dtype): what the leaderboard's commands did
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 class ReleaseWhat(StrEnum):
@@ -332,6 +340,12 @@ class DataConfig(Checked):
     sample_seed: int = 42  # the seeded order in which files are sampled (and a mixture's rows)
     mix_rows: Optional[int] = field(default=None, metadata=at_least(1))  # rows of an SFT/DPO mixture (None: as many as the weights allow, no row repeated)
     budget_margin: float = field(default=0.05, metadata=within(0, 10))  # prepare this much more than the stage consumes (0.05 = 5%)
+    # Text only: rewrite each document with llamantino_plugin.formats.normalise_text (NFC, typographic
+    # apostrophes and double quotes to ASCII, invisible characters removed, whitespace collapsed).
+    # false: the documents are trained on exactly as read. Exact-duplicate and too-short removal are
+    # not part of this switch: stage.text_dedup and stage.text_min_chars govern them (on the raw text
+    # here). A mixture's own false applies to all its sources; else each source's entry decides.
+    normalize: bool = True
     license: str = ""
     size: str = ""
     language: str = "it"
@@ -343,6 +357,11 @@ class DataConfig(Checked):
         if len(set(names)) != len(names):
             raise ConfigError(f"data.sources names a registry entry twice: {names}")
         self.row_slice()  # a malformed split is refused when composed
+        from llamantino_plugin.formats import format_spec
+
+        if not self.normalize and not format_spec(self.format).corpus:
+            raise ConfigError(f"data.normalize=false: {self.name} is {self.format} data, whose rows are never "
+                              "normalised (only text documents are); drop the setting")
 
     def row_slice(self) -> tuple[str, int, int | None] | None:
         """``train[:100000]`` -> ("train", 0, 100000); ``train[10:20]`` -> ("train", 10, 20); a plain
@@ -424,6 +443,9 @@ class StageConfig(Checked):
     text_dedup: bool = True  # drop exact duplicate documents (a prepared corpus: across the whole sample)
     text_near_dedup: bool = False  # prepared corpora: also drop near duplicates (MinHash, ~0.75 Jaccard or more)
     seed: int = 42
+    # Seeds the adapter's initial weights alone (the ANITA DPO script: random_state=3407 for LoRA,
+    # seed=42 for training); None: stage.seed seeds both.
+    lora_seed: Optional[int] = None
     # Extra Axolotl keys, passed through; keys Axolotl does not know are refused.
     axolotl: dict[str, Any] = field(default_factory=dict)
 
@@ -597,9 +619,10 @@ class PromptConfig(Checked):
     MULTILINE = ('system_prompt',)
     template: Optional[str] = None  # None: the model's template
     system_prompt: Optional[str] = None  # None: the template's published default; "": none
-    # The ANITA SFT script's text quirks: " <|eot_id|> " and "<|begin_of_text|> " with spaces, and
-    # "<|end_of_text|>" appended (marcopoli/LLaMAntino-3-ANITA finetune_llama3.py); Llama-3 templates only.
-    anita_script_quirks: bool = False
+    # Script-exact mode for the ANITA presets: the text, tokens and truncation the authors' scripts
+    # (marcopoli/LLaMAntino-3-ANITA f5919e2, TRL 0.8.5) produced; Llama-3 chat templates, SFT and DPO
+    # only (llamantino_plugin/script_exact.py says what exactly).
+    script_exact: bool = False
 
 
 @dataclass
@@ -620,6 +643,10 @@ class EvalConfig(Checked):
     limit: Optional[float] = field(default=None, metadata=positive())  # lm-eval --limit, for smoke tests
     leaderboard: bool = False  # average the tasks like the Open Italian LLM Leaderboard
     mode: EvalMode = EvalMode.current  # leaderboard: reproduce the published scores' harness behaviour
+    # lm-eval's model_args dtype. None: the mode's own: leaderboard auto (the checkpoint's dtype: the
+    # leaderboard's commands pass none, though every swap-uniba result file reports bfloat16: set
+    # eval.dtype=bfloat16 to load as those files say); current bfloat16 on bf16 GPUs, float16 on others.
+    dtype: Optional[EvalDtype] = None
     data_parallel: bool = True  # a model that fits one GPU is evaluated on every GPU of the node, one copy each
     log_samples: bool = False  # lm-eval --log_samples: each sample's prompt, answer and score kept under eval_results/
 
@@ -685,6 +712,39 @@ class PipelineConfig(Checked):
     steps: list[PipelineStep] = field(default_factory=list)
 
 
+class SourceStatus(StrEnum):
+    """How a preset's value is known (the ``provenance`` table of conf/experiment/*.yaml)."""
+    verified = "verified"  # read in the named source (which may itself differ from the published run: it says so)
+    unpublished = "unpublished"  # the authors published nothing: our documented choice
+    conflict = "conflict"  # the sources disagree: the preset follows one, ``override`` gives the other
+
+
+#: A provenance key: a dotted config key (stage.learning_rate) or a group's option (data, model, ...).
+PROVENANCE_KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*", re.ASCII)
+
+
+@dataclass
+class ValueSource(Checked):
+    """Where one value of a preset comes from: a row of its ``provenance`` table (llamantino/config/provenance.py)."""
+    KEY = "provenance[]"
+
+    source: str = ""  # where the value comes from (a script at a commit, a card, the slides, "ours: ...")
+    status: str = SourceStatus.verified.value  # verified | unpublished | conflict (checked below)
+    override: Optional[str] = None  # conflict: the override that follows the other source (stage.adapter=qlora)
+
+    def check_as(self, key: str) -> None:
+        """The entry of setting ``key``: a known status; a conflict names the override that follows the other source."""
+        if not PROVENANCE_KEY.fullmatch(str(key)):
+            raise ConfigError(f"provenance.{key}: not a config key (a dotted key such as stage.learning_rate, or a "
+                              "group: model, data, stage, hardware, launcher)")
+        if self.status not in {status.value for status in SourceStatus}:
+            raise ConfigError(f"provenance.{key}.status={self.status!r} is not valid; use one of: "
+                              f"{', '.join(status.value for status in SourceStatus)}")
+        if self.status == SourceStatus.conflict and not self.override:
+            raise ConfigError(f"provenance.{key}: status conflict must name the override that follows the other "
+                              "source (override: key=value)")
+
+
 @dataclass
 class TargetScores(Checked):
     """Published scores of a preset's model, the target after evaluation (llamantino-facts §3)."""
@@ -727,8 +787,12 @@ class LlamantinoConfig(Checked):
     run: RunConfig = field(default_factory=RunConfig)
     experiment: Optional[str] = None  # the preset's name, set by conf/experiment/*
     target: Optional[TargetScores] = None
+    # Where each value a preset sets comes from (conf/experiment/*: setting -> source and status); empty elsewhere.
+    provenance: dict[str, ValueSource] = field(default_factory=dict)
 
     def check(self) -> None:
+        for key, entry in self.provenance.items():
+            entry.check_as(key)
         if not isinstance(self.model, ModelConfig) or not isinstance(self.stage, StageConfig):
             return  # the schema's own defaults (MISSING), before composition
         longest, stage = self.model.max_sequence_len, self.stage

@@ -57,6 +57,7 @@ class SourcePlan:
     read_files: int | None = None  # how many files of the read order the sample reads (None: all); the hub: fetches
     rows: tuple[int, int | None] | None = None  # a sliced split (train[:N]): rows start-stop, read in file order
     approx_tokens_per_file: float | None = None  # the registry's estimate (sizes read_files)
+    normalize: bool = True  # documents rewritten by normalise_text; False: tokenised as read (data.normalize)
 
     @property
     def split(self) -> str:
@@ -265,7 +266,8 @@ def _source(entry: DataConfig, weight: float, blocks: int | None, cfg: Llamantin
     per_file = _tokens_per_file(entry)
     common = dict(name=entry.name, hub_id=entry.hub_id, subset=entry.subset, revision=entry.revision,
                   patterns=patterns, columns=dict(entry.columns), weight=weight, blocks=blocks,
-                  rows=None if rows is None else (rows[1], rows[2]), approx_tokens_per_file=per_file)
+                  rows=None if rows is None else (rows[1], rows[2]), approx_tokens_per_file=per_file,
+                  normalize=entry.normalize and cfg.data.normalize)  # a mixture's false covers its sources
     if entry.path:
         root = Path(entry.path).expanduser()
         root = root if root.is_absolute() else DATASETS_DIR / root
@@ -347,10 +349,13 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: ModelSource, world_size: in
     storage, prepare = cfg.hardware.storage, cfg.hardware.prepare
     # What the blocks of every unit depend on: not the budget, the files read or the task count, so
     # entries of one base hold prefixes of one sample.
+    # A source read without normalisation says so; a normalised one names nothing, as before the
+    # option, so the entries prepared then keep their keys.
     base_identity = {
         "sources": [{"name": s.name, "origin": "folder" if s.origin == "folder" else "hub", "hub_id": s.hub_id,
                      "subset": s.subset, "revision": s.revision, "patterns": s.patterns, "columns": s.columns,
-                     "rows": s.rows, "files": _file_identity(s)} for s in sources],
+                     "rows": s.rows, "files": _file_identity(s), **({} if s.normalize else {"normalize": False})}
+                    for s in sources],
         "tokenizer": tokenizer_id, "sequence_len": stage.sequence_len, "seed": data.sample_seed,
         "min_chars": stage.text_min_chars, "dedup": stage.text_dedup, "near_dedup": stage.text_near_dedup,
         "format": PreparedDir.LAYOUT, "pack": bool(stage.sample_packing),

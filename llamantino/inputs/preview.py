@@ -56,20 +56,38 @@ def load_tokenizer(name: str | None):
     return AutoTokenizer.from_pretrained(name)
 
 
+def normalizes(target: str) -> bool:
+    """Whether the loader normalises a target's text: its registry entry's ``normalize``; a file: yes."""
+    entry = registry().get(target)
+    return entry.normalize if entry is not None else True
+
+
 def preview_examples(path: Path, fmt: str, mapping: dict, template: str, tokenizer, count: int,
-                     system_prompt: str | None = None, sequence_len: int = 4096) -> list[dict]:
-    """The first ``count`` training examples of a file, as the plugin encodes them."""
+                     system_prompt: str | None = None, sequence_len: int = 4096, normalize: bool = True,
+                     script_exact: bool = False) -> list[dict]:
+    """The first ``count`` training examples of a file, as the plugin encodes them (text normalised
+    unless ``normalize`` is False, as a source with ``normalize: false``; ``script_exact``: as
+    ``prompt.script_exact`` trains SFT conversations and DPO pairs)."""
     from llamantino_plugin.encode import canonical_row, encoding_of, tokeniser
     from llamantino_plugin.formats import Encoding, columns_for, format_spec, normalise_text
-    from llamantino_plugin.preferences import pair_strings
+    from llamantino_plugin.formats import read_preference
+    from llamantino_plugin.preferences import pair_strings, script_pair
+    from llamantino_plugin.templates import template_info
 
     columns = columns_for(fmt, mapping)
     spec = format_spec(fmt)
     as_chat = encoding_of(fmt, template) is Encoding.chat
+    if script_exact and not ((spec.pairs or as_chat) and template_info(template).family == "llama3"):
+        raise DataError(f"--script-exact previews SFT conversations and DPO pairs under a Llama-3 chat template "
+                        f"(anita, llama3), not {fmt} data with {template or 'no template'}: pass --template anita")
     examples = []
     for index, (_, row) in enumerate(_rows(path)):
         if len(examples) >= count:
             break
+        if spec.pairs and script_exact:
+            pair = script_pair(read_preference(row, columns, as_script=True), tokenizer, None, None)
+            examples.append({"pair": {key: pair[key] for key in ("prompt", "chosen", "rejected")}})
+            continue
         if spec.pairs:
             pair = pair_strings(spec.reader(row, columns), template, system_prompt, tokenizer.bos_token or "")
             examples.append({"pair": pair})
@@ -77,11 +95,11 @@ def preview_examples(path: Path, fmt: str, mapping: dict, template: str, tokeniz
         canonical = canonical_row(row, index, fmt=fmt, columns=columns, as_chat=as_chat)
         if canonical["_error"]:
             raise DataError(f"{path}: {canonical['_error']}")
-        if spec.corpus:  # cleaned as the loader cleans it
+        if spec.corpus and normalize:  # cleaned as the loader cleans it
             canonical["text"] = normalise_text(canonical["text"])
         batch = {key: [value] for key, value in canonical.items()}
         encode = tokeniser(fmt, template, tokenizer=tokenizer, sequence_len=sequence_len,
-                           system_prompt=system_prompt, train_on_inputs=False)
+                           system_prompt=system_prompt, train_on_inputs=script_exact, script_exact=script_exact)
         encoded = encode(batch)
         for ids, labels in zip(encoded["input_ids"], encoded["labels"]):
             examples.append({"spans": spans(tokenizer, ids, labels), "tokens": len(ids),

@@ -171,7 +171,8 @@ def resolve_data(cfg: LlamantinoConfig, data=None) -> dict:
     except ValueError as exc:
         raise ConfigError(f"data.columns of {data.name}: {exc}") from None
     entry = {"name": data.name, "format": str(data.format), "columns": dict(data.columns), "split": data.split,
-             "subset": data.subset, "revision": data.revision, "license": data.license or None}
+             "subset": data.subset, "revision": data.revision, "license": data.license or None,
+             "normalize": data.normalize}
     if data.path:
         local = Path(data.path).expanduser()
         local = local if local.is_absolute() else DATASETS_DIR / local
@@ -210,7 +211,9 @@ def with_corpus(inputs: Inputs, cfg: LlamantinoConfig, world_size: int) -> Input
                               "blocks": plan.blocks, "margin": plan.margin, "seed": plan.seed,
                               "sources": [{"name": s.name, "origin": s.origin, "hub_id": s.hub_id, "subset": s.subset,
                                            "revision": s.revision, "weight": s.weight, "blocks": s.blocks,
-                                           "patterns": list(s.patterns)} for s in plan.sources]}}
+                                           "patterns": list(s.patterns),
+                                           **({} if s.normalize else {"normalize": False})}
+                                          for s in plan.sources]}}
     return inputs
 
 

@@ -8,10 +8,13 @@ datasets, so the model can be reproduced from its card alone. Evaluation results
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import yaml
 
+from llamantino.config.provenance import provenance_rows
 from llamantino.job.machine_paths import PATH_PLACEHOLDER, reproduce_command
 from llamantino.records.jobstate import RunStatus
 from llamantino.records.provenance import Provenance
@@ -38,6 +41,46 @@ def _front_matter(provenance: Provenance, config) -> dict:
 
 def _fence(text: str, lang: str) -> str:
     return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def table_cell(value) -> str:
+    """Free text as one Markdown table cell that shows as itself: one line, no markup, HTML or ``|``."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|~#])", r"\\\1", text)
+
+
+STATUS_MEANING = ("verified: read in the named source; unpublished: the authors published nothing, this is a "
+                  "documented choice; conflict: the sources disagree, the preset follows one and the override "
+                  "named follows the other")
+
+
+PROVENANCE_HEADING = "Provenance of this preset's values"
+
+
+def provenance_section(config, overrides: list[str], heading: str | None = "##") -> list[str]:
+    """The table of where each value of the run's preset comes from: empty for a run that came from no
+    preset (``experiment`` unset). ``overrides``: the run's command line, whose changes are marked;
+    ``heading``: the Markdown heading level of its title (None: no title)."""
+    if not config.experiment:
+        return []
+    name = table_cell(config.experiment)
+    lines = [f"{heading} {PROVENANCE_HEADING}", ""] if heading else []
+    rows = provenance_rows(config, list(overrides))
+    if not rows:
+        return lines + [f"The preset {name} records no provenance table.", ""]
+    lines += [f"This run came from the preset {name} (conf/experiment/{name}.yaml). Status {STATUS_MEANING}.", "",
+              "| setting | value | source | status |", "|---|---|---|---|"]
+    for row in rows:
+        value = table_cell(row.value)
+        if row.changed_by and row.override and row.override in row.changed_by.split(", "):
+            value += f" (the command line's {table_cell(row.override)}: this run follows the other source)"
+        elif row.changed_by:
+            value += (f" (changed on the command line: {table_cell(row.changed_by)}; source and status are the "
+                      "preset's value's)")
+        status = table_cell(row.status) + (f" (other source: {table_cell(row.override)})" if row.override else "")
+        # the setting is a dotted key of lower-case letters, digits and _ (the schema checks it): a code span
+        lines.append(f"| `{row.setting}` | {value} | {table_cell(row.source) or '-'} | {status} |")
+    return lines + [""]
 
 
 def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
@@ -78,7 +121,8 @@ def render_card(run: RunDir, provenance: Provenance, status: RunStatus) -> str:
                      f"over {losses['count']} logged steps.")
     for notice in provenance.notices:
         lines.append(f"- notice: {notice}")
-    lines += ["", EVAL_BEGIN, EVAL_END, ""]
+    lines += [""] + provenance_section(config, provenance.overrides)
+    lines += [EVAL_BEGIN, EVAL_END, ""]
     if recipe is not None:
         lines += ["## Axolotl recipe (as trained)", "", _fence(recipe, "yaml"), ""]
     lines += ["## Composed llamantino config", "", _fence(run.read_text(RunDir.CONFIG) or "", "yaml"), "",

@@ -196,7 +196,8 @@ def harness_line(harness: dict) -> str:
     vendored = harness.get("vendored_tasks") or []
     return (f"Harness: lm-eval {harness.get('lm_eval')}, mode **{harness.get('mode')}** ({bos}, dtype "
             f"{harness.get('dtype')}, batch size {harness.get('batch_size')}; tasks {tasks}"
-            + (f"; {', '.join(vendored)} as the leaderboard ran {'it' if len(vendored) == 1 else 'them'}" if vendored else "")
+            + (f"; {', '.join(vendored)} as the leaderboard mode assumes the leaderboard ran "
+               f"{'it' if len(vendored) == 1 else 'them'}" if vendored else "")
             + ").")
 
 

@@ -14,7 +14,8 @@ the first ``read_files`` of that order are read (all when the source has no size
 is a **unit** (a sliced split is one unit, read up to its last row); task ``i`` of ``n`` makes units
 ``i, i+n, ...``, in ``hardware.prepare.cpus`` processes. Every unit is read whole, so whatever the files
 hold reaches the finish, whichever task read them. Documents are checked and normalised by the plugin
-(the corpus format's reader, ``normalise_text``); those under ``min_chars`` are dropped, and so are
+(the corpus format's reader, ``normalise_text``; a source with ``normalize: false`` is taken as read);
+those under ``min_chars`` are dropped, and so are
 duplicates of an earlier document of the sample (exact: a digest of the text; near: MinHash bands),
 found by the scan and dedup steps with every key sharded across tasks, so no process holds all of
 them. BOS + text + EOS is appended to the unit's buffer and cut into ``sequence_len`` blocks (the

@@ -35,7 +35,7 @@ from llamantino_plugin.formats import FORMATS, dataset_entries, format_spec
 PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 # The recipe keys a request may carry (render/axolotl.py rows_recipe_keys and inputs/rows.py _recipe).
 RECIPE_KEYS = frozenset({"llamantino_template", "llamantino_bad_rows", "llamantino_system_prompt",
-                         "llamantino_anita_script_quirks", "sample_packing", "sequence_len", "excess_length_strategy",
+                         "llamantino_script_exact", "sample_packing", "sequence_len", "excess_length_strategy",
                          "train_on_inputs", "rl", "max_prompt_len"}) | DATA_OVERRIDES
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _SPLIT = re.compile(r"[A-Za-z0-9_.-]+(\[\d*%?:\d*%?\])?")

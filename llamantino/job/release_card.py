@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llamantino.config.schema import ReleaseWhat, non_commercial
 from llamantino.errors import RunDirError
+from llamantino.job.card import PROVENANCE_HEADING, provenance_section
 from llamantino.job.evaluate import HUB_ID, finite_number, results_table
 from llamantino.job.generation import GENERATION_CONFIG
 from llamantino.job.machine_paths import PATH_PLACEHOLDER, reproduce_command
@@ -268,6 +269,16 @@ def lineage_table(steps: list[Step]) -> list[str]:
     return lines + ["", "Batch: sequences per optimiser step (micro batch x gradient accumulation x processes)."]
 
 
+def preset_provenance_lines(steps: list[Step]) -> list[str]:
+    """Where the values of each step's preset come from (steps that came from a preset only)."""
+    lines = []
+    for index, step in enumerate(steps, 1):
+        section = provenance_section(step.config, step.provenance.overrides, heading=None)
+        if section:
+            lines += [f"Step {index}. {md_text(step.name)}:", "", *section]
+    return [f"## {PROVENANCE_HEADING}", "", *lines] if lines else []
+
+
 def licence_lines(licence: Licence, root: Step, steps: list[Step], notices: list[str]) -> list[str]:
     """The licences of the base model and of every dataset; a non-commercial one in bold (and noticed)."""
     lines = ["## Licence", ""]
@@ -375,6 +386,7 @@ def render_card(plan: ReleasePlan, run: RunDir, steps: list[Step], scored: list[
     body += [f"**Notice: {md_text(notice)}.**" for notice in notices] + ([""] if notices else [])
     body += usage(plan, model_run, root_id, stops)
     body += lineage_table(steps) + [""]
+    body += preset_provenance_lines(steps)
     body += evaluation_lines(plan.name, scored)
     body += licence_lines(licence, root, steps, [])
     body += reproduce_lines(run, steps, scored)

@@ -180,7 +180,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | DataFileError]]:
 
 
 class UnitReader:
-    """The documents of one unit, checked, normalised and filtered, every drop counted."""
+    """The documents of one unit, checked, normalised (unless its source says ``normalize: false``)
+    and filtered, every drop counted."""
 
     def __init__(self, unit: Unit, request: dict):
         from llamantino_plugin.formats import CORPUS_FORMAT, columns_for, format_spec
@@ -198,6 +199,7 @@ class UnitReader:
         from llamantino_plugin.formats import normalise_text
 
         strict = self.request.get("bad_rows", "strict") == "strict"
+        normalize = self.unit.source.get("normalize", True)
         start, stop = self.unit.rows or (0, None)
         row = -1
         for name, path in self.unit.files:
@@ -223,7 +225,7 @@ class UnitReader:
                 except (DataFileError, ValueError, TypeError):
                     self.counts["invalid"] += 1
                     continue
-                text = normalise_text(raw)
+                text = normalise_text(raw) if normalize else raw
                 self.counts["normalised"] += text != raw
                 if len(text) < self.request["min_chars"]:
                     self.counts["too_short"] += 1

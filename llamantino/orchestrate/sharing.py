@@ -264,7 +264,7 @@ TEXT_KEYS = frozenset({
     "hardware.prepare.download_partition", "hardware.prepare.download_qos", "hardware.prepare.download_time",
     "hardware.container.runtime",
     "launcher.name", "launcher.time",
-    "eval.name", "eval.tasks", "eval.batch_size", "eval.mode",
+    "eval.name", "eval.tasks", "eval.batch_size", "eval.mode", "eval.dtype",
     "prompt.system_prompt",
     "release.what", "release.max_shard_size",
     "tracking.name", "tracking.mode", "tracking.project", "tracking.entity", "tracking.tags",
@@ -396,6 +396,8 @@ def _why_refused(key: str, value) -> str | None:
                "boolean or a choice are allowed)"
     if rule in NAME_KEYS:
         return None if value is None or NAME.fullmatch(value) else f"{value!r} is not a name"
+    if rule.startswith("provenance."):  # a preset's sources: one-line free text, shown escaped in model cards
+        return None
     if value is None or isinstance(value, (bool, int, float)):
         return None
     if _listed(rule):

@@ -95,32 +95,44 @@ def _corpus_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
             entry["name"] = source.subset
         entries.append({**entry, "split": source.split, "type": corpus.loader_type})
         specs.append({**entry, "format": str(corpus.format),
-                      **({"columns": dict(source.columns)} if source.columns else {})})
-    return {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows),
-            "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry,
+                      **({"columns": dict(source.columns)} if source.columns else {}),
+                      **({} if source.normalize else {"normalize": False})})  # prepared as read
+    return {"llamantino_bad_rows": str(cfg.stage.bad_rows), "llamantino_datasets": specs, "datasets": entries, "llamantino_prepared": plan.entry,
             **({"llamantino_prepared_blocks": plan.taken_blocks()} if plan.taken_blocks() else {})}
 
 
-def _anita_script_quirks(cfg: LlamantinoConfig, fmt: str) -> bool:
-    """The quirks are the ANITA SFT script's: a Llama-3 chat template over rows it encodes as a chat
-    (conversations, or instructions under a chat template)."""
+def _script_exact(cfg: LlamantinoConfig, fmt: str) -> bool:
+    """Script-exact mode reproduces the ANITA scripts: SFT over rows a Llama-3 chat template encodes
+    as a chat, trained on every token, or DPO over preference pairs."""
     from llamantino_plugin.templates import template_info
 
     info = template_info(cfg.template) if cfg.template else None
-    if (info is None or info.kind != "chat" or info.family != "llama3"
-            or format_spec(fmt).encoding_with(info.kind) is not Encoding.chat):
-        raise ConfigError(f"prompt.anita_script_quirks=true applies to supervised fine-tuning with a Llama-3 chat "
-                          f"template (anita, llama3); this stage has {fmt} data and template {cfg.template!r}")
+    spec = format_spec(fmt)
+    sft = spec.encoding_with(info.kind if info else None) is Encoding.chat and not cfg.stage.rl
+    dpo = spec.pairs and str(cfg.stage.rl) == "dpo"
+    if info is None or info.kind != "chat" or info.family != "llama3" or not (sft or dpo):
+        raise ConfigError(f"prompt.script_exact=true reproduces the ANITA SFT and DPO scripts: it needs a Llama-3 chat "
+                          f"template (anita, llama3) and SFT chat rows or DPO pairs; this stage has {fmt} data, "
+                          f"template {cfg.template!r} and rl={cfg.stage.rl}")
+    if sft and not cfg.stage.train_on_inputs:
+        raise ConfigError("prompt.script_exact=true: the ANITA SFT script trained on every token (SFTTrainer with "
+                          "dataset_text_field); set stage.train_on_inputs=true or prompt.script_exact=false")
     return True
 
 
 def plugin_data_keys(cfg: LlamantinoConfig) -> dict:
-    """The plugin's keys of a stage's data: template, system prompt, bad-row policy, ANITA quirks."""
-    keys: dict[str, Any] = {"llamantino_template": cfg.template, "llamantino_bad_rows": str(cfg.stage.bad_rows)}
-    if cfg.prompt.system_prompt is not None:
+    """The plugin's keys of a stage's data: template, system prompt, bad-row policy, script-exact mode.
+
+    Text (a language adaptation) names no template: it trains on no format, and the trained tokenizer
+    keeps the input model's own chat template, or none, as the released base models."""
+    keys: dict[str, Any] = {}
+    if not format_spec(str(cfg.data.format)).corpus:
+        keys["llamantino_template"] = cfg.template
+    keys["llamantino_bad_rows"] = str(cfg.stage.bad_rows)
+    if cfg.prompt.system_prompt is not None and "llamantino_template" in keys:
         keys["llamantino_system_prompt"] = cfg.prompt.system_prompt
-    if cfg.prompt.anita_script_quirks:
-        keys["llamantino_anita_script_quirks"] = _anita_script_quirks(cfg, str(cfg.data.format))
+    if cfg.prompt.script_exact:
+        keys["llamantino_script_exact"] = _script_exact(cfg, str(cfg.data.format))
     return keys
 
 
@@ -156,6 +168,8 @@ def _data_keys(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
         return _rows_keys(cfg, inputs)
     stage = cfg.stage  # local text, tokenised by the run itself
     entry, described = _dataset_entry(inputs.data)
+    if not inputs.data.get("normalize", True):  # data.normalize=false: the documents as read
+        described["normalize"] = False
     keys = plugin_data_keys(cfg)
     keys.update(llamantino_text_min_chars=stage.text_min_chars, llamantino_text_dedup=stage.text_dedup)
     keys.update(llamantino_datasets=[described], datasets=[entry], dataset_prepared_path=RunDir.PREPARED)
@@ -318,7 +332,9 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     recipe["sample_packing"] = packing
     if packing:
         recipe["pad_to_sequence_len"] = True
-    recipe["excess_length_strategy"] = str(stage.excess_length_strategy)
+    # script-exact SFT keeps a long row's first tokens, as TRL 0.8.5's SFTTrainer did
+    recipe["excess_length_strategy"] = ("truncate" if cfg.prompt.script_exact and not stage.rl
+                                        else str(stage.excess_length_strategy))
     recipe["train_on_inputs"] = bool(stage.train_on_inputs)
     recipe.update(_adapter_keys(stage, method.adapter, cpu))
     if stage.rl:
@@ -338,6 +354,12 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     recipe.update(_saving(stage, resumable))
     recipe.update(_tracking(cfg))
     recipe["seed"] = stage.seed
+    if stage.lora_seed is not None:
+        if method.adapter is None:
+            raise ConfigError(f"stage.lora_seed={stage.lora_seed} seeds an adapter's initial weights, and this stage "
+                              "trains no adapter (stage.adapter=null); set stage.adapter=lora or qlora, or drop "
+                              "stage.lora_seed")
+        recipe["llamantino_lora_seed"] = stage.lora_seed
     if cpu:
         recipe.update(dataset_num_proc=1, dataloader_num_workers=0, dataloader_pin_memory=False)
     recipe.update(stage.axolotl)

@@ -21,7 +21,7 @@ from llamantino.config.method import BF16_BYTES, Method, io_hours, model_gpus, m
 from llamantino.paths import DATASETS_DIR, PROJECT_ROOT
 from llamantino.records.rundir import RunDir
 from llamantino.render.lmeval import model_args_text
-from llamantino.config.schema import EvalConfig, EvalMode, LlamantinoConfig
+from llamantino.config.schema import EvalConfig, EvalDtype, EvalMode, LlamantinoConfig
 from llamantino.config.schema import to_plain
 from llamantino.records.provenance import ModelSource, OutputKind, Provenance, RunOutput, SourceKind
 from llamantino.stages.base import HubRead, Stage, Work
@@ -122,7 +122,9 @@ def eval_layout(cfg: LlamantinoConfig) -> EvalLayout:
     hw = cfg.hardware
     if not hw.gpu:
         return EvalLayout(processes=1, gpus=0)
-    per_copy = model_gpus(cfg.model.params_b, hw.gpu_memory_gb)
+    # eval.dtype=float32 holds twice the bytes of the 16-bit weights model_gpus counts
+    wide = 2 if cfg.eval.dtype == EvalDtype.float32 else 1
+    per_copy = model_gpus(cfg.model.params_b * wide, hw.gpu_memory_gb)
     if per_copy > 1 or not cfg.eval.data_parallel:
         return EvalLayout(processes=1, gpus=per_copy)
     return EvalLayout(processes=hw.gpus_per_node, gpus=hw.gpus_per_node)
@@ -143,8 +145,9 @@ def run_output(path: Path, known_runs: dict) -> Inputs:
     return from_adapter_output(output, source, str((path / output.path).resolve()))
 
 
-#: Task definitions as the leaderboard's harness had them, used in place of the installed ones in
-#: eval.mode=leaderboard (datasets_ita/eval/leaderboard/arc_it.yaml says what changed).
+#: Task definitions as the harness had them in spring 2024 (assumed for the leaderboard, whose harness
+#: commit is recorded nowhere), used in place of the installed ones in eval.mode=leaderboard
+#: (datasets_ita/eval/leaderboard/arc_it.yaml says what changed).
 LEADERBOARD_TASKS = DATASETS_DIR / "eval" / "leaderboard"
 
 
@@ -256,16 +259,20 @@ def materialise_tasks(eval_cfg: EvalConfig, inputs: Inputs) -> dict[str, str]:
 def harness_settings(cfg: LlamantinoConfig) -> dict:
     """What the scores depend on besides the model and the tasks, by mode.
 
-    leaderboard: the harness the published scores came from (lm-eval at f64e72f, the commit the ANITA
-    authors pinned, and the leaderboard's own commands): no BOS token for causal models, no dtype
-    (the checkpoint's own), the leaderboard's batch size, and its task definitions (vendored where
-    the installed harness changed them). current: the installed harness's behaviour, bf16 on GPUs.
+    leaderboard: the harness behaviour of spring 2024, when the published scores were made (the
+    leaderboard's own harness commit is recorded nowhere: its commands name none and its result files
+    say ``"versions": null``): the leaderboard's commands (no dtype, so the checkpoint's own; batch
+    size auto:2), no BOS token for causal models (the harness then), and arc_it version 1.0, the
+    definition before lm-eval f27c405 (2024-05-02), vendored (which version the leaderboard ran is
+    not recorded; the LLaMAntino-2 rows were uploaded on 2024-05-13, after that change). current:
+    the installed harness's behaviour, bf16 on GPUs. ``eval.dtype`` replaces either mode's dtype
+    (leaderboard: the result files of every swap-uniba model say bfloat16, though the commands pass none).
     """
     gpu = cfg.hardware.gpu
     if cfg.eval.mode == EvalMode.leaderboard:
-        return {"mode": "leaderboard", "add_bos_token": False, "dtype": "auto"}
+        return {"mode": "leaderboard", "add_bos_token": False, "dtype": str(cfg.eval.dtype or "auto")}
     dtype = ("bfloat16" if cfg.hardware.bf16 else "float16") if gpu else "auto"
-    return {"mode": "current", "add_bos_token": None, "dtype": dtype}
+    return {"mode": "current", "add_bos_token": None, "dtype": str(cfg.eval.dtype or dtype)}
 
 
 def eval_plan(cfg: LlamantinoConfig, inputs: Inputs) -> dict:
