@@ -131,8 +131,6 @@ class ItalianDataset(DatasetWrappingStrategy):
     def _fit_length(self, dataset, keep, counts, map_kwargs):
         limit = self.cfg.sequence_len
         strategy = (self.cfg.get("excess_length_strategy") or "drop").lower()
-        if self.args.llamantino_script_exact:
-            strategy = "truncate"  # TRL 0.8.5's SFTTrainer kept a long row's first tokens
         tokens = _column(dataset, "_tokens")
         too_long = keep & (tokens > limit)
         longest = int(tokens[keep].max()) if keep.any() else 0

@@ -97,8 +97,7 @@ def _answer(tokenizer, prompt: str, prompt_ids: list[int], answer: str) -> tuple
 
 
 def dpo_ids(tokenizer, strings: dict, max_length: int | None, max_prompt: int | None) -> dict:
-    """The ids TRL 0.8.5 trained one pair on: ``prompt_ids`` (masked), ``chosen_ids``, ``rejected_ids``,
-    and which parts were cut."""
+    """The ids TRL 0.8.5 trained one pair on: ``prompt_ids`` (masked), ``chosen_ids``, ``rejected_ids``."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prompt_ids = _ids(tokenizer, strings["prompt"])
     answers = {}
@@ -106,18 +105,15 @@ def dpo_ids(tokenizer, strings: dict, max_length: int | None, max_prompt: int | 
         own_prompt, answer = _answer(tokenizer, strings["prompt"], prompt_ids, strings[key])
         answers[key] = [[bos, *own_prompt], [*answer, eos]]
     longer = max(len(answers["chosen"][1]), len(answers["rejected"][1]))
-    cut_prompt = cut_answer = False
     if max_length is not None and max_prompt is not None:
         for parts in answers.values():
             if len(parts[0]) + longer > max_length:
-                parts[0], cut_prompt = parts[0][-max_prompt:], True
+                parts[0] = parts[0][-max_prompt:]
         for parts in answers.values():
             if len(parts[0]) + longer > max_length:
-                cut_answer = cut_answer or len(parts[1]) > max_length - max_prompt
                 parts[1] = parts[1][:max_length - max_prompt]
     prompt = answers["chosen"][0]
     # TRL 1.9 shares one prompt between the answers; rejected's differs only when a merge moved its boundary.
     rejected = answers["rejected"][0][len(prompt):] + answers["rejected"][1] if answers["rejected"][0][:len(prompt)] \
         == prompt else answers["rejected"][1]
-    return {"prompt_ids": prompt, "chosen_ids": answers["chosen"][1], "rejected_ids": rejected,
-            "cut_prompt": cut_prompt, "cut_answer": cut_answer}
+    return {"prompt_ids": prompt, "chosen_ids": answers["chosen"][1], "rejected_ids": rejected}

@@ -60,6 +60,12 @@ class SourcePlan:
     normalize: bool = True  # documents rewritten by normalise_text; False: tokenised as read (data.normalize)
 
     @property
+    def normalize_mark(self) -> dict:
+        """What a record of the source says of normalisation: nothing when on (records and keys made
+        before the option read the same), ``normalize: false`` when off."""
+        return {} if self.normalize else {"normalize": False}
+
+    @property
     def split(self) -> str:
         """The split as ``datasets`` names it (the recipe shows it)."""
         if self.rows is None:
@@ -349,12 +355,10 @@ def plan_corpus(cfg: LlamantinoConfig, model_source: ModelSource, world_size: in
     storage, prepare = cfg.hardware.storage, cfg.hardware.prepare
     # What the blocks of every unit depend on: not the budget, the files read or the task count, so
     # entries of one base hold prefixes of one sample.
-    # A source read without normalisation says so; a normalised one names nothing, as before the
-    # option, so the entries prepared then keep their keys.
     base_identity = {
         "sources": [{"name": s.name, "origin": "folder" if s.origin == "folder" else "hub", "hub_id": s.hub_id,
                      "subset": s.subset, "revision": s.revision, "patterns": s.patterns, "columns": s.columns,
-                     "rows": s.rows, "files": _file_identity(s), **({} if s.normalize else {"normalize": False})}
+                     "rows": s.rows, "files": _file_identity(s), **s.normalize_mark}
                     for s in sources],
         "tokenizer": tokenizer_id, "sequence_len": stage.sequence_len, "seed": data.sample_seed,
         "min_chars": stage.text_min_chars, "dedup": stage.text_dedup, "near_dedup": stage.text_near_dedup,

@@ -212,7 +212,7 @@ def with_corpus(inputs: Inputs, cfg: LlamantinoConfig, world_size: int) -> Input
                               "sources": [{"name": s.name, "origin": s.origin, "hub_id": s.hub_id, "subset": s.subset,
                                            "revision": s.revision, "weight": s.weight, "blocks": s.blocks,
                                            "patterns": list(s.patterns),
-                                           **({} if s.normalize else {"normalize": False})}
+                                           **s.normalize_mark}
                                           for s in plan.sources]}}
     return inputs
 

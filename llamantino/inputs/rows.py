@@ -132,12 +132,11 @@ def mixture_entries(cfg: LlamantinoConfig) -> list[tuple[DataConfig, float]]:
 
 
 def _recipe(cfg: LlamantinoConfig, recipe_keys: dict) -> dict:
-    """The recipe keys that shape the rows: the plugin's, sequence length, masking, truncation,
-    packing, the DPO settings, and data keys of stage.axolotl."""
+    """The recipe keys that shape the rows: the renderer's (the plugin's, packing, truncation), sequence
+    length, masking, the DPO settings, and data keys of stage.axolotl."""
     stage = cfg.stage
     keys = {key: value for key, value in recipe_keys.items() if key != "llamantino_datasets"}
-    keys.update(sequence_len=stage.sequence_len, excess_length_strategy=str(stage.excess_length_strategy),
-                train_on_inputs=bool(stage.train_on_inputs))
+    keys.update(sequence_len=stage.sequence_len, train_on_inputs=bool(stage.train_on_inputs))
     if stage.rl:
         keys["rl"] = str(stage.rl)
         if stage.max_prompt_len is not None:

@@ -141,9 +141,15 @@ def packs(cfg: LlamantinoConfig) -> bool:
     return bool(cfg.stage.sample_packing) and _attention(cfg) == "flash_attention_2" and not cfg.stage.rl
 
 
+def excess_length(cfg: LlamantinoConfig) -> str:
+    """What the loader does with a row over sequence_len: the stage's strategy; script-exact SFT
+    truncates, keeping a long row's first tokens as TRL 0.8.5's SFTTrainer did."""
+    return "truncate" if cfg.prompt.script_exact and not cfg.stage.rl else str(cfg.stage.excess_length_strategy)
+
+
 def rows_recipe_keys(cfg: LlamantinoConfig) -> dict:
     """The keys the renderer decides that shape prepared rows (part of their key)."""
-    return {**plugin_data_keys(cfg), "sample_packing": packs(cfg)}
+    return {**plugin_data_keys(cfg), "sample_packing": packs(cfg), "excess_length_strategy": excess_length(cfg)}
 
 
 def _dataset_entry(data: dict) -> tuple[dict, dict]:
@@ -332,9 +338,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     recipe["sample_packing"] = packing
     if packing:
         recipe["pad_to_sequence_len"] = True
-    # script-exact SFT keeps a long row's first tokens, as TRL 0.8.5's SFTTrainer did
-    recipe["excess_length_strategy"] = ("truncate" if cfg.prompt.script_exact and not stage.rl
-                                        else str(stage.excess_length_strategy))
+    recipe["excess_length_strategy"] = excess_length(cfg)
     recipe["train_on_inputs"] = bool(stage.train_on_inputs)
     recipe.update(_adapter_keys(stage, method.adapter, cpu))
     if stage.rl:
