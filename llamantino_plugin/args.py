@@ -27,6 +27,18 @@ class DatasetSpec(BaseModel):
         return self
 
 
+class TrialSpec(BaseModel):
+    """A run that is one trial of an Optuna study (``llamantino search``): where to report, what, how to prune."""
+
+    journal: str  # the study's JournalStorage file
+    study: str  # the Optuna study's name in it
+    number: int = Field(ge=0)  # the trial's number in the study
+    metric: str  # an eval metric the trainer reports (eval_loss)
+    direction: Literal["minimize", "maximize"] = "minimize"
+    pruner: Literal["none", "median"] = "none"
+    startup_trials: int = Field(default=1, ge=0)
+
+
 class LlamantinoArgs(BaseModel):
     """Top-level keys of an Axolotl recipe that the llamantino plugin reads, with their defaults: the
     plugin reads them by attribute, through ``plugin_args(cfg)``, and never restates a default."""
@@ -68,6 +80,11 @@ class LlamantinoArgs(BaseModel):
         default=False,
         json_schema_extra={"description": "the text, tokens and truncation of the ANITA SFT and DPO scripts "
                                           "(llamantino_plugin/script_exact.py; Llama-3 chat templates only)"},
+    )
+    llamantino_trial: TrialSpec | None = Field(
+        default=None,
+        json_schema_extra={"description": "this run is a trial of a study: the objective's values at each "
+                                          "evaluation go to its journal; the pruner may stop it"},
     )
     llamantino_lora_seed: int | None = Field(
         default=None,

@@ -24,6 +24,9 @@ class LlamantinoPlugin(BasePlugin):
             for length and stops with a clear message when none would be left.
         pre_lora_load: seeds the adapter's initial weights with ``llamantino_lora_seed`` (for DPO the
             adapter is made inside TRL's trainer, with nothing drawing random numbers in between).
+        add_callbacks_post_trainer: checkpoints marked complete, progress lines, tracking, and for a
+            study's trial (``llamantino_trial``) its objective reported at each evaluation, pruned
+            when the study's pruner says so.
         post_trainer_create: in script-exact DPO, puts each pair's exact ids (the TRL 0.8.5 ones the
             loader computed) in place of the ones TRL 1.9 made from its strings.
     """
@@ -84,8 +87,14 @@ class LlamantinoPlugin(BasePlugin):
         from llamantino_plugin.progress import progress_callback
         from llamantino_plugin.tracking import tracking_callbacks
 
-        return [CheckpointComplete(), progress_callback(trainer),
-                *tracking_callbacks(cfg, plugin_args(cfg).llamantino_tracking_record)]
+        callbacks = [CheckpointComplete(), progress_callback(trainer),
+                     *tracking_callbacks(cfg, plugin_args(cfg).llamantino_tracking_record)]
+        trial = plugin_args(cfg).llamantino_trial
+        if trial is not None:
+            from llamantino_plugin.trial import TrialReport
+
+            callbacks.append(TrialReport(trial, trainer))
+        return callbacks
 
     def load_datasets(self, cfg, preprocess: bool = False):
         world = int(os.environ.get("WORLD_SIZE", "1"))

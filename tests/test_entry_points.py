@@ -85,8 +85,8 @@ def test_commands_answer(tmp_path, module, args, needle):
 
 
 @pytest.mark.parametrize("module, args, needle", [
-    ("status", ["nowhere"], "nowhere is not a llamantino run, pipeline or sweep directory"),
-    ("collect", ["."], "is not a llamantino run, pipeline or sweep directory"),
+    ("status", ["nowhere"], "nowhere is not a llamantino run, pipeline, sweep or study directory"),
+    ("collect", ["."], "is not a llamantino run, pipeline, sweep or study directory"),
     ("compare", ["."], "no results.json found"),
     ("launch", ["nowhere"], "nowhere is not a llamantino run directory"),
     ("llamantino.job.evaluate", ["."], "eval.json not found"),

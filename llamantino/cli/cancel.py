@@ -16,7 +16,7 @@ from llamantino.argparsing import ArgumentParser
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m llamantino cancel", description=__doc__)
-    parser.add_argument("target", type=Path, help="a run, pipeline or sweep directory")
+    parser.add_argument("target", type=Path, help="a run, pipeline, sweep or study directory")
     parser.add_argument("--dry-run", action="store_true", help="say what would be cancelled; signal nothing")
     args = parser.parse_args(argv)
     from llamantino.orchestrate.cancel import cancel

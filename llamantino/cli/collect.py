@@ -17,7 +17,7 @@ from llamantino.argparsing import ArgumentParser
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m llamantino collect", description=__doc__)
-    parser.add_argument("target", type=Path, help="a sweep (-m), pipeline or run directory")
+    parser.add_argument("target", type=Path, help="a sweep (-m), study (search), pipeline or run directory")
     parser.add_argument("--metric", help="the metric of the table's final/best value and the one panel drawn, "
                                          "e.g. eval_loss, loss, grad_norm (lowest is best)")
     parser.add_argument("--log-y", action="store_true", help="loss axes on a log scale")

@@ -27,14 +27,14 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {
-    "status": Verb("llamantino.cli.status", "where every job of a run, pipeline or sweep stands: state, step, ETA, "
-                   "elapsed, GPU hours, memory", "<run, pipeline or sweep dir> [--json] [--watch [SECONDS]]"),
-    "runs": Verb("llamantino.cli.runs", "every run, pipeline and sweep under an output root, newest first",
+    "status": Verb("llamantino.cli.status", "where every job of a run, pipeline, sweep or study stands: state, step, "
+                   "ETA, elapsed, GPU hours, memory", "<run, pipeline, sweep or study dir> [--json] [--watch [SECONDS]]"),
+    "runs": Verb("llamantino.cli.runs", "every run, pipeline, sweep and study under an output root, newest first",
                  "[ROOT] [--state STATE] [--json]"),
     "logs": Verb("llamantino.cli.logs", "the logs of a run's current job; -f follows them until the job ends",
                  "<run dir> [-f]"),
-    "cancel": Verb("llamantino.cli.cancel", "cancel exactly the queued or running jobs of a run, pipeline or sweep",
-                   "<run, pipeline or sweep dir> [--dry-run]"),
+    "cancel": Verb("llamantino.cli.cancel", "cancel exactly the queued or running jobs of a run, pipeline, sweep or "
+                   "study", "<run, pipeline, sweep or study dir> [--dry-run]"),
     "launch": Verb("llamantino.cli.launch", "start what was written earlier (launcher=dry, submit=false, imports): a run, "
                    "or a pipeline's or sweep's whole job graph; relaunch what failed (resumed) or did not run",
                    "<run, pipeline or sweep dir> [--launcher NAME] [--again] [--dry-run]"),
@@ -48,8 +48,11 @@ VERBS: dict[str, Verb] = {
                    "list | export | import | diff | presets ..."),
     "plan": Verb("llamantino.cli.plan", "jobs, GPU hours, wall clock and budget of a stage, pipeline or sweep "
                  "before you submit", "<overrides> [-m] [--mfu F | --calibrate RUN] [--json]"),
+    "search": Verb("llamantino.cli.search", "an Optuna study over a sweep's overrides: batches as job arrays chained "
+                   "by a tell-and-ask job; --resume, --report", "<overrides and dimensions> --trials N [--batch K] "
+                   "| --resume STUDY | --report STUDY"),
     "collect": Verb("llamantino.cli.collect", "runs side by side, labelled by the keys that vary: metrics, curves, "
-                    "an eval sweep's scores", "<sweep, pipeline or run dir> [--metric M] [--log-y] [--smooth N]"),
+                    "an eval sweep's scores", "<sweep, study, pipeline or run dir> [--metric M] [--log-y] [--smooth N]"),
     "compare": Verb("llamantino.cli.compare", "eval scores ± standard error by model, differences within two "
                     "standard errors marked", "<eval runs or folders>"),
     "sync": Verb("llamantino.cli.sync", "upload W&B runs trained offline", "<run, pipeline or sweep dir> [--dry-run]"),

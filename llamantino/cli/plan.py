@@ -5,6 +5,7 @@
     python -m llamantino plan -m experiment=llamantino2_7b_adapt stage.learning_rate=1e-4,2e-4
     python -m llamantino plan stage=eval eval=ita_leaderboard model=llama3_8b hardware=leonardo_booster
     python -m llamantino plan experiment=llamantino2_7b_adapt --calibrate <finished training run>
+    python -m llamantino plan experiment=anita_8b_dpo 'stage.learning_rate=tag(log,interval(1e-6,1e-4))' --trials 24 --batch 6
 
 A stage, every step of a pipeline (pipeline=...) or every point of a sweep (-m) is planned as the
 launcher would submit it: its job shape, partition, hours and billing, then the totals. Nothing is written.
@@ -37,6 +38,8 @@ Formulas (each plan line says which it used):
              billing units (Leonardo: core hours, 32 per node hour); prepare: cores x hours
   sweep      points x their cost; wall clock: one job array, launcher.array_parallelism at once
              (fewer when the QoS's max_nodes holds fewer points)
+  study      --trials N x the costliest corner of the space (all low, all high, each bound alone);
+             wall clock: the batches' job arrays one after the other
 """
 
 from __future__ import annotations
@@ -56,14 +59,25 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", metavar="RUN_DIR",
                         help="use the MFU measured in this finished training run (on its own GPU hardware)")
     parser.add_argument("--tokens-per-row", type=int, help="average tokens per row (default: sequence_len)")
+    parser.add_argument("--trials", type=int, help="plan a study (llamantino search) of this many trials over the "
+                                                   "search dimensions given (key=interval(...), choice(...))")
+    parser.add_argument("--batch", type=int, default=4, help="a study's trials per batch (default 4)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     from llamantino.errors import ConfigError
     from llamantino.orchestrate.plans import calibrate, format_command_plan, plan_command
 
     if args.mfu is not None and args.calibrate:
         raise ConfigError("--mfu and --calibrate both set the MFU: give one of them")
     mfu = calibrate(args.calibrate) if args.calibrate else args.mfu
+    if args.trials is not None:
+        if args.multirun:
+            raise ConfigError("-m plans a grid sweep and --trials a study: give one of them")
+        from llamantino.search.plan import format_study_plan, plan_study
+
+        result = plan_study(args.overrides, args.trials, args.batch, mfu, args.tokens_per_row)
+        print(json.dumps(result, indent=2, default=str) if args.json else format_study_plan(result))
+        return 0
     result = plan_command(args.overrides, multirun=args.multirun, mfu=mfu, tokens_per_row=args.tokens_per_row)
     print(json.dumps(result, indent=2, default=str) if args.json else format_command_plan(result))
     return 0

@@ -25,7 +25,7 @@ WATCH_MAX_S = 3600.0
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m llamantino status", description=__doc__)
-    parser.add_argument("target", type=Path, help="a run, pipeline or sweep directory (or a folder of them)")
+    parser.add_argument("target", type=Path, help="a run, pipeline, sweep or study directory (or a folder of them)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--watch", type=float, nargs="?", const=WATCH_S, default=None, metavar="SECONDS",
                         help=f"redraw every SECONDS (default {WATCH_S:g}) until every job has ended")

@@ -87,11 +87,21 @@ def typed(cfg: DictConfig) -> LlamantinoConfig:
 
 def compose_config(overrides: list[str]) -> LlamantinoConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides, inside or outside a running Hydra app."""
+    return compose_with_choices(overrides)[0]
+
+
+def compose_with_choices(overrides: list[str]) -> tuple[LlamantinoConfig, dict]:
+    """:func:`compose_config`, and the option each config group took (Hydra's runtime choices)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict, read_write
 
     register_configs()
     if not GlobalHydra.instance().is_initialized():
         # Initialised once per process and kept: later compositions reuse the search path.
         initialize_config_dir(config_dir=str(CONF_DIR))
-    return typed(compose(config_name="config", overrides=list(overrides)))
+    composed = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    choices = {str(group): value for group, value in composed.hydra.runtime.choices.items()}
+    with read_write(composed), open_dict(composed):
+        del composed["hydra"]
+    return typed(composed), choices

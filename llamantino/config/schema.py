@@ -756,6 +756,29 @@ class TargetScores(Checked):
     source: str = ""
 
 
+class Pruner(StrEnum):
+    none = "none"
+    median = "median"  # Optuna's MedianPruner: stop a trial whose objective is worse than the median at a step
+
+
+@dataclass
+class TrialConfig(Checked):
+    """A run that is a trial of a study (``llamantino search`` sets it): the plugin reports the
+    objective's intermediate values to the study's journal and stops the trial when its pruner says so."""
+    KEY = "run.trial"
+
+    study: str = MISSING  # the study directory (absolute)
+    number: int = field(default=0, metadata=at_least(0))
+    metric: str = "eval_loss"
+    direction: str = "minimize"
+    pruner: Pruner = Pruner.none
+    startup_trials: int = field(default=1, metadata=at_least(0))  # trials finished before any is pruned
+
+    def check(self) -> None:
+        if self.direction not in ("minimize", "maximize"):
+            raise ConfigError(f"run.trial.direction={self.direction!r}: use minimize or maximize")
+
+
 @dataclass
 class RunConfig(Checked):
     KEY = "run"
@@ -765,6 +788,7 @@ class RunConfig(Checked):
     input_model: Optional[str] = None  # a run directory or local model directory to start from
     input_adapter: Optional[str] = None  # merge: the run directory or folder holding the adapter
     notes: str = ""
+    trial: Optional[TrialConfig] = None  # set by llamantino search on each trial it runs
 
     def check(self) -> None:
         if self.name is not None:

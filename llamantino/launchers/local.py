@@ -119,8 +119,24 @@ class LocalLauncher(InOrderLauncher):
         return None
 
     def submit_array(self, sweep, runs, after=()):
+        """Each point in turn. Points are independent, as in a SLURM array: one failing does not stop
+        the others (the command fails at the end, naming it); a cancel stops the sweep."""
+        failed = []
         for run in runs:
-            self.submit(run)
+            if run.run_dir.read_status() is not None and run.run_dir.read_status().state == JobState.CANCELLED:
+                self.echo(f"point {run.run_dir.name}: cancelled before it started; not run")
+                failed.append(run.run_dir.name)
+                continue
+            try:
+                self.submit(run)
+            except LaunchError as exc:
+                if self.state(run.run_dir) == JobState.CANCELLED:
+                    raise
+                self.echo(f"point {run.run_dir.name} failed: {str(exc).splitlines()[0]}")
+                failed.append(run.run_dir.name)
+        if failed:
+            raise LaunchError(f"points {', '.join(failed)} of {sweep.path} did not complete; the others ran: "
+                              f"python -m llamantino status {shlex.quote(str(sweep.path))}")
         return None
 
     def start(self, run, cfg, provenance, stage):

@@ -589,14 +589,16 @@ def _check_entry(home: Path, entry: GraphEntry, steps: list[str], cfg: Llamantin
                           f"network (python -m llamantino data prepare {shlex.quote(str(reader))}), then launch again")
 
 
-def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None = None, dry_run: bool = False) -> None:
+def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None = None, dry_run: bool = False,
+                 points: set[str] | None = None) -> None:
     """Submit a recorded job graph in its order, each job after the jobs it waits on (afterok).
 
     A run completed, queued or running is not submitted again (the runs after it wait on its job, if
     it has one); a sweep's array is submitted again for its points that failed or never ran; an entry
     complete, or being made by another command's jobs, is not made again. Only what the runs to
     submit wait on is made. ``only``: those nodes and what they wait on. Everything is checked
-    before the first job is submitted; ``dry_run`` stops there and says what would be submitted."""
+    before the first job is submitted; ``dry_run`` stops there and says what would be submitted.
+    ``points``: a sweep's points to submit again (by folder name), in place of all that failed or never ran."""
     home = Path(home)
     scope = ancestors(graph, only) if only is not None else {node.name for node in graph.nodes}
     jobs: dict[str, str | None] = {}
@@ -664,7 +666,7 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
             continue
         try:
             if node.array:
-                jobs[node.name] = submit_array_job(SweepDir(home), after, echo)
+                jobs[node.name] = submit_array_job(SweepDir(home), after, echo, points)
             else:
                 label = "" if node.run == "." else f"{node.name}: "
                 jobs[node.name] = submit_script(run_of(home, node.run), after, echo, label)
@@ -682,12 +684,14 @@ def _array_indexes(home: Path) -> list[int]:
     return list(range(len(record.points))) if record.job_id is None else _points_to_rerun(home)
 
 
-def submit_array_job(sweep: SweepDir, after: list[str], echo=print) -> str:
-    """Submit a sweep's job array (again: only its points that failed or never ran, by index); record
-    its job in the sweep record and each point's job record."""
+def submit_array_job(sweep: SweepDir, after: list[str], echo=print, only: set[str] | None = None) -> str:
+    """Submit a sweep's job array (again: only its points that failed or never ran, or the points
+    named in ``only``, by index); record its job in the sweep record and each point's job record."""
     record = sweep.record()
     points = _points(sweep.path)
     indexes = _array_indexes(sweep.path)
+    if only is not None:
+        indexes = [index for index, run in enumerate(points) if run.name in only]
     parallelism = points[0].config().launcher.array_parallelism
     array = None if len(indexes) == len(points) else f"{','.join(map(str, indexes))}%{parallelism}"
     for index in indexes:

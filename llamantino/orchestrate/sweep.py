@@ -111,6 +111,23 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
             raise type(exc)(f"sweep point {index} ({' '.join(overrides)}): {exc}") from None
         returns.append(JobReturn(overrides=list(overrides), cfg=point, hydra_cfg=point, working_dir=os.getcwd(),
                                  task_name="llamantino", status=JobStatus.COMPLETED, _return_value=str(sweep.path)))
+
+    def before_write() -> dict:
+        if hydra_dir is not None and (hydra_dir / HYDRA_RECORD).is_file():
+            record = (hydra_dir / HYDRA_RECORD).read_text()  # Hydra's record of the sweep, kept
+            shutil.rmtree(hydra_dir)
+            return {HYDRA_RECORD: record}
+        return {}
+
+    launch_points(sweep, runs, echo, before_write=before_write)
+    echo(f"run_dir: {sweep.path}")
+    return returns
+
+
+def launch_points(sweep: SweepDir, runs: list, echo=print, before_write=None) -> None:
+    """Write ``runs`` as the points of sweep directory ``sweep`` (its record, the launcher's array
+    script) through the launcher's one sequence, which starts them together (SLURM: one job array).
+    ``before_write``: called just before the directory is written; the files it returns go in too."""
     if len({run.cfg.launcher.name for run in runs}) != 1:
         raise ConfigError("every point of a sweep must use the same launcher")
     launcher = launcher_for(runs[0].cfg, echo)
@@ -125,14 +142,11 @@ def _run_sweep(sweep: SweepDir, hydra_dir: Path | None, config, config_loader, j
             links.update({f"{run.run_dir.name}/{name}": target for name, target in run.links.items()})
         files.update(launcher.sweep_files(sweep, runs))
         files[SweepDir.RECORD] = json.dumps(record, indent=2) + "\n"
-        if hydra_dir is not None and (hydra_dir / HYDRA_RECORD).is_file():
-            files[HYDRA_RECORD] = (hydra_dir / HYDRA_RECORD).read_text()  # Hydra's record of the sweep, kept
-            shutil.rmtree(hydra_dir)
+        if before_write is not None:
+            files.update(before_write())
         write_atomic(sweep.path, files, links,
                      dirs=(RunDir.LOGS, *(f"{run.run_dir.name}/{RunDir.LOGS}" for run in runs)))
         echo(f"wrote {sweep.path}: {len(runs)} points")
 
     launcher.launch(LaunchPlan(runs=runs, write=write, home=sweep.path, sweep=sweep,
                                label=lambda index: f"point {runs[index].run_dir.name}"))
-    echo(f"run_dir: {sweep.path}")
-    return returns

@@ -168,3 +168,45 @@ class EvalResults:
     def mode(self) -> str:
         """The evaluation mode (eval.mode) the scores came from."""
         return str((self.harness or {}).get("mode", "unrecorded"))
+
+
+@dataclass(frozen=True)
+class StudyDimension:
+    """One searched key: a float or int interval (``log``: sampled on a log scale; ``step``: on a
+    grid) or a categorical choice among override values."""
+
+    key: str  # a dotted config key (stage.learning_rate)
+    kind: str  # float, int or categorical
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: list[str] = field(default_factory=list)  # categorical: each choice as its override writes it
+    text: str = ""  # the dimension as the command line wrote it
+
+
+@dataclass(frozen=True)
+class StudyBatch:
+    """One batch of a study: trials asked together, run as one sweep (one SLURM job array)."""
+
+    name: str  # its folder inside the study directory: a sweep directory
+    trials: list[int]  # Optuna trial numbers, in the order of the sweep's points
+    step_job: Optional[str] = None  # SLURM: the tell-and-ask job waiting (afterany) on the batch's array
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """study.json: what a study searches, how, and its batches so far."""
+
+    name: str  # the Optuna study's name in the journal
+    launcher: str
+    overrides: list[str]  # the overrides every trial shares
+    space: list[StudyDimension]
+    objective: str  # a metric the trainer logs (eval_loss, loss, ...), its final value
+    direction: str  # minimize or maximize
+    trials: int  # the budget: trials run in all
+    batch: int  # trials asked and run together
+    sampler: str
+    seed: int
+    pruner: str  # none or median (in the job, from the intermediate values of the objective)
+    batches: list[StudyBatch] = field(default_factory=list)

@@ -40,7 +40,8 @@ from llamantino.records.files import (  # noqa: F401 - read_bytes and the writer
 
 if TYPE_CHECKING:
     from llamantino.records.jobstate import LocalProcess, RunStatus
-    from llamantino.records.manifests import EvalPlan, EvalResults, PipelineManifest, ReleasePlan, Submissions, SweepRecord
+    from llamantino.records.manifests import (EvalPlan, EvalResults, PipelineManifest, ReleasePlan, StudyRecord,
+                                              Submissions, SweepRecord)
     from llamantino.records.provenance import Provenance
 
 
@@ -122,6 +123,7 @@ class RunDir:
     TRAINER_STATE = "trainer_state.json"  # in each output/checkpoint-N
     CHECKPOINT_COMPLETE = "llamantino_complete.json"  # in each output/checkpoint-N, written last (the plugin's)
     PREVIOUS_STATUS = "logs/status.attempt-{attempt}.json"  # the outcome of an attempt a relaunch resumed
+    TRIAL = "output/llamantino_trial.json"  # a study's trial: its objective at each evaluation, pruned or not (the plugin's)
     LOSS_PNG = "loss_curve.png"
     SAMPLE = "sample.txt"
     CARD = "README.md"
@@ -333,11 +335,8 @@ class PipelineDir:
     def manifest(self) -> "PipelineManifest":
         from llamantino.records.manifests import PipelineManifest
 
-        path = self.path / self.MANIFEST
-        manifest = load_record(PipelineManifest, path, "pipeline", "not a pipeline directory")
-        for index, step in enumerate(manifest.steps):
-            plain_name(step.name, path, f"pipeline.steps[{index}].name")
-        return manifest
+        return _with_plain_names(load_record(PipelineManifest, self.path / self.MANIFEST, "pipeline",
+                                             "not a pipeline directory"), "steps", self.path / self.MANIFEST, "pipeline")
 
     def write_manifest(self, manifest) -> None:
         """Write pipeline.json from a PipelineManifest or its plain form (checked as a reader will)."""
@@ -347,6 +346,13 @@ class PipelineDir:
         self.path.mkdir(parents=True, exist_ok=True)
         typed(PipelineManifest, to_plain(manifest), self.path / self.MANIFEST, "pipeline")
         write_json(self.path / self.MANIFEST, to_plain(manifest))
+
+
+def _with_plain_names(record, members: str, path: Path, key: str):
+    """``record``, once the ``name`` of each of its ``members`` is an entry of its own folder."""
+    for index, member in enumerate(getattr(record, members)):
+        plain_name(member.name, path, f"{key}.{members}[{index}].name")
+    return record
 
 
 def _member(parent: Path, name: str, record: str) -> RunDir:
@@ -363,6 +369,9 @@ def runs_under(target: Path) -> list[tuple[str, RunDir]]:
     A step or point is the folder its record names inside the pipeline or sweep directory: a record
     pointing elsewhere is refused, so nothing is read or written outside it."""
     pipeline, sweep, run = PipelineDir(Path(target)), SweepDir(Path(target)), RunDir(Path(target))
+    study = StudyDir(Path(target))
+    if study.is_study():
+        return [(name, run) for batch in study.batches() for name, run in runs_under(batch.path)]
     if pipeline.is_pipeline():
         return [(step.name, _member(pipeline.path, step.name, pipeline.MANIFEST)) for step in pipeline.manifest().steps]
     if sweep.is_sweep():
@@ -370,7 +379,7 @@ def runs_under(target: Path) -> list[tuple[str, RunDir]]:
                 for point in sweep.record().points]
     if run.is_run():
         return [(run.name, run)]
-    raise RunDirError(f"{target} is not a llamantino run, pipeline or sweep directory")
+    raise RunDirError(f"{target} is not a llamantino run, pipeline, sweep or study directory")
 
 
 @dataclass(frozen=True)
@@ -414,6 +423,66 @@ class SweepDir:
 
         typed(SweepRecord, to_plain(record), self.path / self.RECORD, "sweep")
         write_json(self.path / self.RECORD, to_plain(record))
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    """``<output_root>/studies/<name>-<time>``: an Optuna study (``llamantino search``).
+
+    Its record (study.json: the space, the objective, the budget, the batches), Optuna's journal
+    (journal.log, JournalStorage's file backend: safe on a shared file system, no database server),
+    and one sweep directory per batch (``batch-NNN``, its points named by trial number, one SLURM job
+    array) with the tell-and-ask job's script beside it. ``cancelled`` marks a study stopped by
+    ``llamantino cancel`` until ``search --resume``."""
+
+    path: Path
+    RECORD = "study.json"
+    JOURNAL = "journal.log"
+    OPTUNA_STUDY = "llamantino"  # the one Optuna study in each journal
+    STEP_SCRIPT = "search-step.sbatch"  # the tell-and-ask job: tells the batch's results, asks and submits the next
+    CANCELLED = "cancelled"
+    REPORT = "report"  # search --report: the plots, the best trial's overrides and recipe
+    LOGS = "logs"
+
+    @staticmethod
+    def batch_name(index: int) -> str:
+        return f"batch-{index:03d}"
+
+    def is_study(self) -> bool:
+        return os.path.lexists(self.path / self.RECORD)
+
+    def record(self) -> "StudyRecord":
+        from llamantino.records.manifests import StudyRecord
+
+        return _with_plain_names(load_record(StudyRecord, self.path / self.RECORD, "study", "not a study directory "
+                                             "(written by llamantino search)"), "batches", self.path / self.RECORD, "study")
+
+    def write_record(self, record) -> None:
+        """Write study.json from a StudyRecord or its plain form (checked as a reader will)."""
+        from llamantino.config.schema import to_plain
+        from llamantino.records.manifests import StudyRecord
+
+        typed(StudyRecord, to_plain(record), self.path / self.RECORD, "study")
+        write_json(self.path / self.RECORD, to_plain(record))
+
+    def batches(self) -> list[SweepDir]:
+        """The batches written so far (a batch recorded but not written yet, by a command cut short, is skipped)."""
+        found = []
+        for batch in self.record().batches:
+            sweep = SweepDir(_member(self.path, batch.name, self.RECORD).path)
+            if sweep.is_sweep():
+                found.append(sweep)
+        return found
+
+    def journal(self) -> Path:
+        """The journal file, refused when it is not a regular file (a link would make Optuna write elsewhere)."""
+        path = self.path / self.JOURNAL
+        if os.path.lexists(path) and not stat.S_ISREG(path.lstat().st_mode):
+            raise RunDirError(f"{path} is not a regular file: a study's journal is the file search wrote")
+        return path
+
+    def cancelled(self) -> bool:
+        return os.path.lexists(self.path / self.CANCELLED)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import yaml
 from llamantino.errors import ConfigError
 from llamantino.inputs.resolve import Inputs
 from llamantino.config.method import Method
-from llamantino.records.rundir import RunDir
+from llamantino.records.rundir import RunDir, StudyDir
 from llamantino.records.provenance import RunOutput
 from llamantino.config.schema import LlamantinoConfig, Tracker, TrackerMode
 from llamantino_plugin.formats import CORPUS_FORMAT, Encoding, dataset_entries, format_spec
@@ -364,6 +364,11 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
                               "trains no adapter (stage.adapter=null); set stage.adapter=lora or qlora, or drop "
                               "stage.lora_seed")
         recipe["llamantino_lora_seed"] = stage.lora_seed
+    if cfg.run.trial is not None:  # a study's trial: the plugin reports to its journal, and prunes
+        trial = cfg.run.trial
+        recipe["llamantino_trial"] = {"journal": str(Path(trial.study) / StudyDir.JOURNAL),
+                                      "study": StudyDir.OPTUNA_STUDY, "number": int(trial.number), "metric": trial.metric, "direction": trial.direction,
+                                      "pruner": str(trial.pruner), "startup_trials": int(trial.startup_trials)}
     if cpu:
         recipe.update(dataset_num_proc=1, dataloader_num_workers=0, dataloader_pin_memory=False)
     recipe.update(stage.axolotl)

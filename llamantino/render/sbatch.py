@@ -277,3 +277,31 @@ def push_script(cfg: LlamantinoConfig, run_dir, repo_id: str, private: bool, rev
                "directives": [Shell(line) for line in lines], "modules": list(slurm.modules),
                "env": _env_pairs(cfg, {**slurm.env, **env}), "entry": str(run_dir), "command": command}
     return render_sbatch("prepare.sbatch.j2", context)
+
+
+def search_step_script(cfg: LlamantinoConfig, study_dir) -> str:
+    """The sbatch text of a study's tell-and-ask job: one CPU process on the preparation partition
+    that tells Optuna the finished batch's results, then asks and submits the next batch (it renders
+    and checks the trials with Axolotl, so it gets the preparation jobs' memory)."""
+    slurm, prepare = cfg.hardware.slurm, cfg.hardware.prepare
+    lines = [f"--job-name={job_name(cfg.run.name)}-search", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
+             f"--time={_checked(_TIME, prepare.time, 'hardware.prepare.time')}"]
+    if prepare.mem:
+        lines.append(f"--mem={_checked(_MEM, prepare.mem, 'hardware.prepare.mem')}")
+    qos = prepare.qos or (slurm.qos if not prepare.partition else None)
+    for name, value, key_name in (("partition", prepare.partition or slurm.partition, "hardware.prepare.partition"),
+                                  ("qos", qos, "hardware.prepare.qos"),
+                                  ("account", slurm.account, "hardware.slurm.account")):
+        if value:
+            lines.append(f"--{name}={_checked(_WORD, value, key_name)}")
+    lines += ["--output=logs/%x-%j.out", "--open-mode=append"]
+    env = {"PYTHONUNBUFFERED": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
+    if cfg.hardware.storage.hf_home:
+        env["HF_HOME"] = cfg.hardware.storage.hf_home
+    if cfg.hardware.offline:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    context = {"header": [f"llamantino search: tell the finished batch, ask and submit the next ({Path(study_dir).name})"],
+               "directives": [Shell(line) for line in lines], "modules": list(slurm.modules),
+               "env": _env_pairs(cfg, {**slurm.env, **env}), "entry": str(study_dir),
+               "command": ["llamantino", "search", "--step"]}
+    return render_sbatch("prepare.sbatch.j2", context)

@@ -21,7 +21,7 @@ from typing import Callable, TextIO
 
 from llamantino.errors import ConfigError, LlamantinoError, RunDirError
 from llamantino.records.jobstate import JobState, worst
-from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, runs_under
+from llamantino.records.rundir import PipelineDir, RunDir, StudyDir, SweepDir, runs_under
 from llamantino.reports.status import format_seconds, format_table, run_row, status_rows, with_gpu_hours
 
 MAX_DEPTH = 6  # <root>/<run name>/<time> is 2; pipelines/<name>/<step> and sweeps/<time>/<point> too
@@ -30,7 +30,9 @@ COLUMNS = ("name", "stage", "state", "step", "last_loss", "elapsed", "gpu_h", "p
 
 
 def kind_of(path: Path) -> str | None:
-    """``pipeline``, ``sweep`` or ``run`` for a folder holding that record, else None."""
+    """``pipeline``, ``sweep``, ``study`` or ``run`` for a folder holding that record, else None."""
+    if StudyDir(path).is_study():
+        return "study"
     if PipelineDir(path).is_pipeline():
         return "pipeline"
     if SweepDir(path).is_sweep():
@@ -96,7 +98,7 @@ def _group_row(kind: str, path: Path) -> dict:
     notes = [f"{row['name']}: {row[key]}" for row in rows for key in ("error", "note") if row.get(key)]
     return {"kind": kind, "stage": kind, "state": worst(row["state"] for row in rows) or JobState.WRITTEN,
             "active": any(JobState.parse(row["state"]).active for row in rows),
-            "step": f"{done}/{len(runs)} {'steps' if kind == 'pipeline' else 'points'}",
+            "step": f"{done}/{len(runs)} {({'pipeline': 'steps', 'study': 'trials'}).get(kind, 'points')}",
             "last_loss": losses[-1] if losses else "-", "elapsed_s": sum(seconds) if seconds else None,
             "gpu_hours": round(sum(hours), 4) if hours else None, "note": "; ".join(notes)}
 
@@ -156,6 +158,10 @@ def status_view(target: Path) -> tuple[list[dict], Callable[[list[dict]], str]]:
     target = Path(target)
     if kind_of(target) is None and target.is_dir() and found_under(target):
         return runs_rows(target), format_runs
+    if StudyDir(target).is_study():
+        from llamantino.search.report import summary
+
+        return status_rows(target), lambda rows: f"study {target.name}: {summary(StudyDir(target))}\n" + status_table(rows)
     return status_rows(target), status_table
 
 

@@ -24,7 +24,7 @@ from llamantino.records.jobgraph import ancestors, graph_home, node_of, read_gra
 from llamantino.records.jobstate import JobState, LocalProcess, RunStatus
 from llamantino.records.progress import format_eta, run_progress
 from llamantino.errors import ConfigError, RunDirError
-from llamantino.records.rundir import RunDir, SharedEntry, SweepDir, runs_under
+from llamantino.records.rundir import RunDir, SharedEntry, StudyDir, SweepDir, runs_under
 
 LOG_TAIL_BYTES = 64 * 1024  # where a failed job's last error line is looked for
 ERROR_CHARS = 600
@@ -204,8 +204,41 @@ def _entry_rows(home: Path, graph, names: set[str]) -> list[dict]:
     return rows
 
 
+def _study_rows(study: StudyDir) -> list[dict]:
+    """A study's rows: each batch's (its jobs preparing data once, then its trials), then each
+    tell-and-ask job, its error the last ``error:`` line of its log when it failed."""
+    rows, seen = [], set()
+    for batch in study.batches():
+        for row in status_rows(batch.path):
+            key = (row["name"], row["job"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    for batch in study.record().batches:
+        if not batch.step_job:
+            continue
+        job = slurm_job(batch.step_job)
+        state = true_state(batch.step_job) or (job.state if job is not None else JobState.UNKNOWN)
+        log = study.path / StudyDir.LOGS
+        logs = sorted(log.glob(f"*-{batch.step_job}.out")) if log.is_dir() else []
+        error = _last_error_line(logs[-1]) if logs and state.failed else ""
+        rows.append({"name": f"tell {batch.name}", "job": batch.step_job, "state": state + _reason(job),
+                     "elapsed": job.elapsed if job is not None else "-", "restarts": "0", "last_loss": "-",
+                     "run_dir": str(study.path), "error": error})
+    return rows
+
+
+def _last_error_line(path: Path) -> str:
+    text = read_bytes(path, tail=True).decode("utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    return shown((errors or lines or [""])[-1])
+
+
 def status_rows(target: Path) -> list[dict]:
-    """Rows for a run, pipeline or sweep directory."""
+    """Rows for a run, pipeline, sweep or study directory."""
+    if StudyDir(Path(target)).is_study():
+        return _study_rows(StudyDir(Path(target)))
     members = runs_under(target)
     rows = [run_row(name, run) for name, run in members]
     sweep = SweepDir(Path(target))

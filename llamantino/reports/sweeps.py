@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llamantino.errors import ConfigError, RunDirError
 from llamantino.records.curves import EVAL_LOSS, LOSS, PANELS, Drawn, Line, finite, lowest, plot_runs, run_metrics
-from llamantino.records.rundir import PipelineDir, RunDir, SweepDir, runs_under, write_text
+from llamantino.records.rundir import PipelineDir, RunDir, StudyDir, SweepDir, runs_under, write_text
 from llamantino.reports.scores import (Chart, Comparison, bar_chart, comparison, csv_rows, evaluated, is_eval_run,
                                        overrides_of, run_name)
 from llamantino.reports.status import run_row
@@ -54,7 +54,13 @@ def _members(target: Path) -> tuple[str, list[tuple[str, RunDir, list[str]]]]:
     """(title, [(name, run, overrides)]): a sweep's points with their overrides, a pipeline's steps
     (labelled by step name), or the run itself."""
     target = Path(target)
-    sweep, pipeline = SweepDir(target), PipelineDir(target)
+    sweep, pipeline, study = SweepDir(target), PipelineDir(target), StudyDir(target)
+    if study.is_study():  # every trial of every batch, labelled by the values it took
+        members = []
+        for batch in study.batches():
+            points = batch.record().points
+            members += [(name, run, list(point.overrides)) for (name, run), point in zip(runs_under(batch.path), points)]
+        return f"study {target.name}", members
     if sweep.is_sweep():
         points = sweep.record().points
         return f"sweep {target.name}", [(name, run, list(point.overrides))
@@ -98,7 +104,8 @@ def collect(target: Path, metric: str | None = None) -> Collected:
                     "steps_logged": len(row["series"].get(LOSS, [])), "best": ""})
     # A sweep's points differ in their overrides only: the best is one of them. A pipeline's steps train
     # on different data one after the other, so none is "best".
-    ranked = [row for row in rows if lowest(row["series"].get(chosen, []))] if SweepDir(Path(target)).is_sweep() else []
+    ranked = [row for row in rows if lowest(row["series"].get(chosen, []))] if (
+        SweepDir(Path(target)).is_sweep() or StudyDir(Path(target)).is_study()) else []
     if len(ranked) > 1:
         min(ranked, key=lambda row: lowest(row["series"][chosen])[1])["best"] = "*"
     scored = [run for _, run in evals if evaluated(run)]
