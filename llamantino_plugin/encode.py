@@ -24,8 +24,10 @@ def assistant_spans(name: str, system_prompt: str | None, messages: list) -> tup
 
     An answer's span starts where the template's generation prompt ends and stops where the
     template's rendering of that turn stops, so the turn terminator (``</s>``, ``<|eot_id|>``) is
-    trained and the role header is not.
+    trained and the role header is not. A template's ``closing`` (what it writes after the last turn,
+    Phi-3.5's ``<|endoftext|>``) is not part of an earlier answer; the last answer's span includes it.
     """
+    closing = template_info(name).closing
     text = render_chat(name, messages, system_prompt)
     spans = []
     for index, message in enumerate(messages):
@@ -33,6 +35,8 @@ def assistant_spans(name: str, system_prompt: str | None, messages: list) -> tup
             continue
         before = render_chat(name, messages[:index], system_prompt, add_generation_prompt=True)
         upto = render_chat(name, messages[: index + 1], system_prompt)
+        if closing and index + 1 < len(messages) and upto.endswith(closing):
+            upto = upto[: -len(closing)]
         if not (upto.startswith(before) and text.startswith(upto)):
             raise LlamantinoDataError(
                 f"template {name!r} does not render conversations prefix by prefix; it cannot be masked by turn"

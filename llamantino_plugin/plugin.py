@@ -24,9 +24,10 @@ class LlamantinoPlugin(BasePlugin):
             for length and stops with a clear message when none would be left.
         pre_lora_load: seeds the adapter's initial weights with ``llamantino_lora_seed`` (for DPO the
             adapter is made inside TRL's trainer, with nothing drawing random numbers in between).
-        add_callbacks_post_trainer: checkpoints marked complete, progress lines, tracking, and for a
-            study's trial (``llamantino_trial``) its objective reported at each evaluation, pruned
-            when the study's pruner says so.
+        add_callbacks_post_trainer: checkpoints marked complete, progress lines, tracking, a mixture
+            of experts' router load-balancing loss logged as ``moe_aux_loss`` (llamantino_plugin/moe.py),
+            and for a study's trial (``llamantino_trial``) its objective reported at each evaluation,
+            pruned when the study's pruner says so.
         post_trainer_create: in script-exact DPO, puts each pair's exact ids (the TRL 0.8.5 ones the
             loader computed) in place of the ones TRL 1.9 made from its strings.
     """
@@ -89,6 +90,11 @@ class LlamantinoPlugin(BasePlugin):
 
         callbacks = [CheckpointComplete(), progress_callback(trainer),
                      *tracking_callbacks(cfg, plugin_args(cfg).llamantino_tracking_record)]
+        from llamantino_plugin.moe import moe_aux_loss_callback
+
+        moe = moe_aux_loss_callback(cfg, trainer)
+        if moe is not None:
+            callbacks.append(moe)
         trial = plugin_args(cfg).llamantino_trial
         if trial is not None:
             from llamantino_plugin.trial import TrialReport

@@ -34,6 +34,7 @@ class TemplateInfo:
     source: str
     system_prompt: str
     variables: tuple[tuple[str, str], ...] = ()  # __NAME__ placeholders of the Jinja file, by value
+    closing: str = ""  # written after the last turn when there is no generation prompt (Phi-3.5: <|endoftext|>)
 
 
 @lru_cache(maxsize=None)
@@ -44,7 +45,7 @@ def templates() -> dict[str, TemplateInfo]:
         name: TemplateInfo(name=name, kind=meta["kind"], file=meta["file"], family=meta["family"],
                            eot_tokens=tuple(meta["eot_tokens"]), stop_tokens=tuple(meta["stop_tokens"]), source=meta["source"],
                            system_prompt=meta["system_prompt"],
-                           variables=tuple((meta.get("variables") or {}).items()))
+                           variables=tuple((meta.get("variables") or {}).items()), closing=meta.get("closing") or "")
         for name, meta in index.items()
     }
 

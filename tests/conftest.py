@@ -158,23 +158,38 @@ def default_job(tmp_path_factory):
 CHAT_ROWS = 8
 
 
+#: The tiny twin whose tokenizer (and model) each template family trains with: the tiny Llama's
+#: tokenizer holds both Llama formats' tokens; an instruction template ("any") runs on it too.
+FAMILY_TWINS = {"llama2": "tiny_llama", "llama3": "tiny_llama", "any": "tiny_llama", "mixtral": "tiny_mixtral",
+                "phi3": "tiny_phi3", "qwen2": "tiny_qwen2", "gemma2": "tiny_gemma2"}
+
+
+def twin_of(template: str) -> str:
+    """The tiny model builder of ``template``'s family (``conf/model/<builder>.yaml``)."""
+    from llamantino_plugin.templates import template_info
+
+    return FAMILY_TWINS[template_info(template).family]
+
+
 @pytest.fixture(scope="session")
 def chat_run(tmp_path_factory):
-    """``chat_run(template)``: the tiny model instruction-tuned in ``template`` on CHAT_ROWS sample rows
-    until it answers them (once per template per session; tests using it share xdist_group "chat")."""
+    """``chat_run(template, model="tiny_llama")``: a tiny model (``model``: its option, a tiny twin)
+    instruction-tuned in ``template`` on CHAT_ROWS sample rows until it answers them (once per
+    template and model per session; tests using it share xdist_group "chat")."""
     from llamantino.paths import SAMPLES_DIR
 
-    made: dict[str, Path] = {}
+    made: dict[tuple[str, str], Path] = {}
     data = tmp_path_factory.mktemp("chat-data") / "istruzioni.jsonl"
     data.write_text("".join((SAMPLES_DIR / "it_istruzioni.jsonl").read_text().splitlines(keepends=True)[:CHAT_ROWS]))
 
-    def trained(template: str) -> Path:
-        if template not in made:
-            folder = tmp_path_factory.mktemp(f"chat-{template}")
-            made[template] = run_dir_of(ok(cli(f"prompt.template={template}", f"data.path={data}",
-                                               "stage.num_epochs=40", f"stage.micro_batch_size={CHAT_ROWS}",
-                                               f"run.output_root={folder}", cwd=folder)))
-        return made[template]
+    def trained(template: str, model: str = "tiny_llama") -> Path:
+        if (template, model) not in made:
+            folder = tmp_path_factory.mktemp(f"chat-{template}" if model == "tiny_llama" else f"chat-{template}-{model}")
+            choice = [] if model == "tiny_llama" else [f"model={model}"]  # the default job's model
+            made[template, model] = run_dir_of(ok(cli(*choice, f"prompt.template={template}", f"data.path={data}",
+                                                      "stage.num_epochs=40", f"stage.micro_batch_size={CHAT_ROWS}",
+                                                      f"run.output_root={folder}", cwd=folder)))
+        return made[template, model]
 
     return trained
 

@@ -1,8 +1,9 @@
 """After training: generation that ends at the template's turn end, and the terminal chat.
 
-Each template trains the tiny model on the Italian sample instructions (the default job with
-``prompt.template=<name>``), then the trained output is asked one of its training prompts: it must
-stop at a stop token of its template before the token limit. The terminal chat is driven as a
+Each template trains the tiny model of its family (the tiny Llama, or the family's tiny twin) on the
+Italian sample instructions (the default job with ``prompt.template=<name>``), then the trained
+output is asked one of its training prompts: it must stop at a stop token of its template before the
+token limit. The terminal chat is driven as a
 person would, in a real pseudo-terminal (pexpect), two turns in Italian.
 """
 
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import PYTHON, ROOT, cli, ok, run_dir_of
+from conftest import PYTHON, ROOT, cli, ok, run_dir_of, twin_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("chat")]  # one worker: the trained runs are shared
 
@@ -27,27 +28,43 @@ def anita_run(chat_run):
     return chat_run("anita")
 
 
-@pytest.mark.parametrize("template", ["anita", "llama3", "llamantino2_chat", "llamantino2_chat_70b", "alpaca_it"])
-def test_a_trained_model_stops_at_its_templates_turn_end(template, chat_run):
+#: Each template trained on the model of its family: the Llama formats on the tiny Llama, the other
+#: families' formats each on its own tiny twin (one training each: about a minute on two cores).
+TRAINED = [*(pytest.param(name, "tiny_llama", id=name)
+             for name in ("anita", "llama3", "llamantino2_chat", "llamantino2_chat_70b", "alpaca_it")),
+           *(pytest.param(name, twin_of(name), id=f"{name}-{twin_of(name)}")
+             for name in ("mistral_instruct", "phi3", "qwen2_5", "gemma"))]
+
+
+@pytest.mark.parametrize("template, model", TRAINED)
+def test_a_trained_model_stops_at_its_templates_turn_end(template, model, chat_run):
     from transformers import AutoTokenizer
 
     from llamantino.chat.model import ChatModel, resolve_target
+    from llamantino.inputs.tiny import ensure_tiny_model
     from llamantino_plugin.templates import template_info
 
-    run_dir = chat_run(template)
+    run_dir = chat_run(template, model)
     out = run_dir / "output"
     tokenizer = AutoTokenizer.from_pretrained(str(out))
+    base_eos = AutoTokenizer.from_pretrained(str(ensure_tiny_model(model))).eos_token  # the family's own EOS
     stops = template_info(template).stop_tokens
-    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in stops] + [tokenizer.convert_tokens_to_ids("</s>")]
+    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in (*stops, base_eos)]
+    # each stop a token of the trained tokenizer, none read as the unknown token
+    assert tokenizer.unk_token_id not in stop_ids or tokenizer.unk_token in (*stops, base_eos)
     generation = json.loads((out / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
     assert (eos if isinstance(eos, list) else [eos]) == list(dict.fromkeys(stop_ids))
-    assert tokenizer.eos_token == (stops[0] if stops else "</s>")
+    assert tokenizer.eos_token == (stops[0] if stops else base_eos)
 
     model = ChatModel(resolve_target(run_dir), "cpu")
     assert model.target.template == template
     tokens = model.generated_tokens([], QUESTION, max_new_tokens=LIMIT)
     assert len(tokens) < LIMIT and tokens[-1] in model.stop_ids, tokenizer.decode(tokens)
+    # a chat answer ends with its template's turn end (the token its answers were trained to end with)
+    info = template_info(template)
+    if info.kind == "chat":
+        assert tokens[-1] == tokenizer.convert_tokens_to_ids(info.eot_tokens[0]), tokenizer.decode(tokens)
     assert tokenizer.decode(tokens, skip_special_tokens=True).strip(), "an empty answer"
     # streamed: the answer arrives in pieces, and the pieces are the whole answer
     pieces = list(model.stream([], QUESTION, max_new_tokens=LIMIT))

@@ -27,7 +27,7 @@ def tiny_source():
     from llamantino.inputs.tiny import ensure_tiny_model
     from llamantino.records.provenance import ModelSource, SourceKind
 
-    return ModelSource(kind=SourceKind.tiny_llama, path=str(ensure_tiny_model()))
+    return ModelSource(kind=SourceKind.built, builder="tiny_llama", path=str(ensure_tiny_model()))
 
 
 def plan(overrides: list[str], world_size: int = 1):

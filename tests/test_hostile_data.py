@@ -101,7 +101,7 @@ def _entry(w, case: str, files: dict[str, bytes], data: str = "clean_mc4_it", fo
         mirror.joinpath(*folder, name).write_bytes(content)
     cfg = compose_config([f"data={data}", *TINY_ADAPT, f"hardware.storage.hub_mirror={mirror}",
                           f"hardware.storage.cache={w / 'cache'}"])
-    plan = plan_corpus(cfg, ModelSource(kind=SourceKind.tiny_llama, path=str(ensure_tiny_model())), 1)
+    plan = plan_corpus(cfg, ModelSource(kind=SourceKind.built, builder="tiny_llama", path=str(ensure_tiny_model())), 1)
     entry = PreparedDir(w / "entries" / case)
     entry.write(entry.REQUEST, plan.as_request())
 

@@ -98,11 +98,11 @@ ROWS = [
     ("eval plan link to /dev/zero", "llamantino.job.evaluate", ["{w}/eval_zero"], "eval.json is a symbolic link"),
 ]
 
-EVAL_PLAN = {"eval": "local_smoke", "model": {"kind": "tiny_llama"}, "model_args": "pretrained=x", "device": "cpu",
+EVAL_PLAN = {"eval": "local_smoke", "model": {"kind": "built", "builder": "tiny_llama"}, "model_args": "pretrained=x", "device": "cpu",
              "processes": 1, "gpus": 0, "batch_size": "1", "limit": None, "include_path": None, "harness": {},
              "groups": [{"num_fewshot": 0, "tasks": ["arc_it"]}], "metrics": {"arc_it": "acc"},
              "leaderboard": False, "target": None, "evaluated_run": None}
-RESULTS = {"eval": "local_smoke", "scores": {"arc_it": 0.5}, "model": {"kind": "tiny_llama"}, "harness": {"mode": "current"}}
+RESULTS = {"eval": "local_smoke", "scores": {"arc_it": 0.5}, "model": {"kind": "built", "builder": "tiny_llama"}, "harness": {"mode": "current"}}
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def _plan(mirror: Path, cache: Path, *extra: str, cfg=None):
     from llamantino.records.provenance import ModelSource, SourceKind
 
     cfg = cfg or _composed(mirror, cache, *extra)
-    return plan_corpus(cfg, ModelSource(kind=SourceKind.tiny_llama, path=str(ensure_tiny_model())), 1)
+    return plan_corpus(cfg, ModelSource(kind=SourceKind.built, builder="tiny_llama", path=str(ensure_tiny_model())), 1)
 
 
 def test_the_prepared_corpus_key_and_blocks_follow_the_option(tiny_tokenizer, tmp_path):

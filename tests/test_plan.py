@@ -271,3 +271,38 @@ def test_calibrate_refuses_hostile_status_records(default_job, tmp_path, elapsed
     proc = cli("--calibrate", str(copy), "experiment=llamantino2_7b_adapt", verb="plan", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:") and "status" in proc.stderr
+
+
+def test_a_mixture_of_experts_is_costed_by_its_active_parameters_and_sized_by_all(compose):
+    """Mixtral-8x7B on Leonardo (4 x A100 64 GB): by hand, full fine-tuning needs 46.7B x 16 bytes / 4 x 1.2
+    + 2 = 226 GB per GPU, so the SFT trains LoRA sharded by FSDP: 46.7 x 2 / 4 x 1.2 + 2 = 30.0 GB, which fits
+    64 GB. FLOPs count the 12.9B parameters a token goes through (2 of 8 experts), not the 46.7B."""
+    p = plan(compose("model=mixtral_8x7b", "stage=sft", "hardware=leonardo_booster"))
+    assert (p["method"], p["distributed"], p["gpus"]) == ("lora", "fsdp", 4)
+    assert p["state_memory_gb"] == pytest.approx(46.7 * 2 / 4 * 1.2 + 2, abs=0.05)
+    assert p["memory_per_gpu_gb"] < 64
+    assert p["flops"] == pytest.approx(6 * 12.9e9 * p["tokens"])  # LoRA 4NT + recompute 2NT, N active
+    assert any("needs ~226 GB/GPU" in notice for notice in p["notices"])
+    # The same model planned as if dense: the same memory, FLOPs in the ratio of the parameter counts.
+    dense = plan(compose("model=mixtral_8x7b", "stage=sft", "hardware=leonardo_booster",
+                         "model.experts=null", "model.active_params_b=null"))
+    assert dense["state_memory_gb"] == p["state_memory_gb"]
+    assert p["flops"] / dense["flops"] == pytest.approx(12.9 / 46.7)
+    # QLoRA adaptation: 46.7 x 0.55 x 1.2 + 2 = 32.8 GB replicated on each GPU (DDP), no sharding needed.
+    adapt = plan(compose("model=mixtral_8x7b", "stage=adapt", "hardware=leonardo_booster"))
+    assert (adapt["method"], adapt["distributed"]) == ("qlora", "ddp")
+    assert adapt["state_memory_gb"] == pytest.approx(46.7 * 0.55 * 1.2 + 2, abs=0.05)
+
+
+def test_a_mixture_of_experts_is_merged_and_evaluated_with_all_its_parameters(tmp_path):
+    from llamantino.config.method import model_gpus
+
+    proc = cli("stage=eval", "model=mixtral_8x7b", "hardware=leonardo_booster", verb="plan", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(N = 12.9B active of 46.7B)" in proc.stdout  # forward FLOPs from the active parameters
+    assert model_gpus(46.7, 64) == 2  # 46.7B x 2 bytes x 1.2 = 112 GB: two 64 GB GPUs hold the whole model
+    assert "1x2 GPU" in proc.stdout
+    text = cli("stage=sft", "model=mixtral_8x7b", "hardware=leonardo_booster", verb="plan",
+               cwd=tmp_path).stdout
+    assert "46.7B parameters in all, 12.9B active per token" in text
+    assert "46.7B x 2 bytes (lora) / 4 GPUs x 1.2 + 2 GB = 30.0 GB" in text

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from llamantino_plugin.templates import render_chat, render_instruction, template_info, template_source
+from llamantino_plugin.templates import render_chat, render_instruction, template_info, template_source, templates
+
+CHAT_TEMPLATES = sorted(name for name, info in templates().items() if info.kind == "chat")
 
 TWO_TURNS = [
     {"role": "user", "content": "Ciao, come stai?"},
@@ -92,12 +96,131 @@ def test_unknown_roles_are_refused_by_the_template():
         render_chat("anita", [{"role": "tool", "content": "x"}])
 
 
-def test_template_matches_transformers_rendering(tiny_tokenizer):
-    for name in ("llamantino2_chat", "anita"):
-        tiny_tokenizer.chat_template = template_source(name)
-        assert tiny_tokenizer.apply_chat_template(TWO_TURNS, tokenize=False) == render_chat(name, TWO_TURNS)
+@pytest.mark.parametrize("name", CHAT_TEMPLATES)
+def test_template_matches_transformers_rendering(tiny_tokenizer, name):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = template_source(name)
+    for messages in (TWO_TURNS, [SYSTEM] + TWO_TURNS):
+        assert tokenizer.apply_chat_template(messages, tokenize=False) == render_chat(name, messages)
+        assert (tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+                == render_chat(name, messages[:-1], add_generation_prompt=True))
 
 
 def test_unknown_template_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid templates: alpaca_it, anita, llama3, llamantino2_chat"):
+    with pytest.raises(ValueError, match="valid templates: alpaca_it, anita, gemma, llama3, llamantino2_chat, "
+                                         "llamantino2_chat_70b, mistral_instruct, phi3, qwen2_5$"):
         template_info("llama2")
+
+
+# --- the model families of issue 28: each its own published format, pinned character for character ---
+
+SYSTEM = {"role": "system", "content": "Sii breve."}
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+FAMILY_FORMATS = {
+    # Mixtral-8x7B-Instruct-v0.1: BOS text first, a space before each [INST] and each answer; the
+    # system text goes in front of the first user message, a blank line between.
+    "mistral_instruct": (
+        "<s> [INST] Ciao, come stai? [/INST] Bene, grazie!</s> [INST] Qual è la capitale d'Italia? [/INST] Roma.</s>",
+        "<s> [INST] Sii breve.\n\nCiao, come stai? [/INST] Bene, grazie!</s>"
+        " [INST] Qual è la capitale d'Italia? [/INST] Roma.</s>",
+    ),
+    # Phi-3.5-mini-instruct: no BOS; the conversation closes with the eos_token, <|endoftext|>.
+    "phi3": (
+        "<|user|>\nCiao, come stai?<|end|>\n<|assistant|>\nBene, grazie!<|end|>\n"
+        "<|user|>\nQual è la capitale d'Italia?<|end|>\n<|assistant|>\nRoma.<|end|>\n<|endoftext|>",
+        "<|system|>\nSii breve.<|end|>\n<|user|>\nCiao, come stai?<|end|>\n<|assistant|>\nBene, grazie!<|end|>\n"
+        "<|user|>\nQual è la capitale d'Italia?<|end|>\n<|assistant|>\nRoma.<|end|>\n<|endoftext|>",
+    ),
+    # Qwen2.5: ChatML, no BOS, Qwen's own system turn when none is given.
+    "qwen2_5": (
+        "<|im_start|>system\n" + QWEN_SYSTEM + "<|im_end|>\n"
+        "<|im_start|>user\nCiao, come stai?<|im_end|>\n<|im_start|>assistant\nBene, grazie!<|im_end|>\n"
+        "<|im_start|>user\nQual è la capitale d'Italia?<|im_end|>\n<|im_start|>assistant\nRoma.<|im_end|>\n",
+        "<|im_start|>system\nSii breve.<|im_end|>\n"
+        "<|im_start|>user\nCiao, come stai?<|im_end|>\n<|im_start|>assistant\nBene, grazie!<|im_end|>\n"
+        "<|im_start|>user\nQual è la capitale d'Italia?<|im_end|>\n<|im_start|>assistant\nRoma.<|im_end|>\n",
+    ),
+    # Gemma-2: BOS text first, the assistant is "model"; no system role, so the system text is folded
+    # into the first user turn (as Gemma-3's template does).
+    "gemma": (
+        "<bos><start_of_turn>user\nCiao, come stai?<end_of_turn>\n<start_of_turn>model\nBene, grazie!<end_of_turn>\n"
+        "<start_of_turn>user\nQual è la capitale d'Italia?<end_of_turn>\n<start_of_turn>model\nRoma.<end_of_turn>\n",
+        "<bos><start_of_turn>user\nSii breve.\n\nCiao, come stai?<end_of_turn>\n"
+        "<start_of_turn>model\nBene, grazie!<end_of_turn>\n"
+        "<start_of_turn>user\nQual è la capitale d'Italia?<end_of_turn>\n<start_of_turn>model\nRoma.<end_of_turn>\n",
+    ),
+}
+GENERATION_PROMPTS = {"mistral_instruct": " [INST] Ciao, come stai? [/INST]",
+                      "phi3": "<|user|>\nCiao, come stai?<|end|>\n<|assistant|>\n",
+                      "qwen2_5": "<|im_start|>user\nCiao, come stai?<|im_end|>\n<|im_start|>assistant\n",
+                      "gemma": "<start_of_turn>user\nCiao, come stai?<end_of_turn>\n<start_of_turn>model\n"}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_FORMATS))
+def test_family_format_with_and_without_a_system_turn(name):
+    plain, with_system = FAMILY_FORMATS[name]
+    assert render_chat(name, TWO_TURNS) == plain
+    assert render_chat(name, [SYSTEM] + TWO_TURNS) == with_system
+    # prompt.system_prompt does what a system turn does
+    assert render_chat(name, TWO_TURNS, system_prompt="Sii breve.") == with_system
+    assert render_chat(name, TWO_TURNS[:1], add_generation_prompt=True).endswith(GENERATION_PROMPTS[name])
+
+
+def test_qwen_default_system_turn_is_qwens_and_an_empty_system_prompt_drops_it():
+    assert template_info("qwen2_5").system_prompt == QWEN_SYSTEM
+    assert render_chat("qwen2_5", TWO_TURNS, system_prompt="") == FAMILY_FORMATS["qwen2_5"][0].split("<|im_end|>\n", 1)[1]
+    assert all(template_info(name).system_prompt == "" for name in ("mistral_instruct", "phi3", "gemma"))
+
+
+@pytest.mark.parametrize("name, bos", [("mistral_instruct", "<s>"), ("gemma", "<bos>"), ("phi3", ""), ("qwen2_5", "")])
+def test_bos_text_is_written_once_by_the_families_that_start_with_it(name, bos):
+    for add_generation_prompt in (False, True):
+        text = render_chat(name, TWO_TURNS[:1] if add_generation_prompt else TWO_TURNS,
+                           add_generation_prompt=add_generation_prompt)
+        assert text.startswith(bos) and text.count("<s>") + text.count("<bos>") == (1 if bos else 0)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_FORMATS))
+def test_family_templates_refuse_roles_out_of_place(name):
+    from jinja2.exceptions import TemplateError
+
+    with pytest.raises(TemplateError, match=name):
+        render_chat(name, [{"role": "tool", "content": "x"}])
+    if name in ("mistral_instruct", "gemma"):  # the two whose published templates check alternation
+        with pytest.raises(TemplateError, match="alternate"):
+            render_chat(name, [TWO_TURNS[0], TWO_TURNS[0]])
+
+
+def _axolotl_template(name: str) -> str:
+    """A chat template as Axolotl 0.19 ships it (copies of the hub files), read without importing Axolotl."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(importlib.util.find_spec("axolotl").submodule_search_locations[0]) / "utils" / "chat_templates"
+    return (folder / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+# ours -> (Axolotl's copy, its bos_token and eos_token, what ours adds after a conversation with no generation prompt)
+AXOLOTL_COPIES = {
+    "mistral_instruct": ("mistral_v1", "<s>", "</s>", ""),
+    "qwen2_5": ("qwen_25", "", "<|im_end|>", ""),
+    "gemma": ("gemma", "<bos>", "<eos>", ""),
+    # Axolotl's copy of Phi-3.5's template drops the hub's closing "{% else %}{{ eos_token }}"
+    "phi3": ("phi_35", "<s>", "<|endoftext|>", "<|endoftext|>"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AXOLOTL_COPIES))
+def test_family_templates_render_as_axolotls_copies_of_the_hub_templates(name):
+    from llamantino_plugin.templates import _environment
+
+    copy_name, bos, eos, closing = AXOLOTL_COPIES[name]
+    theirs = _environment().from_string(_axolotl_template(copy_name))
+    # Gemma-2's own template refuses a system turn; Gemma-3's folds it in as ours does
+    with_system = _environment().from_string(_axolotl_template("gemma3")) if name == "gemma" else theirs
+    for messages, reference in ((TWO_TURNS, theirs), ([SYSTEM] + TWO_TURNS, with_system)):
+        expected = reference.render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=False)
+        assert render_chat(name, messages) == expected + closing
+        prompt = reference.render(messages=messages[:-1], bos_token=bos, eos_token=eos, add_generation_prompt=True)
+        assert render_chat(name, messages[:-1], add_generation_prompt=True) == prompt
+    assert template_info(name).closing == closing

@@ -71,6 +71,22 @@ def activation_gb(model, sequence_len: int, micro_batch: int, *, checkpointing: 
     return stored / 1e9
 
 
+def parameters_note(model) -> str:
+    """What the planner counts of a model's parameters: all for memory, the active ones for FLOPs."""
+    if model.experts is None:
+        return f"{model.params_b:g}B parameters, dense: memory and FLOPs count them all"
+    return (f"{model.params_b:g}B parameters in all, {model.active_b:g}B active per token ({model.experts.count} experts "
+            f"per layer, {model.experts.per_token} per token): memory (weights, optimizer state, merge, eval) counts "
+            f"all {model.params_b:g}B, FLOPs the {model.active_b:g}B active")
+
+
+def memory_formula(params_b: float, method: str, gpus: int, sharded: bool) -> str:
+    """:func:`memory_per_gpu_gb` as the sum it computes, e.g. ``46.7B x 2 B / 4 GPUs x 1.2 + 2 GB``."""
+    split = f" / {gpus} GPUs" if sharded and gpus > 1 else ""
+    return (f"{params_b:g}B x {BYTES_PER_PARAM[method]:g} bytes ({method}){split} x {OVERHEAD_FACTOR:g} + "
+            f"{OVERHEAD_GB:g} GB = {memory_per_gpu_gb(params_b, method, gpus, sharded):.1f} GB")
+
+
 def _fits(params_b: float, method: str, hw) -> tuple[bool, float, bool]:
     gpus = hw.nodes * hw.gpus_per_node
     sharded = method != "qlora" and gpus > 1

@@ -75,6 +75,9 @@ class Attention(StrEnum):
     flash_attention_2 = "flash_attention_2"
 
 
+ATTENTION_IMPLEMENTATIONS = tuple(item.value for item in Attention)
+
+
 class Tracker(StrEnum):
     none = "none"
     tensorboard = "tensorboard"  # event files in the run directory, no account
@@ -266,15 +269,40 @@ class RopeScaling(Checked):
 
 
 @dataclass
+class ExpertsConfig(Checked):
+    """A mixture-of-experts model: its routing, and where LoRA reaches its experts and router.
+
+    transformers 5 stores each layer's experts as fused 3-D parameters (not Linear modules), so
+    LoRA reaches them through PEFT's ``target_parameters`` (Axolotl's ``lora_target_parameters``)."""
+    KEY = "model.experts"
+    count: int = field(default=MISSING, metadata=at_least(2))  # experts per layer (num_local_experts)
+    per_token: int = field(default=MISSING, metadata=at_least(1))  # experts each token goes through (top-k)
+    router_aux_loss_coef: float = field(default=0.02, metadata=within(0, 1))  # load-balancing loss weight
+    parameters: list[str] = field(default_factory=lambda: ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    router: str = "mlp.gate"  # the router module (trained in full with stage.train_router=true)
+
+    def check(self) -> None:
+        if self.per_token > self.count:
+            raise ConfigError(f"model.experts.per_token={self.per_token} exceeds model.experts.count={self.count}; "
+                              "a token goes through at most every expert")
+
+
+@dataclass
 class ModelConfig(Checked):
     KEY = "model"
+    MULTILINE = ("source",)
     name: str = MISSING
     hub_id: Optional[str] = None  # None: built locally by `builder`
     revision: Optional[str] = None  # pinned hub commit; None: not pinned (provenance says so)
-    builder: Optional[str] = None  # "tiny_llama": llamantino builds it (llamantino/inputs/tiny.py)
-    family: str = MISSING  # llama2 | llama3 | mistral
+    builder: Optional[str] = None  # tiny_llama, tiny_mixtral, ...: llamantino builds it (llamantino/inputs/tiny.py)
+    family: str = MISSING  # llama2 | llama3 | mistral | mixtral | phi3 | qwen2 | gemma2 | minerva
+    architecture: str = "llama"  # transformers' model_type of the checkpoint (config.json)
     template: str = MISSING  # default prompt template (llamantino_plugin/templates/index.yaml)
-    params_b: float = field(default=MISSING, metadata=positive())  # parameters in billions (memory and cost planning)
+    # Parameters in billions: all of them (memory: weights, optimizer state, merging, evaluation) and,
+    # for a mixture of experts, those one token goes through (FLOPs). None: a dense model, all of them.
+    params_b: float = field(default=MISSING, metadata=positive())
+    active_params_b: Optional[float] = field(default=None, metadata=positive())
+    experts: Optional[ExpertsConfig] = None  # a mixture of experts
     num_layers: int = field(default=MISSING, metadata=at_least(1))
     hidden_size: int = field(default=MISSING, metadata=at_least(1))
     context_length: int = field(default=4096, metadata=at_least(1))  # tokens the checkpoint was trained on
@@ -282,13 +310,25 @@ class ModelConfig(Checked):
     # Training beyond context_length: the RoPE positions scaled (Axolotl's overrides_of_model_config).
     rope_scaling: Optional[RopeScaling] = None
     decoder_layer: str = "LlamaDecoderLayer"  # FSDP wrapping unit
-    flash_attention: bool = True  # the architecture supports flash_attention_2
+    # The model's LoRA targets where the stage names none: [] is every linear layer. A mixture of experts
+    # names its attention projections, so the router stays frozen (stage.lora_experts adds the experts).
+    lora_target_modules: list[str] = field(default_factory=list)
+    # The hardware's attention implementation -> the one this model uses instead ({} : the hardware's).
+    # Gemma-2 soft-caps its attention scores; SDPA drops the cap silently, so it takes eager there.
+    attention: dict[str, str] = field(default_factory=dict)
+    tied_embeddings: bool = False  # input and output embeddings share one matrix (config.json tie_word_embeddings)
     gated: bool = False  # the hub asks to accept a licence first
     license: str = ""  # a Hub licence id (llama2, apache-2.0, ...) or free text (released as "other")
     license_link: Optional[str] = None  # where a licence that is not a Hub id is written (released cards need it)
+    source: str = ""  # where these facts come from, and which were verified
     # Stage settings this model needs, applied unless the command line sets them (announced as a notice):
     # the random-init tiny model trains its embeddings and takes large steps to learn in a minute.
     tuning: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active_b(self) -> float:
+        """Billions of parameters one token goes through: what the FLOPs of training and inference count."""
+        return self.active_params_b if self.active_params_b is not None else self.params_b
 
     @property
     def max_sequence_len(self) -> int:
@@ -297,6 +337,17 @@ class ModelConfig(Checked):
         return int(self.context_length * factor)
 
     def check(self) -> None:
+        if self.active_params_b is not None and self.active_params_b > self.params_b:
+            raise ConfigError(f"model.active_params_b={self.active_params_b:g} exceeds model.params_b={self.params_b:g}; "
+                              "a token goes through at most every parameter")
+        if (self.experts is None) != (self.active_params_b is None):
+            raise ConfigError(f"model {self.name}: model.experts and model.active_params_b go together (a mixture of "
+                              "experts names both; a dense model neither)")
+        for wanted, used in self.attention.items():
+            for value in (wanted, used):
+                if value not in ATTENTION_IMPLEMENTATIONS:
+                    raise ConfigError(f"model.attention: {value!r} is not an attention implementation; valid: "
+                                      f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
         known = {item.name for item in dataclasses.fields(StageConfig)}
         for key in self.tuning:
             if key not in known:
@@ -409,7 +460,11 @@ class StageConfig(Checked):
     lora_r: int = field(default=64, metadata=at_least(1))
     lora_alpha: int = field(default=16, metadata=at_least(1))
     lora_dropout: float = field(default=0.1, metadata=within(0, 1, high_open=True))
-    lora_target_modules: Optional[list[str]] = None  # None: every linear layer
+    lora_target_modules: Optional[list[str]] = None  # None: the model's (model.lora_target_modules; [] every linear layer)
+    # A mixture of experts (model.experts): LoRA on the expert MLPs too (their fused weights, through
+    # PEFT's target_parameters; needs lora_dropout 0), and the router trained in full (frozen by default).
+    lora_experts: bool = False
+    train_router: bool = False
     lora_modules_to_save: Optional[list[str]] = None  # modules trained in full beside the adapter (embeddings)
     use_rslora: bool = False
     micro_batch_size: int = field(default=8, metadata=at_least(1))

@@ -143,12 +143,14 @@ def base_model(cfg: LlamantinoConfig, tiny_dir, known_runs: dict) -> Inputs:
         else:
             raise ConfigError(f"run.input_model={path} is neither a llamantino run directory nor a model folder (no config.json)")
         return Inputs(base_model=MODEL_LINK, model_source=source, links={MODEL_LINK: target})
-    if model.builder == "tiny_llama":
-        target = str(tiny_dir())
-        return Inputs(base_model=MODEL_LINK, links={MODEL_LINK: target}, build_tiny=True,
-                      model_source=ModelSource(kind=SourceKind.tiny_llama, path=target))
     if model.builder:
-        raise ConfigError(f"model.builder={model.builder!r} is unknown; the only builder is tiny_llama")
+        from llamantino.inputs.tiny import TINY_BUILDERS
+
+        if model.builder not in TINY_BUILDERS:
+            raise ConfigError(f"model.builder={model.builder!r} is unknown; valid builders: {', '.join(TINY_BUILDERS)}")
+        target = str(tiny_dir(model.builder))
+        return Inputs(base_model=MODEL_LINK, links={MODEL_LINK: target}, build_tiny=True,
+                      model_source=ModelSource(kind=SourceKind.built, builder=model.builder, path=target))
     if not model.hub_id:
         raise ConfigError(f"model {model.name} has neither hub_id nor builder")
     return Inputs(base_model=model.hub_id, base_model_revision=model.revision,

@@ -375,7 +375,7 @@ def render_card(plan: ReleasePlan, run: RunDir, steps: list[Step], scored: list[
     chain = " → ".join(md_text(step.config.stage.name) for step in steps)
     if root_id:
         origin = f"[{md_text(root_id)}](https://huggingface.co/{root_id})"
-    elif root.provenance.model.kind == SourceKind.tiny_llama:
+    elif root.provenance.model.kind == SourceKind.built:
         origin = (f"{md_text(root.config.model.name)}, a model built locally by llamantino (not on the Hugging Face "
                   "Hub, so the card names no ``base_model``)")
     else:

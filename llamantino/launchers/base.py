@@ -110,10 +110,10 @@ class Launcher(ABC):
         if dry_run:
             self.echo(f"would {'resume' if state.failed else 'start'} {run.path} with launcher={self.name}")
             return
-        if provenance.model.kind == SourceKind.tiny_llama:
+        if provenance.model.kind == SourceKind.built:
             from llamantino.inputs.tiny import ensure_tiny_model
 
-            ensure_tiny_model()
+            ensure_tiny_model(provenance.model.builder)
         self.start(run, cfg, provenance, stage)
 
     def startable(self, run: RunDir, state: JobState) -> bool:
@@ -206,11 +206,13 @@ class Launcher(ABC):
                               "hardware.storage.runs) to a work or scratch folder")
 
     def ensure_model(self, runs: list[PreparedRun]) -> None:
-        """Build the tiny model before any job that reads it starts."""
-        if any(run.inputs.build_tiny for run in runs):
+        """Build the tiny models before any job that reads one starts."""
+        builders = dict.fromkeys(run.inputs.model_source.builder for run in runs if run.inputs.build_tiny)
+        if builders:
             from llamantino.inputs.tiny import ensure_tiny_model
 
-            self.echo(f"llamantino: tiny model at {ensure_tiny_model()}")
+            for builder in builders:
+                self.echo(f"llamantino: tiny model at {ensure_tiny_model(builder)}")
 
     def data_prepared(self, run: RunDir, provenance: Provenance, dry_run: bool = False) -> None:
         """A written run on prepared data (a corpus, rows) starts only once its entry is complete."""

@@ -615,7 +615,7 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
     needed = ancestors(graph, {node.name for node in starting})
     making = {node.name for node in starting} | {name for name, job in jobs.items() if job}
     configs: dict[Path, LlamantinoConfig] = {}
-    tiny = False
+    tiny: dict[str, None] = {}  # the builders of the built models the jobs read, in order
     for node in starting:
         runs = _points(home) if node.array else [run_of(home, node.run)]
         if node.array and not (home / SweepDir.ARRAY_SCRIPT).is_file():
@@ -624,7 +624,9 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
             if not node.array and run.existing(RunDir.SCRIPT) is None:
                 raise ConfigError(f"{run.path} has no {RunDir.SCRIPT}: render it with launcher=slurm")
             _check_run(home, graph, node, run, configs, making)
-            tiny = tiny or run.provenance().model.kind == SourceKind.tiny_llama
+            model = run.provenance().model
+            if model.kind == SourceKind.built:
+                tiny[model.builder] = None
     entries = {entry.id: entry for entry in graph.entries}
     for entry_id in dict.fromkeys(node.entry for node in graph.nodes if node.entry is not None and node.name in needed):
         entry = entries[entry_id]
@@ -653,7 +655,8 @@ def submit_graph(home: Path, graph: JobGraph, echo=print, only: set[str] | None 
     if tiny:
         from llamantino.inputs.tiny import ensure_tiny_model
 
-        echo(f"llamantino: tiny model at {ensure_tiny_model()}")
+        for builder in tiny:
+            echo(f"llamantino: tiny model at {ensure_tiny_model(builder)}")
     for node in graph.nodes:
         if node.name not in needed or node.name in jobs:
             continue

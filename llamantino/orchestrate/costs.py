@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from llamantino.errors import ConfigError
-from llamantino.config.method import (JOB_STARTUP_S, activation_gb, checkpoint_gb, choose_method, mem_gb,
-                                      memory_per_gpu_gb, signal_lead_s)
+from llamantino.config.method import (JOB_STARTUP_S, activation_gb, checkpoint_gb, choose_method, mem_gb, memory_formula,
+                                      memory_per_gpu_gb, parameters_note, signal_lead_s)
 from llamantino.config.schema import RL, HardwareConfig, LlamantinoConfig, time_seconds
 from llamantino.stages import stage_for
 
@@ -207,7 +207,9 @@ def plan(cfg: LlamantinoConfig, mfu: float | Mfu | None = None, tokens_per_row: 
     dpo = stage.rl == RL.dpo
     tokens, how = _trained_tokens(cfg, gpus, tokens_per_row)
     factor, flops_text = flops_factor(cfg, kind)
-    flops = factor * model.params_b * 1e9 * tokens
+    if model.experts is not None:
+        flops_text += f", N = {model.active_b:g}B active of {model.params_b:g}B"
+    flops = factor * model.active_b * 1e9 * tokens  # a mixture of experts: FLOPs of the active parameters
     used = utilisation.of(kind)
     gpu_hours = flops / (hw.peak_tflops * 1e12 * used) / 3600
     wall_hours = gpu_hours / gpus
@@ -235,6 +237,8 @@ def plan(cfg: LlamantinoConfig, mfu: float | Mfu | None = None, tokens_per_row: 
         "method": str(kind), "distributed": method.distributed,
         "memory_per_gpu_gb": round(state + activations, 1),
         "state_memory_gb": round(state, 1), "activation_gb": round(activations, 1),
+        "state_formula": memory_formula(model.params_b, kind, gpus, method.distributed == "fsdp"),
+        "active_params_b": model.active_b, "parameters": parameters_note(model),
         "gpu_memory_gb": hw.gpu_memory_gb,
         "tokens": tokens, "tokens_formula": how, "flops": flops, "flops_formula": flops_text,
         "mfu": used, "mfu_source": utilisation.describe(kind), "peak_tflops_per_gpu": hw.peak_tflops,
@@ -357,6 +361,8 @@ def format_plan(p: dict) -> str:
         f"plan: {p['stage']} of {p['model']} ({p['params_b']}B) on {p['hardware']}: {p['nodes']} node(s), {p['gpus']} GPUs",
         f"  method        {p['method']} with {p['distributed']}; ~{p['memory_per_gpu_gb']} GB of {p['gpu_memory_gb']:g} GB "
         f"per GPU ({p['state_memory_gb']} GB weights and optimizer + {p['activation_gb']} GB activations)",
+        f"  memory        weights and optimizer: {p['state_formula']}",
+        f"  parameters    {p['parameters']}",
         f"  tokens        {p['tokens']:.3e}  = {p['tokens_formula']}",
         f"  FLOPs         {p['flops']:.3e}  = {p['flops_formula']}",
         f"  MFU           {p['mfu']:.{0 if p['mfu'] >= 0.01 else 3}%} model FLOPs utilisation of {p['peak_tflops_per_gpu']:g} "

@@ -55,10 +55,10 @@ def prepare_run_dir(run_dir: Path, local_only: bool = False) -> dict:
                 if isinstance(source, dict) and isinstance(source.get("hub_id"), str):
                     lock["resolved"][f"data:{source['hub_id']}"] = snapshot_download(
                         source["hub_id"], repo_type="dataset", revision=source.get("revision"))
-    if model.kind == SourceKind.tiny_llama:
+    if model.kind == SourceKind.built:
         from llamantino.inputs.tiny import ensure_tiny_model
 
-        ensure_tiny_model()
+        ensure_tiny_model(model.builder)
     if prepared is not None:
         what, record = prepared
         lock["resolved"][what] = str(prepare_entry(run, what, str(record.get("key")), local_only))

@@ -211,13 +211,13 @@ def calibrate(path: str | Path) -> Mfu:
         tokens_per_s = tokens / elapsed
         detail = f"{tokens:,.0f} planned tokens / {elapsed:,.0f} s elapsed (status.json; start-up included)"
     factor, text = flops_factor(cfg, kind)
-    value = factor * cfg.model.params_b * 1e9 * tokens_per_s / (hw.peak_tflops * 1e12 * gpus)
+    value = factor * cfg.model.active_b * 1e9 * tokens_per_s / (hw.peak_tflops * 1e12 * gpus)
     if not 0 < value <= 1:
         raise RunDirError(f"--calibrate {path}: the records give an MFU of {value:.3g} ({tokens_per_s:,.4g} tokens/s of "
                           f"{cfg.model.name} on {gpus} x {hw.peak_tflops:g} TFLOP/s), outside (0, 1]: the run's records "
                           "do not describe this run; calibrate with another finished run")
     return Mfu(value, "calibrated", tokens_per_s=tokens_per_s, run=str(run.path),
-               detail=(f"{tokens_per_s:,.4g} tokens/s measured: {detail}; {text} of {cfg.model.params_b:g}B on "
+               detail=(f"{tokens_per_s:,.4g} tokens/s measured: {detail}; {text} of {cfg.model.active_b:g}B{' active' if cfg.model.experts else ''} on "
                        f"{gpus} x {hw.peak_tflops:g} TFLOP/s of {hw.name}, method {kind}"))
 
 

@@ -252,6 +252,8 @@ def _refuse_code(obj, path="config") -> None:
 # name no file, code or place (``*`` stands for one key of a mapping).
 TEXT_KEYS = frozenset({
     "experiment", "model.name", "model.family", "model.license", "model.license_link", "model.builder",
+    "model.architecture", "model.source", "model.lora_target_modules", "model.attention.*", "model.experts.parameters",
+    "model.experts.router",
     "data.name", "data.description", "data.format", "data.purpose", "data.subset", "data.split",
     "data.columns.*", "data.sources", "data.license", "data.size", "data.language", "data.source", "data.notes",
     "stage.name", "stage.task", "stage.name_parts", "stage.data_formats", "stage.adapter", "stage.cpu_adapter",

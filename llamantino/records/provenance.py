@@ -83,7 +83,7 @@ class SourceKind(StrEnum):
     """Where a run's model comes from."""
 
     hub = "hub"  # a hub repository, by id and revision
-    tiny_llama = "tiny_llama"  # built locally (llamantino/inputs/tiny.py)
+    built = "built"  # built locally by a builder (llamantino/inputs/tiny.py), named in ModelSource.builder
     path = "path"  # a local model folder
     run = "run"  # the output of an earlier run
     merge = "merge"  # an adapter run's base, with the adapter (merge stage)
@@ -124,15 +124,21 @@ class ModelSource:
     hub_id: Optional[str] = None  # hub
     revision: Optional[str] = None  # hub
     revision_pinned: Optional[bool] = None  # hub: False when no revision pins it
-    path: Optional[str] = None  # tiny_llama, path: the folder
+    path: Optional[str] = None  # built, path: the folder
+    builder: Optional[str] = None  # built: the builder that made it (tiny_llama, tiny_mixtral, ...)
     run_dir: Optional[str] = None  # run: the run whose output this is
     output: Optional[RunOutput] = None  # run: that output
     adapter_run: Optional[str] = None  # merge: the adapter's run
     base: Optional[BaseModelRef] = None  # merge: the adapter's base
 
+    def __post_init__(self) -> None:
+        if (self.kind == SourceKind.built) != (self.builder is not None):
+            raise ConfigError(f"model.builder={self.builder!r} with model.kind={self.kind}: a built model names its "
+                              "builder, and no other kind names one")
+
     def folder(self) -> Optional[Path]:
         """The local folder holding the model (and its tokenizer), where there is one."""
-        if self.kind in (SourceKind.tiny_llama, SourceKind.path) and self.path:
+        if self.kind in (SourceKind.built, SourceKind.path) and self.path:
             return Path(self.path)
         if self.kind == SourceKind.run and self.run_dir and self.output is not None and self.output.path:
             return Path(self.run_dir) / self.output.path

@@ -25,6 +25,8 @@ PLUGIN = "llamantino_plugin.plugin.LlamantinoPlugin"
 # Optimizers that need CUDA (fused kernels, bitsandbytes paging or 8-bit states) and their CPU equivalent.
 CUDA_ONLY_OPTIMIZER = ("fused", "paged", "8bit", "bnb")
 CPU_OPTIMIZER = "adamw_torch"
+# The module names of the input and output embeddings (one matrix where model.tied_embeddings).
+TIED_EMBEDDINGS = ("embed_tokens", "lm_head")
 
 
 def optimizer_for(stage, hw) -> str:
@@ -42,30 +44,77 @@ def _precision(hw) -> dict:
 
 
 def _attention(cfg: LlamantinoConfig) -> str:
-    hw, model = cfg.hardware, cfg.model
-    if hw.attn_implementation == "flash_attention_2" and not model.flash_attention:
-        return "sdpa"
-    return str(hw.attn_implementation)
+    """The hardware's attention implementation, or the one the model takes in its place (model.attention)."""
+    wanted = str(cfg.hardware.attn_implementation)
+    return str(cfg.model.attention.get(wanted, wanted))
 
 
-def _adapter_keys(stage, adapter: str | None, cpu: bool) -> dict:
+def _lora_targets(stage, model) -> dict:
+    """Where LoRA goes: the stage's modules, else the model's, else every linear layer; a mixture of
+    experts adds its fused expert weights (stage.lora_experts) and trains its router in full
+    (stage.train_router). The router is no Linear, so "every linear layer" never reaches it."""
+    keys: dict[str, Any] = {}
+    modules = stage.lora_target_modules or model.lora_target_modules
+    if modules:
+        keys["lora_target_modules"] = list(modules)
+    else:
+        keys["lora_target_linear"] = True
+    if (stage.lora_experts or stage.train_router) and model.experts is None:
+        flag = "stage.lora_experts" if stage.lora_experts else "stage.train_router"
+        raise ConfigError(f"{flag}=true needs a mixture-of-experts model, and {model.name} has no experts "
+                          "(model.experts); drop it or choose an MoE model (model=mixtral_8x7b)")
+    if stage.lora_experts:
+        if stage.lora_dropout:
+            raise ConfigError(f"stage.lora_experts=true puts LoRA on the fused expert weights, where PEFT takes no "
+                              f"dropout (stage.lora_dropout={stage.lora_dropout:g}); set stage.lora_dropout=0")
+        keys["lora_target_parameters"] = list(model.experts.parameters)
+    saved = list(stage.lora_modules_to_save or [])
+    if stage.train_router and model.experts.router not in saved:
+        saved.append(model.experts.router)
+    if saved:
+        keys["lora_modules_to_save"] = saved
+        if model.tied_embeddings and set(TIED_EMBEDDINGS) & set(saved):
+            if stage.rl:
+                raise ConfigError(
+                    f"stage.lora_modules_to_save={saved} trains {model.name}'s tied embeddings beside the adapter, which a "
+                    f"{stage.rl} run cannot save (Axolotl 0.19 saves its whole model too, and transformers refuses the "
+                    f"wrapped shared matrix); leave out {', '.join(sorted(set(TIED_EMBEDDINGS) & set(saved)))}")
+            keys["peft_ensure_weight_tying"] = True  # one shared matrix stays one when trained beside the adapter
+    return keys
+
+
+def _adapter_keys(stage, model, adapter: str | None, cpu: bool) -> dict:
     if adapter is None:
+        if stage.lora_experts or stage.train_router:
+            raise ConfigError("stage.lora_experts and stage.train_router choose what a LoRA adapter trains; this stage "
+                              "trains every weight (stage.adapter=null): drop them, or set stage.adapter=lora")
         return {}
     keys: dict[str, Any] = {"adapter": adapter}
     if adapter == "qlora":
         keys["load_in_4bit"] = True
     keys.update(lora_r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=float(stage.lora_dropout))
-    if stage.lora_target_modules:
-        keys["lora_target_modules"] = list(stage.lora_target_modules)
-    else:
-        keys["lora_target_linear"] = True
+    keys.update(_lora_targets(stage, model))
     if stage.use_rslora:
         keys["peft_use_rslora"] = True
-    if stage.lora_modules_to_save:
-        keys["lora_modules_to_save"] = list(stage.lora_modules_to_save)
     if cpu:  # the auto-enabled Triton LoRA kernels assert CUDA
         keys.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
     return keys
+
+
+def _model_overrides(model, training: bool) -> dict:
+    """Values set on the loaded model's config (Axolotl's ``overrides_of_model_config``).
+
+    RoPE scaling: Axolotl 0.19's top-level ``rope_scaling`` key is deprecated (refused); transformers 5
+    stores the value as the whole ``rope_parameters``, so the checkpoint's ``rope_theta`` goes with it
+    (else 10000 is used). A mixture of experts returns its router logits in training, so the
+    load-balancing loss is added to the loss (weighted by router_aux_loss_coef) and logged by the plugin."""
+    overrides: dict[str, Any] = {}
+    if model.rope_scaling is not None:
+        overrides["rope_scaling"] = {"rope_type": str(model.rope_scaling.type), "factor": float(model.rope_scaling.factor),
+                                     "rope_theta": float(model.rope_theta)}
+    if model.experts is not None and training:  # a merged model's config is saved as loaded: never in training mode
+        overrides.update(output_router_logits=True, router_aux_loss_coef=float(model.experts.router_aux_loss_coef))
+    return {"overrides_of_model_config": overrides} if overrides else {}
 
 
 def _fsdp(model) -> dict:
@@ -232,7 +281,7 @@ def unused_stage_keys(stage, method: Method, hw) -> set[str]:
     unused = set()
     if method.adapter is None:
         unused |= {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
-                   "use_rslora"}
+                   "use_rslora", "lora_experts", "train_router"}
     if not adapter_fallback(stage, method):
         unused.add("adapter_learning_rate")
     if hw.gpu or stage.adapter is not None:
@@ -286,24 +335,13 @@ def _saving(stage, resumable: bool) -> dict:
     return keys
 
 
-def _recipe_start(cfg: LlamantinoConfig, inputs: Inputs) -> dict[str, Any]:
+def _recipe_start(cfg: LlamantinoConfig, inputs: Inputs, training: bool = False) -> dict[str, Any]:
     recipe: dict[str, Any] = {"base_model": inputs.base_model}
     if inputs.base_model_revision:
         recipe["revision_of_model"] = inputs.base_model_revision
-    recipe.update(_rope_scaling(cfg.model))
+    recipe.update(_model_overrides(cfg.model, training))
     recipe["plugins"] = [PLUGIN]
     return recipe
-
-
-def _rope_scaling(model) -> dict:
-    """``model.rope_scaling`` as Axolotl 0.19 takes it: its top-level ``rope_scaling`` key is deprecated
-    (refused), ``overrides_of_model_config`` is set on the loaded config. transformers 5 stores the value
-    as the whole ``rope_parameters``, so the checkpoint's ``rope_theta`` goes with it (else 10000 is used)."""
-    scaling = model.rope_scaling
-    if scaling is None:
-        return {}
-    return {"overrides_of_model_config": {"rope_scaling": {
-        "rope_type": str(scaling.type), "factor": float(scaling.factor), "rope_theta": float(model.rope_theta)}}}
 
 
 def render_merge_recipe(cfg: LlamantinoConfig, inputs: Inputs, adapter: RunOutput) -> dict:
@@ -328,7 +366,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
     stage, hw = cfg.stage, cfg.hardware
     cpu = not hw.gpu
     resumable = cfg.launcher.requeue
-    recipe = _recipe_start(cfg, inputs)
+    recipe = _recipe_start(cfg, inputs, training=True)
     recipe.update(_data_keys(cfg, inputs))
     recipe["output_dir"] = RunDir.OUTPUT
     recipe["sequence_len"] = stage.sequence_len
@@ -340,7 +378,7 @@ def render_train_recipe(cfg: LlamantinoConfig, method: Method, inputs: Inputs) -
         recipe["pad_to_sequence_len"] = True
     recipe["excess_length_strategy"] = excess_length(cfg)
     recipe["train_on_inputs"] = bool(stage.train_on_inputs)
-    recipe.update(_adapter_keys(stage, method.adapter, cpu))
+    recipe.update(_adapter_keys(stage, cfg.model, method.adapter, cpu))
     if stage.rl:
         recipe["rl"] = str(stage.rl)
         recipe["rl_beta"] = float(stage.rl_beta)

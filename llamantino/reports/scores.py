@@ -117,8 +117,8 @@ def model_name(source: ModelSource | None) -> str:
         return run_name(run) + (" (merged)" if source.kind == SourceKind.merge else "")
     if source.kind == SourceKind.hub and source.hub_id:
         return source.hub_id + (f"@{source.revision[:12]}" if source.revision else "")
-    if source.kind == SourceKind.tiny_llama:
-        return "tiny_llama (base)"
+    if source.kind == SourceKind.built:
+        return f"{source.builder} (base)"
     return shown_value(source.path or str(source.kind))
 
 

@@ -33,6 +33,11 @@ EVAL_CHOICES = 4  # loglikelihood requests per item (multiple choice)
 EVAL_EXAMPLE_TOKENS = 150  # tokens of one question with its answer (one shot of the prompt)
 
 
+
+def _active_note(model) -> str:
+    """How the eval formula counts a mixture of experts' N: the parameters a token goes through."""
+    return f" (N = {model.active_b:g}B active of {model.params_b:g}B)" if model.experts else ""
+
 class EvalStage(Stage):
     task = "eval"
     command = ("-m", "llamantino.job.evaluate", ".")
@@ -88,12 +93,12 @@ class EvalStage(Stage):
             raise ConfigError(f"hardware {hw.name} has no GPU peak throughput to plan an eval with; choose a GPU "
                               "hardware option (hardware=leonardo_booster, a100_80gb_x1, ...)")
         tokens, parts = eval_tokens(cfg)
-        flops = 2 * cfg.model.params_b * 1e9 * tokens
+        flops = 2 * cfg.model.active_b * 1e9 * tokens  # a mixture of experts: the active parameters
         gpus = shape.nodes * shape.gpus_per_node
         compute_s = flops / (gpus * hw.peak_tflops * 1e12 * EVAL_MFU)
         load_hours, load_how = io_hours(hw, cfg.model.params_b * BF16_BYTES)
         return Work(load_hours + compute_s / 3600,
-                    f"2·N·T forward = {flops:.3e} FLOPs over T = {tokens:.3e} tokens ({'; '.join(parts)}) / ({gpus} GPUs "
+                    f"2·N·T forward{_active_note(cfg.model)} = {flops:.3e} FLOPs over T = {tokens:.3e} tokens ({'; '.join(parts)}) / ({gpus} GPUs "
                     f"x {hw.peak_tflops:g} TFLOP/s x {EVAL_MFU:.0%} MFU, assumed) + model load: {load_how}",
                     tokens=tokens, flops=flops)
 

@@ -11,6 +11,7 @@ from llamantino.records.rundir import RunDir
 from llamantino.config.schema import LlamantinoConfig, StageConfig, Tracker, from_plain, time_seconds, to_plain
 from llamantino.records.provenance import BaseModelRef, OutputKind, RunOutput
 from llamantino.render.sbatch import JobShape
+from llamantino.render.axolotl import TIED_EMBEDDINGS
 from llamantino.stages.base import HubRead, Stage
 
 
@@ -32,6 +33,12 @@ class TrainStage(Stage):
         if "learning_rate" in explicit:
             # An explicit learning rate wins over the fallback's adapter_learning_rate.
             tuned["adapter_learning_rate"] = None
+        dropped = []
+        if cfg.stage.rl and cfg.model.tied_embeddings and tuned.get("lora_modules_to_save"):
+            # A preference run cannot save tied embeddings trained beside its adapter (render refuses it
+            # when asked for): the model's own tuning leaves them frozen there, and says so.
+            dropped = [m for m in tuned["lora_modules_to_save"] if m in TIED_EMBEDDINGS]
+            tuned["lora_modules_to_save"] = [m for m in tuned["lora_modules_to_save"] if m not in TIED_EMBEDDINGS] or None
         if tuned:
             stage = from_plain(StageConfig, {**to_plain(cfg.stage), **tuned}, "stage")
             cfg = dataclasses.replace(cfg, stage=stage)
@@ -43,6 +50,10 @@ class TrainStage(Stage):
         if shown:
             method.notices.insert(0, f"model {cfg.model.name} sets " + ", ".join(f"stage.{k}={v}" for k, v in shown.items())
                                   + " (model.tuning; the command line wins)")
+        if dropped:
+            method.notices.insert(0, f"model {cfg.model.name} ties its embeddings, which a {cfg.stage.rl} run cannot save "
+                                     f"trained beside its adapter: its tuning's stage.lora_modules_to_save leaves out "
+                                     f"{', '.join(dropped)} here")
         return cfg, method
 
     def inputs(self, cfg: LlamantinoConfig, method: Method | None, tiny_dir, known_runs: dict) -> Inputs:
