@@ -84,16 +84,13 @@ def _callback_class():
 
         def _window_mean(self) -> float | None:
             """The mean over this window's forwards on every rank; a collective where ranks run together."""
-            import torch.distributed as dist
+            from llamantino_plugin.ranks import collective_device, process_group
 
-            distributed = dist.is_available() and dist.is_initialized()
-            if distributed:
-                device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            else:
-                device = "cpu"
+            dist = process_group()
             total = float(self.total) if self.total is not None else 0.0
-            sums = torch.tensor([total, float(self.count)], dtype=torch.float64, device=device)
-            if distributed:
+            sums = torch.tensor([total, float(self.count)], dtype=torch.float64,
+                                device=collective_device(dist) if dist else "cpu")
+            if dist:
                 dist.all_reduce(sums)
             self.total, self.count = None, 0
             total, count = (float(item) for item in sums.tolist())

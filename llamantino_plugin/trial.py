@@ -75,10 +75,11 @@ class TrialReport(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         import torch
-        import torch.distributed as dist
 
-        distributed = dist.is_available() and dist.is_initialized()
-        rank = dist.get_rank() if distributed else 0
+        from llamantino_plugin.ranks import collective_device, process_group
+
+        dist = process_group()
+        rank = dist.get_rank() if dist else 0
         self.evaluated_at = state.global_step
         prune = False
         value = (metrics or {}).get(self.spec.metric)
@@ -87,9 +88,8 @@ class TrialReport(TrainerCallback):
             prune = report(self.spec, int(state.global_step), float(value)) and not self.pruned
             print(f"llamantino: trial {self.spec.number}: {self.spec.metric}={value:.4f} at step "
                   f"{state.global_step} reported to the study" + ("; pruned" if prune else ""), flush=True)
-        if distributed:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            decision = torch.tensor([1 if prune else 0], device=device)
+        if dist:
+            decision = torch.tensor([1 if prune else 0], device=collective_device(dist))
             dist.broadcast(decision, src=0)
             prune = bool(decision.item())
         if prune:

@@ -11,7 +11,6 @@ from llamantino.records.rundir import RunDir
 from llamantino.config.schema import LlamantinoConfig, StageConfig, Tracker, from_plain, time_seconds, to_plain
 from llamantino.records.provenance import BaseModelRef, OutputKind, RunOutput
 from llamantino.render.sbatch import JobShape
-from llamantino.render.axolotl import TIED_EMBEDDINGS
 from llamantino.stages.base import HubRead, Stage
 
 
@@ -25,7 +24,7 @@ class TrainStage(Stage):
         return [cfg.model.name, cfg.data.name]
 
     def method(self, cfg: LlamantinoConfig, overrides: list[str]) -> tuple[LlamantinoConfig, Method]:
-        from llamantino.render.axolotl import unused_stage_keys
+        from llamantino.render.axolotl import TIED_EMBEDDINGS, unused_stage_keys
 
         explicit = {o.split("=", 1)[0].lstrip("+~").removeprefix("stage.") for o in overrides
                     if o.lstrip("+~").startswith("stage.")}
